@@ -1,0 +1,346 @@
+//! Manifests: by digest from the cache when held, by tag through the tag's freshness.
+//!
+//! A tag within its TTL is answered locally. After it, a `HEAD` upstream (which Docker Hub
+//! does not count as a pull) revalidates it, and a `GET` goes upstream only for a digest
+//! regcache does not hold. Every manifest is verified against its digest before it is stored.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+
+use super::memory::{Entry, Key};
+use super::Cache;
+use crate::error::{Error, Result, UpstreamError};
+use crate::metrics::Outcome;
+use crate::oci::{self, Accept, Algorithm, Digest, ErrorCode, Reference, Tag};
+use crate::upstream::{classify, Kind, Target, MAX_MANIFEST_BYTES};
+
+/// A manifest answer. `bytes` is `None` only for a HEAD answered from upstream's headers.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: Arc<str>,
+    pub len: u64,
+    pub bytes: Option<Bytes>,
+    pub outcome: Outcome,
+}
+
+impl Cache {
+    /// Resolves a manifest request. `want_body` is false for HEAD, which then never makes
+    /// regcache download a manifest it does not hold.
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Manifest> {
+        let found = match reference {
+            Reference::Digest(digest) => {
+                self.manifest_by_digest(target, digest, accept, want_body)
+                    .await?
+            }
+            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept, want_body).await?,
+        };
+        if !accept.accepts(&found.media_type) {
+            return Err(Error::not_found(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "the manifest is a {}, which the request's Accept header does not allow",
+                    found.media_type
+                ),
+            ));
+        }
+        Ok(found)
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Manifest> {
+        if let Some(found) = self.stored_manifest(digest).await {
+            return Ok(found);
+        }
+        let path = format!("manifests/{digest}");
+        if !want_body {
+            if let Some(found) = self.head_upstream(target, &path, accept).await? {
+                if found.digest == *digest {
+                    return Ok(found);
+                }
+            }
+        }
+        let fetched = self.fetch(target, &path, accept, Some(digest)).await?;
+        Ok(fetched)
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Manifest> {
+        let upstream = target.upstream.name();
+        let ttl = target.upstream.config().tag_ttl;
+        let store = self.store();
+        let known = self
+            .tags
+            .get(store, upstream, &target.name, tag, ttl)
+            .await
+            .filter(|entry| accept.accepts(&entry.media_type));
+        let path = format!("manifests/{tag}");
+        if let Some(entry) = &known {
+            if entry.is_fresh() {
+                if let Some(found) = self.stored_manifest(&entry.digest).await {
+                    return Ok(found);
+                }
+            }
+        }
+        // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
+        if known.is_some() || !want_body {
+            if let Some(head) = self.head_upstream(target, &path, accept).await? {
+                if let Some(found) = self.stored_manifest(&head.digest).await {
+                    self.tags.confirm(
+                        store,
+                        upstream,
+                        &target.name,
+                        tag,
+                        &found.digest,
+                        &found.media_type,
+                        ttl,
+                    );
+                    return Ok(found);
+                }
+                if !want_body {
+                    return Ok(head);
+                }
+                // Fetch by digest so a tag moving meanwhile cannot mix two answers.
+                let fetched = self
+                    .fetch(
+                        target,
+                        &format!("manifests/{}", head.digest),
+                        accept,
+                        Some(&head.digest),
+                    )
+                    .await?;
+                self.tags.confirm(
+                    store,
+                    upstream,
+                    &target.name,
+                    tag,
+                    &fetched.digest,
+                    &fetched.media_type,
+                    ttl,
+                );
+                return Ok(fetched);
+            }
+        }
+        let fetched = self.fetch(target, &path, accept, None).await?;
+        self.tags.confirm(
+            store,
+            upstream,
+            &target.name,
+            tag,
+            &fetched.digest,
+            &fetched.media_type,
+            ttl,
+        );
+        Ok(fetched)
+    }
+
+    /// A manifest held in memory or on disk (promoted to memory on a disk hit).
+    async fn stored_manifest(&self, digest: &Digest) -> Option<Manifest> {
+        let key = Key::Manifest(digest.clone());
+        if let Some(entry) = self.ctx.memory.get(&key) {
+            return Some(manifest(digest, entry, Outcome::MemoryHit));
+        }
+        let (store, d) = (self.ctx.store.clone(), digest.clone());
+        let (media_type, bytes) = match tokio::task::spawn_blocking(move || store.read_manifest(&d))
+            .await
+        {
+            Ok(Ok(found)) => found?,
+            Ok(Err(e)) => {
+                tracing::warn!(%digest, error = %e, "reading a manifest from disk failed; treating as a miss");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let entry = Entry {
+            bytes,
+            media_type: Some(media_type.into()),
+        };
+        self.ctx.memory.insert(key, entry.clone());
+        Some(manifest(digest, entry, Outcome::DiskHit))
+    }
+
+    /// Asks upstream for a manifest's digest and type without its body. `None` when upstream's
+    /// answer lacks the digest (then only a GET can tell).
+    async fn head_upstream(
+        &self,
+        target: &Target,
+        path: &str,
+        accept: &Accept,
+    ) -> Result<Option<Manifest>> {
+        let response = target
+            .upstream
+            .send(
+                Method::HEAD,
+                Kind::Manifest,
+                &target.name,
+                path,
+                Some(&accept.header_value()),
+            )
+            .await?;
+        let headers = response.headers();
+        let Some(digest) = header_digest(headers) else {
+            return Ok(None);
+        };
+        Ok(Some(Manifest {
+            media_type: content_type(headers)
+                .unwrap_or(oci::media::OCI_MANIFEST)
+                .into(),
+            len: content_length(headers).unwrap_or(0),
+            digest,
+            bytes: None,
+            outcome: Outcome::Miss,
+        }))
+    }
+
+    /// GETs a manifest, verifies it (against `expected`, or else upstream's digest header),
+    /// and stores it.
+    async fn fetch(
+        &self,
+        target: &Target,
+        path: &str,
+        accept: &Accept,
+        expected: Option<&Digest>,
+    ) -> Result<Manifest> {
+        let upstream = &target.upstream;
+        let mut response = upstream
+            .send(
+                Method::GET,
+                Kind::Manifest,
+                &target.name,
+                path,
+                Some(&accept.header_value()),
+            )
+            .await?;
+        let too_large = || {
+            upstream.error(UpstreamError::Invalid(format!(
+                "manifest larger than {MAX_MANIFEST_BYTES} bytes"
+            )))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+        {
+            return Err(too_large());
+        }
+        let headers = response.headers().clone();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| upstream.error(classify(&e)))?
+        {
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let bytes = body.freeze();
+        upstream.count_bytes(bytes.len() as u64);
+        let claimed = expected.cloned().or_else(|| header_digest(&headers));
+        let algorithm = claimed
+            .as_ref()
+            .map_or(Algorithm::Sha256, Digest::algorithm);
+        let actual = Digest::of(algorithm, &bytes);
+        if let Some(claimed) = claimed.filter(|c| *c != actual) {
+            self.ctx
+                .metrics
+                .digest_mismatches
+                .with_label_values(&["manifest"])
+                .inc();
+            let cause = UpstreamError::DigestMismatch {
+                expected: claimed,
+                actual,
+            };
+            return Err(upstream.error(cause));
+        }
+        let media_type: Arc<str> = content_type(&headers)
+            .map(str::to_string)
+            .or_else(|| oci::media_type_of_manifest(&bytes))
+            .unwrap_or_else(|| oci::media::OCI_MANIFEST.to_string())
+            .into();
+        self.put_manifest(&actual, &media_type, &bytes);
+        Ok(Manifest {
+            len: bytes.len() as u64,
+            digest: actual,
+            media_type,
+            bytes: Some(bytes),
+            outcome: Outcome::Miss,
+        })
+    }
+
+    /// Stores a verified manifest: in memory now, on disk in the background.
+    fn put_manifest(&self, digest: &Digest, media_type: &Arc<str>, bytes: &Bytes) {
+        let entry = Entry {
+            bytes: bytes.clone(),
+            media_type: Some(media_type.clone()),
+        };
+        self.ctx.memory.insert(Key::Manifest(digest.clone()), entry);
+        let (store, metrics) = (self.ctx.store.clone(), self.ctx.metrics.clone());
+        let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.write_manifest(&d, &m, &b) {
+                metrics.cache_write_errors.inc();
+                tracing::warn!(digest = %d, error = %e, "writing a manifest to disk failed");
+            }
+        });
+    }
+}
+
+fn manifest(digest: &Digest, entry: Entry, outcome: Outcome) -> Manifest {
+    Manifest {
+        digest: digest.clone(),
+        media_type: entry
+            .media_type
+            .unwrap_or_else(|| oci::media::OCI_MANIFEST.into()),
+        len: entry.bytes.len() as u64,
+        bytes: Some(entry.bytes),
+        outcome,
+    }
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// reqwest reports a HEAD answer's body size (0), not the header.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = value.split(';').next()?.trim();
+    // Some registries label manifests generically; the body's mediaType then decides.
+    let generic = [
+        "",
+        "application/json",
+        "text/plain",
+        "application/octet-stream",
+    ];
+    (!generic.contains(&media_type)).then_some(media_type)
+}

@@ -1,0 +1,165 @@
+//! The content-addressed cache: memory tier, disk store, single-flight fills and tag
+//! freshness. Handlers ask it for a blob or a manifest; it answers from memory, disk, or
+//! upstream (through `upstream`), and stores only what it verified.
+//!
+//! The cache never causes a failure: a disk error is logged, counted and served as a miss.
+
+mod fill;
+mod manifests;
+mod memory;
+mod reader;
+mod store;
+mod tags;
+
+use std::fs::File;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use fill::{Fill, Phase, Progress};
+pub use manifests::Manifest;
+pub use reader::BlobReader;
+pub use store::{Store, LAYOUT_VERSION};
+
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, Outcome};
+use crate::oci::Digest;
+use crate::upstream::Target;
+use fill::{FillContext, Fills, Joined};
+use memory::{Entry, Key, Memory};
+use tags::Tags;
+
+/// How many tag answers are kept in memory (the rest are read from disk when asked).
+const TAG_ENTRIES: u64 = 100_000;
+
+pub struct Cache {
+    ctx: FillContext,
+    fills: Arc<Fills>,
+    tags: Tags,
+}
+
+/// Where a blob's bytes will come from.
+pub enum BlobSource {
+    Memory(Bytes),
+    Disk { file: Arc<File>, len: u64 },
+    Fill { fill: Arc<Fill>, started: bool },
+}
+
+impl BlobSource {
+    /// The blob's length, when known (a fill knows it once upstream's headers arrived).
+    pub fn known_len(&self) -> Option<u64> {
+        match self {
+            BlobSource::Memory(bytes) => Some(bytes.len() as u64),
+            BlobSource::Disk { len, .. } => Some(*len),
+            BlobSource::Fill { fill, .. } => fill.subscribe().borrow().total,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            BlobSource::Memory(_) => Outcome::MemoryHit,
+            BlobSource::Disk { .. } => Outcome::DiskHit,
+            BlobSource::Fill { started: true, .. } => Outcome::Miss,
+            BlobSource::Fill { started: false, .. } => Outcome::Coalesced,
+        }
+    }
+}
+
+impl Cache {
+    /// Opens the store under the configured directory, removing leftovers of a crash.
+    pub fn open(config: &CacheConfig, metrics: Metrics) -> std::io::Result<Cache> {
+        let store = Arc::new(Store::open(&config.dir)?);
+        Ok(Cache {
+            ctx: FillContext {
+                store,
+                memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
+                metrics,
+            },
+            fills: Arc::new(Fills::default()),
+            tags: Tags::new(TAG_ENTRIES),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.ctx.store
+    }
+
+    /// The blob's bytes: from memory, from disk, or from a fill (joined or started).
+    pub async fn blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
+        for _ in 0..2 {
+            if let Some(source) = self.stored_blob(digest).await {
+                return Ok(source);
+            }
+            match self.fills.join_or_start(&self.ctx, digest, target)? {
+                Joined::Fill { fill, started } => return Ok(BlobSource::Fill { fill, started }),
+                // Published between our lookup and the fills lock: look again.
+                Joined::Stored => continue,
+            }
+        }
+        Err(Error::local(
+            "blob lookup",
+            std::io::Error::other("blob vanished while being looked up"),
+        ))
+    }
+
+    /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit.
+    pub async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
+        let key = Key::Blob(digest.clone());
+        if let Some(entry) = self.ctx.memory.get(&key) {
+            return Some(BlobSource::Memory(entry.bytes));
+        }
+        let (store, d) = (self.ctx.store.clone(), digest.clone());
+        let opened = tokio::task::spawn_blocking(move || store.open_blob(&d)).await;
+        let (file, len) = match opened {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(%digest, error = %e, "reading the disk store failed; treating as a miss");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if self.ctx.memory.admits(len) {
+            // A small blob that fails its check is gone from disk: a miss.
+            let bytes = self.read_small(digest).await?;
+            let entry = Entry {
+                bytes: bytes.clone(),
+                media_type: None,
+            };
+            self.ctx.memory.insert(key, entry);
+            return Some(BlobSource::Memory(bytes));
+        }
+        Some(BlobSource::Disk {
+            file: Arc::new(file),
+            len,
+        })
+    }
+
+    async fn read_small(&self, digest: &Digest) -> Option<Bytes> {
+        let (store, d) = (self.ctx.store.clone(), digest.clone());
+        let bytes = tokio::task::spawn_blocking(move || store.read_blob(&d))
+            .await
+            .ok()?
+            .ok()??;
+        // Whole object in hand: check it, so a damaged file is never served from memory.
+        if Digest::of(digest.algorithm(), &bytes) == *digest {
+            return Some(bytes);
+        }
+        tracing::warn!(%digest, "cached blob does not match its digest; removed");
+        let path = self.ctx.store.blob_path(digest);
+        let _ = tokio::fs::remove_file(path).await;
+        None
+    }
+
+    /// Updates the memory gauges; called when metrics are scraped.
+    pub fn report_usage(&self) {
+        let (objects, bytes) = self.ctx.memory.usage();
+        self.ctx.metrics.memory_objects.set(objects as i64);
+        self.ctx.metrics.memory_bytes.set(bytes as i64);
+        self.ctx
+            .metrics
+            .fills_in_flight
+            .set(self.fills.in_flight() as i64);
+    }
+}

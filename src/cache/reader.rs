@@ -1,0 +1,197 @@
+//! Reading a blob's bytes for a response: from a stored file, or from a fill's temp file
+//! as far as the fill has written it.
+//!
+//! A reader of a fill never sends the last byte of its response before the fill is verified:
+//! if the digest turns out wrong, the client's response ends as an error, never as a clean,
+//! complete body.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, Stream};
+use tokio::sync::watch;
+
+use super::fill::{Phase, Progress};
+
+/// Bytes read per step: large enough that a hot 512 MiB blob is a few thousand reads.
+const CHUNK: u64 = 512 << 10;
+
+/// Where the bytes of one response come from.
+pub struct BlobReader {
+    file: Arc<File>,
+    /// Next offset to send, and one past the last (exclusive).
+    offset: u64,
+    end: u64,
+    /// Set while the file is still being filled.
+    fill: Option<watch::Receiver<Progress>>,
+}
+
+impl BlobReader {
+    /// Reads `start..end` of a complete, verified file.
+    pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobReader {
+        BlobReader {
+            file,
+            offset: start,
+            end,
+            fill: None,
+        }
+    }
+
+    /// Reads `start..end` of a file that a fill is writing. `end` may be `u64::MAX` when
+    /// upstream sent no length: the stream then ends where the fill does.
+    pub fn filling(
+        file: Arc<File>,
+        progress: watch::Receiver<Progress>,
+        start: u64,
+        end: u64,
+    ) -> BlobReader {
+        BlobReader {
+            file,
+            offset: start,
+            end,
+            fill: Some(progress),
+        }
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        stream::unfold(Some(self), |state| async move {
+            let mut reader = state?;
+            match reader.next_chunk().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), Some(reader))),
+                Ok(None) => None,
+                // An error item ends the body abnormally; nothing may follow it.
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.offset >= self.end {
+            return Ok(None);
+        }
+        let limit = match &mut self.fill {
+            None => self.end,
+            Some(progress) => match readable(progress, self.offset, self.end).await? {
+                Some(limit) => limit,
+                None => return Ok(None),
+            },
+        };
+        let len = (limit - self.offset).min(CHUNK);
+        let (file, offset) = (self.file.clone(), self.offset);
+        let bytes = tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+            .await
+            .map_err(io::Error::other)??;
+        self.offset += bytes.len() as u64;
+        Ok(Some(bytes))
+    }
+}
+
+/// Waits until a fill has bytes past `offset` that may be sent, and returns the limit
+/// (exclusive). `None`: the fill ended exactly at `offset`.
+async fn readable(
+    progress: &mut watch::Receiver<Progress>,
+    offset: u64,
+    end: u64,
+) -> io::Result<Option<u64>> {
+    loop {
+        {
+            let p = progress.borrow_and_update();
+            match &p.phase {
+                Phase::Failed(e) => return Err(io::Error::other(format!("blob fill failed: {e}"))),
+                Phase::Done if p.written <= offset => return Ok(None),
+                Phase::Done => return Ok(Some(p.written.min(end))),
+                Phase::Connecting | Phase::Streaming => {
+                    // Hold back the response's last byte until the digest is checked.
+                    let safe = p.written.min(end.saturating_sub(1));
+                    if safe > offset {
+                        return Ok(Some(safe));
+                    }
+                }
+            }
+        }
+        if progress.changed().await.is_err() {
+            return Err(io::Error::other("blob fill ended without a result"));
+        }
+    }
+}
+
+fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len as usize);
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => {
+                // The file is shorter than its index says: damaged or truncated on disk.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than expected",
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    async fn collect(reader: BlobReader) -> (Vec<u8>, Option<io::Error>) {
+        let mut out = Vec::new();
+        let mut stream = std::pin::pin!(reader.into_stream());
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    fn file_with(data: &[u8]) -> Arc<File> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        Arc::new(f)
+    }
+
+    #[tokio::test]
+    async fn stored_ranges_read_exactly() {
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| i as u8).collect();
+        let file = file_with(&data);
+        let (got, err) = collect(BlobReader::stored(file.clone(), 0, data.len() as u64)).await;
+        assert!(err.is_none());
+        assert_eq!(got, data);
+        let (got, _) = collect(BlobReader::stored(file, 10, 20)).await;
+        assert_eq!(got, &data[10..20]);
+    }
+
+    #[tokio::test]
+    async fn a_fill_reader_holds_the_last_byte_until_done_and_fails_on_failure() {
+        let file = file_with(b"abcdef");
+        let (tx, rx) = watch::channel(Progress {
+            written: 6,
+            total: Some(6),
+            phase: Phase::Streaming,
+        });
+        let mut stream =
+            Box::pin(BlobReader::filling(file.clone(), rx.clone(), 0, 6).into_stream());
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"abcde");
+        let error = crate::error::Error::local("test", io::Error::other("bad digest"));
+        tx.send_modify(|p| p.phase = Phase::Failed(Arc::new(error)));
+        assert!(stream.next().await.unwrap().is_err());
+        assert!(stream.next().await.is_none());
+
+        tx.send_modify(|p| p.phase = Phase::Done);
+        let (got, err) = collect(BlobReader::filling(file, rx, 2, 6)).await;
+        assert!(err.is_none());
+        assert_eq!(got, b"cdef");
+    }
+}

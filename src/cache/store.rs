@@ -1,0 +1,283 @@
+//! The disk tier: a content-addressed store under `<dir>/v1/`.
+//!
+//! ```text
+//! v1/blobs/sha256/ab/<hex>          blob bytes, exactly as upstream sent them
+//! v1/manifests/sha256/ab/<hex>      "<media type>\n" then the manifest bytes
+//! v1/tags/<upstream>/<repo>/_tags/<tag>   JSON tag record (`_tags` cannot be a repo component)
+//! v1/tmp/                           fills and writes in progress; emptied at startup
+//! ```
+//!
+//! Everything enters by rename from `tmp/` after an fsync, so a crash leaves either the old
+//! state or the new one. All functions block: call them from `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, RepoName, Tag};
+
+/// Bump when the layout changes; a new version lives beside the old, never on top of it.
+pub const LAYOUT_VERSION: &str = "v1";
+
+pub struct Store {
+    root: PathBuf,
+    next_temp: AtomicU64,
+}
+
+/// What a tag pointed at when regcache last asked upstream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagRecord {
+    pub digest: String,
+    pub media_type: String,
+    /// Unix seconds of the last confirmation from upstream.
+    pub checked_at: u64,
+}
+
+impl Store {
+    /// Opens (creating) the store under `dir` and removes what interrupted writes left.
+    pub fn open(dir: &Path) -> io::Result<Store> {
+        let root = dir.join(LAYOUT_VERSION);
+        for sub in ["blobs", "manifests", "tags"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        Ok(Store {
+            root,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.object_path("blobs", digest)
+    }
+
+    pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.object_path("manifests", digest)
+    }
+
+    fn object_path(&self, kind: &str, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(kind)
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn tag_path(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.root
+            .join("tags")
+            .join(upstream.replace(':', "_"))
+            .join(repo.as_str())
+            .join("_tags")
+            .join(tag.as_str())
+    }
+
+    /// A new, empty file in `tmp/`, open for reading and writing.
+    pub fn temp_file(&self) -> io::Result<(File, PathBuf)> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((file, path))
+    }
+
+    /// Moves a synced temp file to its final path and makes the rename durable.
+    pub fn publish(&self, temp: &Path, dest: &Path) -> io::Result<()> {
+        let dir = dest.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir)?;
+        fs::rename(temp, dest)?;
+        File::open(dir)?.sync_all()
+    }
+
+    /// Writes `parts` to a temp file, syncs it and publishes it at `dest`.
+    fn write_atomic(&self, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let (mut file, temp) = self.temp_file()?;
+        let result = parts
+            .iter()
+            .try_for_each(|p| file.write_all(p))
+            .and_then(|_| file.sync_all())
+            .and_then(|_| self.publish(&temp, dest));
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Opens a cached blob, with its length.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.blob_path(digest)) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((file, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Reads a whole cached blob (for small ones, on their way into the memory tier).
+    pub fn read_blob(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
+        read_optional(&self.blob_path(digest)).map(|o| o.map(Bytes::from))
+    }
+
+    pub fn write_manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        let header = format!("{media_type}\n");
+        self.write_atomic(&self.manifest_path(digest), &[header.as_bytes(), bytes])
+    }
+
+    /// A cached manifest and its media type. A record that does not hash to its digest
+    /// (a damaged disk) is removed and reported as absent.
+    pub fn read_manifest(&self, digest: &Digest) -> io::Result<Option<(String, Bytes)>> {
+        let path = self.manifest_path(digest);
+        let Some(mut data) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let Some(newline) = data.iter().position(|&b| b == b'\n') else {
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        };
+        let body = Bytes::from(data.split_off(newline + 1));
+        let media_type = String::from_utf8_lossy(&data[..newline]).into_owned();
+        if Digest::of(digest.algorithm(), &body) != *digest {
+            tracing::warn!(%digest, "cached manifest does not match its digest; removed");
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        Ok(Some((media_type, body)))
+    }
+
+    pub fn read_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> io::Result<Option<TagRecord>> {
+        let Some(data) = read_optional(&self.tag_path(upstream, repo, tag))? else {
+            return Ok(None);
+        };
+        // A damaged record is a miss: upstream will be asked again.
+        Ok(serde_json::from_slice(&data).ok())
+    }
+
+    pub fn write_tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+        record: &TagRecord,
+    ) -> io::Result<()> {
+        let json = serde_json::to_vec(record).expect("a tag record serializes");
+        self.write_atomic(&self.tag_path(upstream, repo, tag), &[&json])
+    }
+}
+
+fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    #[test]
+    fn manifests_round_trip_and_damage_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let body = br#"{"schemaVersion":2}"#;
+        let digest = Digest::of(Algorithm::Sha256, body);
+        store
+            .write_manifest(&digest, "application/x", body)
+            .unwrap();
+        let (media_type, read) = store.read_manifest(&digest).unwrap().unwrap();
+        assert_eq!(
+            (media_type.as_str(), &read[..]),
+            ("application/x", &body[..])
+        );
+
+        let path = store.manifest_path(&digest);
+        assert!(path.starts_with(dir.path().join("v1/manifests/sha256")));
+        fs::write(&path, b"application/x\n{}").unwrap();
+        assert_eq!(store.read_manifest(&digest).unwrap(), None);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn startup_removes_leftovers_but_keeps_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, temp) = store.temp_file().unwrap();
+        let digest = Digest::of(Algorithm::Sha256, b"x");
+        let (mut f, t2) = store.temp_file().unwrap();
+        f.write_all(b"x").unwrap();
+        store.publish(&t2, &store.blob_path(&digest)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(!temp.exists());
+        assert_eq!(store.open_blob(&digest).unwrap().unwrap().1, 1);
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: RepoName = "library/nginx".parse().unwrap();
+        let tag: Tag = "1.27".parse().unwrap();
+        let record = TagRecord {
+            digest: "sha256:00".into(),
+            media_type: "m".into(),
+            checked_at: 7,
+        };
+        store
+            .write_tag("127.0.0.1:5000", &repo, &tag, &record)
+            .unwrap();
+        assert_eq!(
+            store.read_tag("127.0.0.1:5000", &repo, &tag).unwrap(),
+            Some(record)
+        );
+        let other: Tag = "latest".parse().unwrap();
+        assert_eq!(
+            store.read_tag("127.0.0.1:5000", &repo, &other).unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Tag freshness: which digest a tag pointed at, and until when that answer is trusted.
+//!
+//! Tags are keyed by upstream and repository (digests are not). Hot tags live in memory;
+//! every confirmation is also written to the store so a restart keeps them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use tokio::time::Instant;
+
+use super::store::{unix_now, Store, TagRecord};
+use crate::oci::{Digest, RepoName, Tag};
+
+#[derive(Clone, Debug)]
+pub struct TagEntry {
+    pub digest: Digest,
+    pub media_type: Arc<str>,
+    /// Until then the digest is served without asking upstream.
+    pub fresh_until: Instant,
+}
+
+impl TagEntry {
+    pub fn is_fresh(&self) -> bool {
+        Instant::now() < self.fresh_until
+    }
+}
+
+#[derive(Clone)]
+pub struct Tags {
+    memory: Cache<String, TagEntry>,
+}
+
+fn key(upstream: &str, repo: &RepoName, tag: &Tag) -> String {
+    format!("{upstream}/{repo}:{tag}")
+}
+
+impl Tags {
+    pub fn new(max_entries: u64) -> Tags {
+        Tags {
+            memory: Cache::new(max_entries),
+        }
+    }
+
+    /// The last known answer for a tag, from memory or else from the store.
+    pub async fn get(
+        &self,
+        store: &Arc<Store>,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+        ttl: Duration,
+    ) -> Option<TagEntry> {
+        let k = key(upstream, repo, tag);
+        if let Some(entry) = self.memory.get(&k) {
+            return Some(entry);
+        }
+        let (store, up, r, t) = (
+            store.clone(),
+            upstream.to_string(),
+            repo.clone(),
+            tag.clone(),
+        );
+        let record = tokio::task::spawn_blocking(move || store.read_tag(&up, &r, &t))
+            .await
+            .ok()?
+            .inspect_err(|e| tracing::warn!(error = %e, "reading a tag record failed"))
+            .ok()??;
+        let digest: Digest = record.digest.parse().ok()?;
+        let age = Duration::from_secs(unix_now().saturating_sub(record.checked_at));
+        let entry = TagEntry {
+            digest,
+            media_type: record.media_type.into(),
+            fresh_until: Instant::now() + ttl.saturating_sub(age),
+        };
+        self.memory.insert(k, entry.clone());
+        Some(entry)
+    }
+
+    /// Records that upstream just confirmed `tag -> digest`, in memory now and on disk soon
+    /// (the returned task; callers need not wait for it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn confirm(
+        &self,
+        store: &Arc<Store>,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        media_type: &str,
+        ttl: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let entry = TagEntry {
+            digest: digest.clone(),
+            media_type: media_type.into(),
+            fresh_until: Instant::now() + ttl,
+        };
+        self.memory.insert(key(upstream, repo, tag), entry);
+        let record = TagRecord {
+            digest: digest.to_string(),
+            media_type: media_type.to_string(),
+            checked_at: unix_now(),
+        };
+        let (store, up, r, t) = (
+            store.clone(),
+            upstream.to_string(),
+            repo.clone(),
+            tag.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.write_tag(&up, &r, &t, &record) {
+                tracing::warn!(error = %e, "writing a tag record failed; it stays in memory only");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_go_stale_after_the_ttl_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());
+        let digest = Digest::of(Algorithm::Sha256, b"m");
+        let ttl = Duration::from_secs(300);
+        let tags = Tags::new(100);
+        tags.confirm(&store, "up", &repo, &tag, &digest, "application/x", ttl)
+            .await
+            .unwrap();
+        let entry = tags.get(&store, "up", &repo, &tag, ttl).await.unwrap();
+        assert!(entry.is_fresh());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(!tags
+            .get(&store, "up", &repo, &tag, ttl)
+            .await
+            .unwrap()
+            .is_fresh());
+
+        // A new process reads the record the first one wrote.
+        let restarted = Tags::new(100);
+        let entry = restarted.get(&store, "up", &repo, &tag, ttl).await.unwrap();
+        assert_eq!(entry.digest, digest);
+        assert_eq!(&*entry.media_type, "application/x");
+    }
+}

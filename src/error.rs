@@ -1,0 +1,269 @@
+//! The daemon's error type: what went wrong and where (the client, an upstream, or this host).
+//!
+//! The source decides the status: client mistakes are 4xx, upstream failures 502/504 (or
+//! upstream's own 4xx passed through), local faults 500. Turning an error into a response,
+//! a log line and a metric happens in one place only: `server::respond`.
+
+use std::io;
+
+use http::StatusCode;
+
+use crate::oci::{Digest, ErrorCode};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong or asks for something that does not exist.
+    #[error("{message}")]
+    Client {
+        status: StatusCode,
+        code: ErrorCode,
+        message: String,
+    },
+    /// An upstream registry failed or refused.
+    #[error("upstream {upstream}: {cause}")]
+    Upstream {
+        upstream: String,
+        cause: UpstreamError,
+    },
+    /// A fault on this host (disk, task panic).
+    #[error("{context}: {source}")]
+    Local {
+        context: &'static str,
+        source: io::Error,
+    },
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Upstream answered with an error status; its OCI error code is kept to pass through.
+    #[error("answered {status}{}", fmt_code(.code, .message))]
+    Status {
+        status: StatusCode,
+        code: Option<String>,
+        message: Option<String>,
+    },
+    #[error("refused access ({status}); check the upstream's credentials")]
+    Refused { status: StatusCode },
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("sent bytes with digest {actual}, expected {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("body ended after {got} of {expected} bytes")]
+    Truncated { got: u64, expected: u64 },
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error("token service: {0}")]
+    Token(String),
+}
+
+// A fill's failure reaches every client of that fill, so errors must be copyable.
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        match self {
+            Error::Client {
+                status,
+                code,
+                message,
+            } => Error::Client {
+                status: *status,
+                code: *code,
+                message: message.clone(),
+            },
+            Error::Upstream { upstream, cause } => Error::Upstream {
+                upstream: upstream.clone(),
+                cause: cause.clone(),
+            },
+            Error::Local { context, source } => Error::Local {
+                context,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}
+
+fn fmt_code(code: &Option<String>, message: &Option<String>) -> String {
+    match (code, message) {
+        (Some(c), Some(m)) => format!(" {c}: {m}"),
+        (Some(c), None) => format!(" {c}"),
+        _ => String::new(),
+    }
+}
+
+/// Where an error came from, as a bounded metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Local,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Local => "local",
+        }
+    }
+}
+
+impl Error {
+    pub fn client(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::Client {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::client(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn upstream(upstream: &str, cause: UpstreamError) -> Error {
+        Error::Upstream {
+            upstream: upstream.to_string(),
+            cause,
+        }
+    }
+
+    pub fn local(context: &'static str, source: io::Error) -> Error {
+        Error::Local { context, source }
+    }
+
+    pub fn source_kind(&self) -> Source {
+        match self {
+            Error::Client { .. } => Source::Client,
+            Error::Upstream { .. } => Source::Upstream,
+            Error::Local { .. } => Source::Local,
+        }
+    }
+
+    /// True when upstream said the thing does not exist (a normal miss, not a fault).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::Client { status, .. } => *status == StatusCode::NOT_FOUND,
+            Error::Upstream {
+                cause: UpstreamError::Status { status, .. },
+                ..
+            } => *status == StatusCode::NOT_FOUND,
+            _ => false,
+        }
+    }
+
+    /// Status and OCI code for the client. `missing` is the code for a 404 without one
+    /// (`MANIFEST_UNKNOWN` or `BLOB_UNKNOWN`, depending on what was asked).
+    pub fn status_and_code(&self, missing: ErrorCode) -> (StatusCode, ErrorCode) {
+        match self {
+            Error::Client { status, code, .. } => (*status, *code),
+            Error::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
+            Error::Upstream { cause, .. } => match cause {
+                UpstreamError::Status { status, code, .. } => {
+                    upstream_status(*status, code.as_deref(), missing)
+                }
+                UpstreamError::Refused { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+                UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
+                UpstreamError::Unreachable(_)
+                | UpstreamError::DigestMismatch { .. }
+                | UpstreamError::Truncated { .. }
+                | UpstreamError::Invalid(_)
+                | UpstreamError::Token(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+            },
+        }
+    }
+
+    /// The message for the client's OCI error body. Upstream errors name the upstream.
+    pub fn client_message(&self) -> String {
+        match self {
+            // Upstream's own 4xx explanation passes through; a 5xx is named as upstream's.
+            Error::Upstream {
+                cause:
+                    UpstreamError::Status {
+                        status,
+                        message: Some(m),
+                        ..
+                    },
+                ..
+            } if status.is_client_error() => m.clone(),
+            Error::Local { context, .. } => format!("internal error: {context}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Upstream's 4xx pass through with its code; 5xx become 502; 429 stays 429.
+fn upstream_status(
+    status: StatusCode,
+    code: Option<&str>,
+    missing: ErrorCode,
+) -> (StatusCode, ErrorCode) {
+    let passed = code.and_then(ErrorCode::from_wire);
+    match status.as_u16() {
+        404 => (StatusCode::NOT_FOUND, passed.unwrap_or(missing)),
+        429 => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
+        400..=499 => (status, passed.unwrap_or(ErrorCode::Unknown)),
+        _ => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(cause: UpstreamError) -> Error {
+        Error::upstream("hub", cause)
+    }
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let s = |e: Error| e.status_and_code(ErrorCode::BlobUnknown).0.as_u16();
+        assert_eq!(s(up(UpstreamError::Timeout("waiting for headers"))), 504);
+        assert_eq!(s(up(UpstreamError::Unreachable("refused".into()))), 502);
+        assert_eq!(
+            s(up(UpstreamError::Refused {
+                status: StatusCode::UNAUTHORIZED
+            })),
+            403
+        );
+        let five = UpstreamError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: None,
+            message: None,
+        };
+        assert_eq!(s(up(five)), 502);
+    }
+
+    #[test]
+    fn upstream_not_found_keeps_its_code_or_gets_the_routes() {
+        let nf = |code: Option<&str>| {
+            up(UpstreamError::Status {
+                status: StatusCode::NOT_FOUND,
+                code: code.map(str::to_string),
+                message: None,
+            })
+        };
+        assert_eq!(
+            nf(None).status_and_code(ErrorCode::ManifestUnknown),
+            (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown)
+        );
+        assert_eq!(
+            nf(Some("NAME_UNKNOWN")).status_and_code(ErrorCode::ManifestUnknown),
+            (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
+        );
+        assert!(nf(None).is_not_found());
+    }
+
+    #[test]
+    fn messages_name_the_upstream() {
+        let e = up(UpstreamError::Refused {
+            status: StatusCode::FORBIDDEN,
+        });
+        assert!(e
+            .client_message()
+            .starts_with("upstream hub: refused access"));
+    }
+}

@@ -1,0 +1,22 @@
+//! regcache: a pull-through caching proxy for container registries.
+//!
+//! One request's path through the crate:
+//!
+//! - [`server`]: accepts the connection, parses the route ([`oci`]) and calls a handler;
+//!   every error leaves through one function that logs, counts and answers with OCI JSON.
+//! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
+//!   single-flight fill that streams upstream bytes to every waiting client while hashing.
+//! - [`upstream`]: picks the upstream and talks to it (auth, timeouts, error classes).
+//!
+//! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
+//! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type) and [`app`] (wiring).
+
+pub mod app;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod oci;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

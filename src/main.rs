@@ -1,0 +1,106 @@
+//! The `regcache` command: parses flags, loads the config and runs the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use regcache::app::{self, Listeners};
+use regcache::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A pull-through caching proxy for container registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror (the default when no command is given).
+    Serve(ServeArgs),
+    /// Check a config file; print every problem and exit non-zero if there is one.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// TOML config file; without it the embedded default (Docker Hub on 127.0.0.1:5000) runs.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address for the registry API, e.g. 127.0.0.1:5000.
+    #[arg(long)]
+    listen: Option<String>,
+    /// URL of the (default) upstream registry, e.g. https://registry-1.docker.io.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Directory of the cache.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Address for /metrics and /healthz.
+    #[arg(long)]
+    admin_listen: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(ServeArgs::default()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load(Some(file), &Overrides::default()) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    regcache::telemetry::init();
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        upstream: args.upstream,
+        cache_dir: args.cache_dir,
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        app::run(listeners, &config, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

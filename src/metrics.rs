@@ -1,0 +1,176 @@
+//! Every Prometheus collector, on a registry owned by the app (no globals), so tests
+//! can run several daemons in one process.
+//!
+//! Labels are bounded: kind, result, source, upstream name. Never a repository or digest.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub const REQUESTS: &str = "regcache_requests_total";
+pub const SERVED_BYTES: &str = "regcache_served_bytes_total";
+pub const UPSTREAM_REQUESTS: &str = "regcache_upstream_requests_total";
+pub const UPSTREAM_BYTES: &str = "regcache_upstream_bytes_total";
+pub const DIGEST_MISMATCHES: &str = "regcache_digest_mismatches_total";
+pub const FILLS_IN_FLIGHT: &str = "regcache_fills_in_flight";
+pub const FILLS: &str = "regcache_fills_total";
+pub const ERRORS: &str = "regcache_errors_total";
+pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
+pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
+pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+
+/// How a request was answered; the `result` label of [`REQUESTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    MemoryHit,
+    DiskHit,
+    /// Went upstream (this request started the fetch, or only upstream could answer).
+    Miss,
+    /// Joined a fill another request started.
+    Coalesced,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::MemoryHit => "memory_hit",
+            Outcome::DiskHit => "disk_hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Where the body bytes of such a response come from (the `source` of [`SERVED_BYTES`]).
+    pub fn byte_source(self) -> &'static str {
+        match self {
+            Outcome::MemoryHit => "memory",
+            Outcome::DiskHit => "disk",
+            Outcome::Miss | Outcome::Coalesced | Outcome::Error => "upstream",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub served_bytes: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    pub digest_mismatches: IntCounterVec,
+    pub fills_in_flight: IntGauge,
+    pub fills: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub cache_write_errors: IntCounter,
+    pub memory_objects: IntGauge,
+    pub memory_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let requests = counter_vec(
+            REQUESTS,
+            "Registry API requests by kind (manifest, blob, tags, referrers, base) and result.",
+            &["kind", "result"],
+        );
+        let served_bytes = counter_vec(
+            SERVED_BYTES,
+            "Body bytes sent to clients by source (memory, disk, upstream).",
+            &["source"],
+        );
+        let upstream_requests = counter_vec(
+            UPSTREAM_REQUESTS,
+            "Requests sent upstream by upstream, kind and status class.",
+            &["upstream", "kind", "status"],
+        );
+        let upstream_bytes = counter_vec(
+            UPSTREAM_BYTES,
+            "Body bytes received from upstream (manifests and blobs).",
+            &["upstream"],
+        );
+        let digest_mismatches = counter_vec(
+            DIGEST_MISMATCHES,
+            "Upstream content whose bytes did not match the digest (or were cut short).",
+            &["kind"],
+        );
+        let fills = counter_vec(
+            FILLS,
+            "Blob fills from upstream by result (cached, mismatch, failed).",
+            &["result"],
+        );
+        let errors = counter_vec(
+            ERRORS,
+            "Error responses by source (client, upstream, local) and HTTP status.",
+            &["source", "status"],
+        );
+        let cache_write_errors = IntCounter::new(
+            CACHE_WRITE_ERRORS,
+            "Failed writes to the disk store (the request is still served).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_write_errors.clone()))
+            .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let fills_in_flight = gauge(FILLS_IN_FLIGHT, "Blob downloads from upstream in progress.");
+        let memory_objects = gauge(CACHE_OBJECTS, "Objects held in the memory tier.");
+        let memory_bytes = gauge(
+            CACHE_BYTES,
+            "Bytes held in the memory tier (manifests and small blobs).",
+        );
+        Metrics {
+            registry,
+            requests,
+            served_bytes,
+            upstream_requests,
+            upstream_bytes,
+            digest_mismatches,
+            fills_in_flight,
+            fills,
+            errors,
+            cache_write_errors,
+            memory_objects,
+            memory_bytes,
+        }
+    }
+
+    /// The Prometheus text exposition of every collector.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The status class label for upstream answers: `2xx`..`5xx`, or `error` for no answer.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "error",
+    }
+}

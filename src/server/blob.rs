@@ -1,0 +1,225 @@
+//! `GET` and `HEAD /v2/<name>/blobs/<digest>`: from memory, disk or a fill, whole or one range.
+
+use http::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE,
+};
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode};
+
+use tokio::sync::watch;
+
+use super::body::{empty, full, stream, Body};
+use super::respond::{oci_error, DOCKER_CONTENT_DIGEST};
+use super::service::Reply;
+use super::State;
+use crate::cache::{BlobReader, BlobSource, Phase, Progress};
+use crate::error::{Error, Result};
+use crate::metrics::Outcome;
+use crate::oci::{self, ByteRange, Digest, ErrorCode, RepoName};
+use crate::upstream::{Kind, Target};
+
+/// A byte span of the blob to send: `start..end`, end exclusive (so empty blobs fit).
+#[derive(Clone, Copy)]
+struct Span {
+    start: u64,
+    end: u64,
+    partial: bool,
+}
+
+pub async fn get(
+    state: &State,
+    parts: &Parts,
+    name: &RepoName,
+    digest: &Digest,
+    head: bool,
+) -> Result<Reply> {
+    let target = state.upstreams.route(name);
+    let span = tracing::Span::current();
+    span.record("upstream", target.upstream.name());
+    span.record("digest", tracing::field::display(digest));
+    if head {
+        return head_blob(state, &target, digest).await;
+    }
+    let range = requested_range(parts)?;
+    let source = state.cache.blob(digest, &target).await?;
+    let outcome = source.outcome();
+    let (total, body): (Option<u64>, Box<dyn FnOnce(Span) -> Body + Send>) = match source {
+        BlobSource::Memory(bytes) => (
+            Some(bytes.len() as u64),
+            Box::new(move |s: Span| full(bytes.slice(s.start as usize..s.end as usize))),
+        ),
+        BlobSource::Disk { file, len } => (
+            Some(len),
+            Box::new(move |s: Span| stream(BlobReader::stored(file, s.start, s.end).into_stream())),
+        ),
+        BlobSource::Fill { fill, .. } => {
+            let mut progress = fill.subscribe();
+            let total = fill_length(&mut progress, range.is_some()).await?;
+            let file = fill.file.clone();
+            (
+                total,
+                Box::new(move |s: Span| {
+                    stream(BlobReader::filling(file, progress, s.start, s.end).into_stream())
+                }),
+            )
+        }
+    };
+    let Some(total) = total else {
+        // Upstream sent no length and no range was asked: stream to the end of the fill.
+        let whole = Span {
+            start: 0,
+            end: u64::MAX,
+            partial: false,
+        };
+        let response = blob_response(digest)
+            .body(body(whole))
+            .expect("valid headers");
+        return Ok(Reply::new(response, outcome));
+    };
+    let Some(span) = resolve(range.as_ref(), total) else {
+        return Ok(Reply::new(unsatisfiable(total), Outcome::Error));
+    };
+    let mut builder = blob_response(digest).header(CONTENT_LENGTH, span.end - span.start);
+    if span.partial {
+        let r = ByteRange {
+            start: span.start,
+            end: span.end - 1,
+        };
+        builder = builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(CONTENT_RANGE, r.content_range(total));
+    }
+    Ok(Reply::new(
+        builder.body(body(span)).expect("valid headers"),
+        outcome,
+    ))
+}
+
+/// Waits for upstream's headers on a fill; their status and length decide ours. Without a
+/// length from upstream, a range must wait for the end of the fill to be resolved.
+async fn fill_length(
+    progress: &mut watch::Receiver<Progress>,
+    ranged: bool,
+) -> Result<Option<u64>> {
+    let vanished = || {
+        Error::local(
+            "blob fill",
+            std::io::Error::other("fill ended without a result"),
+        )
+    };
+    let (phase, total) = {
+        let p = progress
+            .wait_for(|p| !matches!(p.phase, Phase::Connecting))
+            .await
+            .map_err(|_| vanished())?;
+        (p.phase.clone(), p.total)
+    };
+    if let Phase::Failed(e) = phase {
+        return Err(Error::clone(&e));
+    }
+    if total.is_some() || !ranged {
+        return Ok(total);
+    }
+    let (phase, written) = {
+        let p = progress
+            .wait_for(|p| matches!(p.phase, Phase::Done | Phase::Failed(_)))
+            .await
+            .map_err(|_| vanished())?;
+        (p.phase.clone(), p.written)
+    };
+    match phase {
+        Phase::Failed(e) => Err(Error::clone(&e)),
+        _ => Ok(Some(written)),
+    }
+}
+
+/// HEAD never downloads a body: the length comes from the cache or from upstream's HEAD.
+async fn head_blob(state: &State, target: &Target, digest: &Digest) -> Result<Reply> {
+    if let Some(source) = state.cache.stored_blob(digest).await {
+        let mut builder = blob_response(digest);
+        if let Some(len) = source.known_len() {
+            builder = builder.header(CONTENT_LENGTH, len);
+        }
+        return Ok(Reply::new(
+            builder.body(empty()).expect("valid headers"),
+            source.outcome(),
+        ));
+    }
+    let answer = target
+        .upstream
+        .send(
+            Method::HEAD,
+            Kind::Blob,
+            &target.name,
+            &format!("blobs/{digest}"),
+            None,
+        )
+        .await?;
+    let mut builder = blob_response(digest);
+    // reqwest reports a HEAD answer's body size (0), not the header.
+    let len = answer
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = len {
+        builder = builder.header(CONTENT_LENGTH, len);
+    }
+    Ok(Reply::new(
+        builder.body(empty()).expect("valid headers"),
+        Outcome::Miss,
+    ))
+}
+
+fn blob_response(digest: &Digest) -> http::response::Builder {
+    let digest_value = HeaderValue::try_from(digest.to_string()).expect("digests are header-safe");
+    Response::builder()
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(DOCKER_CONTENT_DIGEST, digest_value)
+        .header(ETAG, format!("\"{digest}\""))
+        .header(ACCEPT_RANGES, "bytes")
+        // Content-addressed: the bytes behind a digest never change.
+        .header(CACHE_CONTROL, "public, max-age=31536000, immutable")
+}
+
+/// The client's `Range`, if it sent one. One we cannot honour exactly is refused.
+fn requested_range(parts: &Parts) -> Result<Option<oci::RangeSpec>> {
+    let Some(value) = parts.headers.get(RANGE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    oci::parse_range(text).map(Some).map_err(|e| {
+        Error::client(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::RangeInvalid,
+            format!("unsupported Range header {text:?}: {e}; send one range as bytes=start-end"),
+        )
+    })
+}
+
+/// The span to send; `None` when the range cannot be satisfied.
+fn resolve(range: Option<&oci::RangeSpec>, total: u64) -> Option<Span> {
+    match range {
+        None => Some(Span {
+            start: 0,
+            end: total,
+            partial: false,
+        }),
+        Some(spec) => spec.resolve(total).map(|r| Span {
+            start: r.start,
+            end: r.end + 1,
+            partial: true,
+        }),
+    }
+}
+
+fn unsatisfiable(total: u64) -> Response<Body> {
+    let message = format!("range not satisfiable: the blob has {total} bytes");
+    let mut response = oci_error(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        ErrorCode::RangeInvalid,
+        &message,
+    );
+    let value = HeaderValue::try_from(oci::unsatisfied_content_range(total)).expect("valid header");
+    response.headers_mut().insert(CONTENT_RANGE, value);
+    response
+}

@@ -1,0 +1,83 @@
+//! Response bodies: one boxed type for every answer, and a wrapper that counts the bytes
+//! a client actually received, recorded once when the body is dropped (never per chunk).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
+use prometheus::IntCounter;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A streamed body; an error item aborts the response (the client sees a cut, not an end).
+pub fn stream<S>(stream: S) -> Body
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    StreamBody::new(stream.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
+}
+
+/// Counts data bytes that went out through `inner`.
+pub struct Counted {
+    inner: Body,
+    sent: u64,
+    counter: IntCounter,
+}
+
+impl Counted {
+    pub fn wrap(inner: Body, counter: IntCounter) -> Body {
+        Counted {
+            inner,
+            sent: 0,
+            counter,
+        }
+        .boxed_unsync()
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.counter.inc_by(self.sent);
+    }
+}

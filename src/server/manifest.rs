@@ -1,0 +1,53 @@
+//! `GET` and `HEAD /v2/<name>/manifests/<tag or digest>`, honouring the client's `Accept`.
+
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use http::request::Parts;
+use http::{HeaderValue, Response};
+
+use super::body::{empty, full};
+use super::respond::DOCKER_CONTENT_DIGEST;
+use super::service::Reply;
+use super::State;
+use crate::error::Result;
+use crate::oci::{Accept, Reference, RepoName};
+
+pub async fn get(
+    state: &State,
+    parts: &Parts,
+    name: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> Result<Reply> {
+    let target = state.upstreams.route(name);
+    let span = tracing::Span::current();
+    span.record("upstream", target.upstream.name());
+    if let Reference::Digest(d) = reference {
+        span.record("digest", tracing::field::display(d));
+    }
+    let accept = Accept::parse(
+        parts
+            .headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let manifest = state
+        .cache
+        .manifest(&target, reference, &accept, !head)
+        .await?;
+    let media_type = HeaderValue::try_from(&*manifest.media_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let builder = Response::builder()
+        .header(CONTENT_TYPE, media_type)
+        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+        .header(ETAG, format!("\"{}\"", manifest.digest))
+        .header(CONTENT_LENGTH, manifest.len);
+    let body = match (head, manifest.bytes) {
+        (false, Some(bytes)) => full(bytes),
+        _ => empty(),
+    };
+    Ok(Reply::new(
+        builder.body(body).expect("valid headers"),
+        manifest.outcome,
+    ))
+}

@@ -1,0 +1,54 @@
+//! The one place where an error becomes a response, a log line and a metric.
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::{full, Body};
+use crate::error::{Error, Source, UpstreamError};
+use crate::metrics::Metrics;
+use crate::oci::{error_body, ErrorCode};
+
+pub const API_VERSION: &str = "docker-distribution-api-version";
+pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// Answers `error` with an OCI error body. `missing` is the code a bare 404 gets.
+pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<Body> {
+    let (status, code) = error.status_and_code(missing);
+    log(error, status);
+    metrics
+        .errors
+        .with_label_values(&[error.source_kind().as_str(), status.as_str()])
+        .inc();
+    oci_error(status, code, &error.client_message())
+}
+
+/// An OCI error response built directly (for answers that are not failures of ours).
+pub fn oci_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+    let body = error_body(code, message);
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .header(API_VERSION, HeaderValue::from_static("registry/2.0"))
+        .body(full(body))
+        .expect("static headers are valid")
+}
+
+/// Client mistakes and plain misses are routine; upstream trouble is a warning;
+/// a local fault needs an operator.
+fn log(error: &Error, status: StatusCode) {
+    match error.source_kind() {
+        Source::Client => tracing::debug!(%status, error = %error, "request refused"),
+        Source::Upstream if error.is_not_found() => {
+            tracing::debug!(%status, error = %error, "not found upstream")
+        }
+        Source::Upstream => match error {
+            Error::Upstream {
+                cause: UpstreamError::DigestMismatch { .. },
+                ..
+            } => tracing::error!(%status, error = %error, "upstream sent corrupt content"),
+            _ => tracing::warn!(%status, error = %error, "upstream failed"),
+        },
+        Source::Local => tracing::error!(%status, error = %error, "local fault"),
+    }
+}

@@ -1,0 +1,151 @@
+//! The registry API service: parses the route first, then dispatches to a handler, and
+//! records one span, one request metric and the served-bytes count per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tracing::Instrument;
+
+use super::body::{full, Body, Counted};
+use super::respond::{self, API_VERSION};
+use super::{blob, manifest, passthrough, State};
+use crate::error::Result;
+use crate::metrics::Outcome;
+use crate::oci::{self, ErrorCode, Route, RouteError};
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// What a handler produced, and how (for the request metric and the bytes' source).
+pub struct Reply {
+    pub response: Response<Body>,
+    pub outcome: Outcome,
+}
+
+impl Reply {
+    pub fn new(response: Response<Body>, outcome: Outcome) -> Reply {
+        Reply { response, outcome }
+    }
+}
+
+/// Handles one request. Never fails: every error becomes an OCI error response here.
+pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body> {
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let (parts, _body) = request.into_parts();
+    let route = oci::route::parse(parts.uri.path());
+    let kind = route.as_ref().map_or("invalid", Route::kind);
+    let span = tracing::info_span!(
+        "request",
+        id,
+        method = %parts.method,
+        route = kind,
+        upstream = tracing::field::Empty,
+        digest = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let missing = match &route {
+            Ok(Route::Blob { .. }) => ErrorCode::BlobUnknown,
+            Ok(Route::Manifest { .. }) => ErrorCode::ManifestUnknown,
+            _ => ErrorCode::NameUnknown,
+        };
+        let result = match route {
+            Ok(route) => dispatch(&state, &parts, route).await,
+            Err(e) => Err(route_error(e)),
+        };
+        let (mut response, outcome) = match result {
+            Ok(reply) => {
+                let counter = state
+                    .metrics
+                    .served_bytes
+                    .with_label_values(&[reply.outcome.byte_source()]);
+                let (head, body) = reply.response.into_parts();
+                (
+                    Response::from_parts(head, Counted::wrap(body, counter)),
+                    reply.outcome,
+                )
+            }
+            Err(e) => (respond::error(&state.metrics, &e, missing), Outcome::Error),
+        };
+        state
+            .metrics
+            .requests
+            .with_label_values(&[kind, outcome.as_str()])
+            .inc();
+        response
+            .headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        tracing::debug!(
+            status = response.status().as_u16(),
+            result = outcome.as_str(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(state: &State, parts: &http::request::Parts, route: Route) -> Result<Reply> {
+    let method = &parts.method;
+    let head = method == Method::HEAD;
+    let read_only = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        Route::Upload { .. } => Err(unsupported(method)),
+        _ if !read_only => Err(unsupported(method)),
+        Route::Base => Ok(Reply::new(base(), Outcome::MemoryHit)),
+        Route::Manifest { name, reference } => {
+            manifest::get(state, parts, &name, &reference, head).await
+        }
+        Route::Blob { name, digest } => blob::get(state, parts, &name, &digest, head).await,
+        Route::Tags { name } => passthrough::tags(state, parts, &name).await,
+        Route::Referrers { name, digest } => {
+            passthrough::referrers(state, parts, &name, &digest).await
+        }
+    }
+}
+
+fn unsupported(method: &Method) -> crate::error::Error {
+    crate::error::Error::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unsupported,
+        format!("{method} is not supported: regcache is a read-only pull-through mirror"),
+    )
+}
+
+fn base() -> Response<Body> {
+    Response::builder()
+        .header(CONTENT_TYPE, "application/json")
+        .body(full("{}"))
+        .expect("static headers are valid")
+}
+
+fn route_error(e: RouteError) -> crate::error::Error {
+    use crate::error::Error;
+    let bad = StatusCode::BAD_REQUEST;
+    match e {
+        RouteError::NotFound => Error::client(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NameUnknown,
+            "not a registry API path; regcache serves the OCI distribution API under /v2/",
+        ),
+        RouteError::Name(e) => Error::client(
+            bad,
+            ErrorCode::NameInvalid,
+            format!("invalid repository name: {e}"),
+        ),
+        RouteError::Reference(oci::ReferenceError::Tag(e)) => {
+            Error::client(bad, ErrorCode::TagInvalid, format!("invalid tag: {e}"))
+        }
+        RouteError::Reference(oci::ReferenceError::Digest(e)) | RouteError::Digest(e) => {
+            Error::client(
+                bad,
+                ErrorCode::DigestInvalid,
+                format!("invalid digest: {e}"),
+            )
+        }
+    }
+}

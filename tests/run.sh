@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's one test command, for developers and CI alike.
+#
+# Installs what the end-to-end tests drive when it is missing (Debian's
+# docker-registry as the upstream, skopeo as the client), then checks formatting,
+# runs clippy with warnings as errors, and runs every test. Works from any cwd.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+if ((${#missing[@]} > 0)); then
+    as_root=()
+    if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
+        as_root=(sudo)
+    fi
+    echo "run.sh: installing ${missing[*]}"
+    "${as_root[@]}" apt-get update -q
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,377 @@
+//! An in-process fake upstream registry, for what a real registry cannot do on demand:
+//! corrupt bytes, bodies cut mid-way, 500s, slow or held bodies, auth challenges.
+//! It counts every request so tests can assert exactly what went upstream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// What the fake does wrong when serving one object.
+#[derive(Clone, Debug, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Flip a byte in the middle of the body.
+    Corrupt,
+    /// Send half the body, then close the connection.
+    Cut,
+    /// Answer with this status and an OCI error body.
+    Status(u16),
+    /// Send the body in 64 KiB pieces with this pause between them.
+    Slow(Duration),
+    /// Send half the body, then wait for `release()` before the rest.
+    Held,
+    /// Omit Content-Length (chunked body).
+    NoLength,
+}
+
+#[derive(Clone)]
+struct Object {
+    bytes: Bytes,
+    media_type: String,
+}
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<String, Object>,
+    manifests: HashMap<String, Object>,
+    /// (repo, tag) -> digest
+    tags: HashMap<(String, String), String>,
+    faults: HashMap<String, Fault>,
+    log: Vec<(String, String)>,
+    /// Require this Bearer token (issued by /token) when set.
+    bearer: Option<String>,
+    tokens_issued: usize,
+    /// Require Basic credentials when set.
+    basic: Option<String>,
+    /// Digest header to send on manifests instead of the real one.
+    lie_about_digest: bool,
+}
+
+#[derive(Clone)]
+pub struct FakeRegistry {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    gate: Arc<Semaphore>,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl FakeRegistry {
+    pub async fn start() -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeRegistry {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        };
+        let server = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let fake = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let fake = fake.clone();
+                        async move { Ok::<_, Infallible>(fake.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add_blob(&self, bytes: impl Into<Bytes>) -> String {
+        let bytes = bytes.into();
+        let digest = sha256(&bytes);
+        let object = Object {
+            bytes,
+            media_type: "application/octet-stream".into(),
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), object);
+        digest
+    }
+
+    pub fn add_manifest(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        bytes: impl Into<Bytes>,
+    ) -> String {
+        let bytes = bytes.into();
+        let digest = sha256(&bytes);
+        let mut state = self.state.lock().unwrap();
+        let object = Object {
+            bytes,
+            media_type: media_type.into(),
+        };
+        state.manifests.insert(digest.clone(), object);
+        state.tags.insert((repo.into(), tag.into()), digest.clone());
+        digest
+    }
+
+    pub fn set_fault(&self, digest: &str, fault: Fault) {
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .insert(digest.into(), fault);
+    }
+
+    /// Lets held bodies (`Fault::Held`) finish.
+    pub fn release(&self) {
+        self.gate.add_permits(1_000);
+    }
+
+    pub fn require_bearer(&self, token: &str) {
+        self.state.lock().unwrap().bearer = Some(token.into());
+    }
+
+    pub fn require_basic(&self, user: &str, password: &str) {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.state.lock().unwrap().basic = Some(format!("Basic {encoded}"));
+    }
+
+    pub fn lie_about_digest(&self) {
+        self.state.lock().unwrap().lie_about_digest = true;
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.state.lock().unwrap().tokens_issued
+    }
+
+    /// How many requests with this method had a path ending in `suffix`.
+    pub fn count(&self, method: &str, suffix: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state
+            .log
+            .iter()
+            .filter(|(m, p)| m == method && p.ends_with(suffix))
+            .count()
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .push((method.clone(), path.clone()));
+        if path == "/token" {
+            return self.issue_token();
+        }
+        if let Some(denied) = self.check_auth(&req) {
+            return denied;
+        }
+        let head = method == "HEAD";
+        let parts: Vec<&str> = path.trim_start_matches("/v2/").rsplitn(3, '/').collect();
+        let (object, fault) = {
+            let state = self.state.lock().unwrap();
+            let found = match parts.as_slice() {
+                [reference, "manifests", repo] => {
+                    let digest = match reference.starts_with("sha256:") {
+                        true => Some(reference.to_string()),
+                        false => state
+                            .tags
+                            .get(&(repo.to_string(), reference.to_string()))
+                            .cloned(),
+                    };
+                    digest.and_then(|d| state.manifests.get(&d).map(|o| (d, o.clone())))
+                }
+                [digest, "blobs", _] => state
+                    .blobs
+                    .get(*digest)
+                    .map(|o| (digest.to_string(), o.clone())),
+                _ => None,
+            };
+            match found {
+                Some((digest, object)) => {
+                    let fault = state.faults.get(&digest).cloned().unwrap_or_default();
+                    let shown = if state.lie_about_digest {
+                        sha256(b"a lie")
+                    } else {
+                        digest
+                    };
+                    (Some((shown, object)), fault)
+                }
+                None => (None, Fault::None),
+            }
+        };
+        let Some((digest, object)) = object else {
+            let code = match parts.get(1) {
+                Some(&"blobs") => "BLOB_UNKNOWN",
+                Some(&"manifests") => "MANIFEST_UNKNOWN",
+                _ => "NAME_UNKNOWN",
+            };
+            return error(StatusCode::NOT_FOUND, code, "not here");
+        };
+        if let Fault::Status(code) = fault {
+            return error(
+                StatusCode::from_u16(code).unwrap(),
+                "UNKNOWN",
+                "injected failure",
+            );
+        }
+        let len = object.bytes.len();
+        let mut builder = Response::builder()
+            .header("content-type", object.media_type.as_str())
+            .header("docker-content-digest", digest);
+        if !matches!(fault, Fault::NoLength) {
+            builder = builder.header("content-length", len);
+        }
+        if head {
+            return builder.body(empty()).unwrap();
+        }
+        builder.body(self.body(object.bytes, fault)).unwrap()
+    }
+
+    fn body(&self, bytes: Bytes, fault: Fault) -> Body {
+        let half = bytes.len() / 2;
+        match fault {
+            Fault::None | Fault::Status(_) | Fault::NoLength => {
+                Full::new(bytes).map_err(|never| match never {}).boxed()
+            }
+            Fault::Corrupt => {
+                let mut data = bytes.to_vec();
+                data[half] ^= 0xff;
+                Full::new(Bytes::from(data))
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+            Fault::Cut => {
+                let chunks = vec![
+                    Ok(Frame::data(bytes.slice(..half))),
+                    Err(std::io::Error::other("cut")),
+                ];
+                StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+            }
+            Fault::Slow(pause) => {
+                let pieces: Vec<Bytes> =
+                    bytes.chunks(64 << 10).map(|c| bytes.slice_ref(c)).collect();
+                let stream =
+                    futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+                        let piece = it.next()?;
+                        tokio::time::sleep(pause).await;
+                        Some((Ok(Frame::data(piece)), it))
+                    });
+                StreamBody::new(stream).boxed()
+            }
+            Fault::Held => {
+                let gate = self.gate.clone();
+                let (first, rest) = (bytes.slice(..half), bytes.slice(half..));
+                let stream = futures_util::stream::unfold(0, move |step| {
+                    let (gate, first, rest) = (gate.clone(), first.clone(), rest.clone());
+                    async move {
+                        match step {
+                            0 => Some((Ok(Frame::data(first)), 1)),
+                            1 => {
+                                gate.acquire().await.unwrap().forget();
+                                Some((Ok(Frame::data(rest)), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                StreamBody::new(stream).boxed()
+            }
+        }
+    }
+
+    fn check_auth(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let state = self.state.lock().unwrap();
+        let sent = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if let Some(token) = &state.bearer {
+            if sent != Some(&format!("Bearer {token}")) {
+                let challenge = format!(
+                    "Bearer realm=\"http://{}/token\",service=\"fake\",scope=\"repository:x:pull\"",
+                    self.addr
+                );
+                return Some(unauthorized(&challenge));
+            }
+        }
+        if let Some(basic) = &state.basic {
+            if sent != Some(basic.as_str()) {
+                return Some(unauthorized("Basic realm=\"fake\""));
+            }
+        }
+        None
+    }
+
+    fn issue_token(&self) -> Response<Body> {
+        let mut state = self.state.lock().unwrap();
+        state.tokens_issued += 1;
+        let token = state.bearer.clone().unwrap_or_default();
+        let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
+        Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"{message}\"}}]}}");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+fn unauthorized(challenge: &str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "authentication required",
+    );
+    response
+        .headers_mut()
+        .insert("www-authenticate", challenge.parse().unwrap());
+    response
+}

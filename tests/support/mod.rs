@@ -1,0 +1,8 @@
+//! Shared test support. Each test binary uses only part of it.
+#![allow(dead_code)]
+
+pub mod fake;
+pub mod images;
+pub mod proxy;
+pub mod regcache;
+pub mod registry;

@@ -1,0 +1,145 @@
+//! Runs the real `regcache` binary as a child process for end-to-end tests.
+//!
+//! The proxy listens on 127.0.0.1 (ports picked free), pulls from one `--upstream`
+//! and keeps its cache in a directory the test owns, so a test can stop it and start
+//! another on the same cache. Its stdout and stderr go to `<cache_dir>.log`
+//! (appended across restarts), which is printed when it fails to start.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::registry::{free_port, http_status, spawn_logged};
+
+/// How long `start` waits for `GET /v2/` to answer 200.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts, each on new ports, when a port was taken between picking and binding.
+const START_ATTEMPTS: usize = 3;
+
+#[derive(Debug)]
+pub struct Regcache {
+    port: u16,
+    admin_port: u16,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Regcache {
+    /// Starts `regcache serve` against `upstream_url` with its cache in `cache_dir`
+    /// (which may hold a previous run's cache). Panics with the log if it is not
+    /// answering `GET /v2/` with 200 within ~20 s.
+    pub fn start(upstream_url: &str, cache_dir: &Path) -> Regcache {
+        let log_path = cache_dir.with_extension("log");
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).expect("create log dir");
+        }
+        for _ in 0..START_ATTEMPTS {
+            let (port, admin_port) = (free_port(), free_port());
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+            cmd.arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+                .args(["--upstream", upstream_url])
+                .arg("--cache-dir")
+                .arg(cache_dir)
+                .env("RUST_LOG", "info");
+            let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            let child = Some(spawn_logged(&mut cmd, &log_path));
+            let log_path = log_path.clone();
+            let mut regcache = Regcache {
+                port,
+                admin_port,
+                log_path,
+                child,
+            };
+            match regcache.wait_ready() {
+                Ok(()) => return regcache,
+                Err(why) => {
+                    regcache.stop();
+                    let log = regcache.log();
+                    let this_run = log.get(log_start as usize..).unwrap_or(&log);
+                    if !this_run.contains("already in use") {
+                        panic!("regcache did not start ({why}); its log:\n{log}");
+                    }
+                }
+            }
+        }
+        panic!("regcache did not start: ports kept being taken");
+    }
+
+    /// `127.0.0.1:PORT` of the registry API, as skopeo wants it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// `127.0.0.1:PORT` of the admin listener (metrics, health).
+    pub fn admin_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
+    }
+
+    /// The Prometheus text from the admin `/metrics`; panics unless it answers 200.
+    pub async fn metrics(&self) -> String {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let url = format!("http://{}/metrics", self.admin_addr());
+        let response = client.get(&url).send().await.expect("GET /metrics");
+        assert_eq!(response.status().as_u16(), 200, "GET {url}");
+        response.text().await.expect("metrics body")
+    }
+
+    /// Everything regcache printed so far, across restarts on the same cache dir.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills regcache and waits for it. Idempotent; also done on drop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().ok_or("not running")?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status}"));
+            }
+            if http_status(&self.addr(), "/v2/") == Some(200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("no 200 from GET /v2/ in {START_TIMEOUT:?}"))
+    }
+}
+
+impl Drop for Regcache {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The sum of every sample of metric `name` (all label sets) in Prometheus text,
+/// or None if there is none.
+pub fn metric_sum(metrics: &str, name: &str) -> Option<f64> {
+    let samples = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name).then(|| value.parse::<f64>().ok())?
+        });
+    samples.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+}
