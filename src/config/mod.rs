@@ -1,0 +1,282 @@
+//! Configuration: the TOML file (or the embedded default) as written by the operator,
+//! and its validation into a [`Config`] the rest of the daemon can trust.
+//!
+//! Every problem found is reported at once, each naming the key, the value and the fix,
+//! so `regcache check-config` can print them all. Nothing here does network I/O.
+
+mod cache;
+mod upstream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use cache::CacheConfig;
+pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};
+
+/// The config used when no file is given: Docker Hub on 127.0.0.1:5000.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/regcache.toml");
+
+/// The file as written. Unknown keys are errors so typos do not pass silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    cache: cache::RawCache,
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<upstream::RawUpstream>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub cache: CacheConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Overrides from the command line; they win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One problem in a config, printed as `key = value: what to do`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.fix)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.fix)
+        }
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in {source_name}:\n{}", .problems.len(), render(.problems))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a config file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_CONFIG, "the embedded default config", overrides),
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    source_name: name.clone(),
+                    problems: vec![Problem {
+                        key: "(file)".into(),
+                        value: name.clone(),
+                        fix: format!("cannot read the file ({e}); check the path and permissions"),
+                    }],
+                })?;
+                Config::parse(&text, &name, overrides)
+            }
+        }
+    }
+
+    /// Parses TOML text; `source_name` names it in messages.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e)]))?;
+        let mut problems = Problems::default();
+        let config = validate(raw, overrides, &mut problems);
+        if problems.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems.0))
+        }
+    }
+
+    pub fn default_upstream(&self) -> &UpstreamConfig {
+        // Validation guarantees exactly one default.
+        self.upstreams
+            .iter()
+            .find(|u| u.default)
+            .unwrap_or(&self.upstreams[0])
+    }
+}
+
+fn toml_problem(e: &toml::de::Error) -> Problem {
+    let key = e
+        .span()
+        .map(|s| format!("(at byte {})", s.start))
+        .unwrap_or_else(|| "(file)".into());
+    Problem {
+        key,
+        value: String::new(),
+        fix: format!("{}; fix the TOML syntax or the key name", e.message()),
+    }
+}
+
+fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
+    let listen_text = ov.listen.clone().or(raw.listen);
+    let listen = parse_addr(
+        "listen",
+        listen_text.as_deref().unwrap_or("127.0.0.1:5000"),
+        problems,
+    );
+    let admin_text = ov.admin_listen.clone().or(raw.admin_listen);
+    let admin_listen = admin_text.and_then(|t| parse_addr("admin_listen", &t, problems));
+    Config {
+        listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 5000).into()),
+        admin_listen,
+        cache: raw.cache.validate(ov, problems),
+        upstreams: upstream::validate_all(raw.upstreams, ov, problems),
+    }
+}
+
+fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    let addr = text.parse().ok();
+    if addr.is_none() {
+        problems.add(
+            key,
+            text,
+            "must be an IP address and port, e.g. 127.0.0.1:5000 or [::1]:5000",
+        );
+    }
+    addr
+}
+
+/// Collects every problem found, so all are reported at once.
+#[derive(Default)]
+pub(crate) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn add(
+        &mut self,
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        fix: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            key: key.into(),
+            value: value.to_string(),
+            fix: fix.into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test", &Overrides::default())
+    }
+
+    #[test]
+    fn embedded_default_is_docker_hub_on_loopback() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        let up = c.default_upstream();
+        assert_eq!(up.url.host_str(), Some(DOCKER_HUB_HOST));
+        assert!(up.library_prefix);
+        assert!(c.cache.dir.ends_with("regcache"));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let ov = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some("http://127.0.0.1:9999".into()),
+            cache_dir: Some("/tmp/x".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+        };
+        let c = Config::load(None, &ov).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        let up = c.default_upstream();
+        assert_eq!(up.url.as_str(), "http://127.0.0.1:9999/");
+        assert_eq!(up.name, "127.0.0.1:9999");
+        assert!(!up.library_prefix);
+        assert_eq!(c.cache.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_fix() {
+        let err = parse(
+            r#"
+            listen = "nowhere"
+            [cache]
+            memory_bytes = "1MiB"
+            memory_max_object_bytes = "2MiB"
+            [[upstream]]
+            url = "ftp://x"
+            [[upstream]]
+            url = "https://a.example"
+            username = "u"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "cache.memory_max_object_bytes",
+                "upstream[0].url",
+                "upstream[1].username"
+            ]
+        );
+        assert!(err.to_string().contains("4 problem(s) in test"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("listne = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.problems[0].fix.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn human_sizes_parse() {
+        let c = parse(
+            "[cache]\nmemory_bytes = \"1 GiB\"\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.memory_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn credentials_are_not_printed() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        };
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}
