@@ -1,0 +1,952 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark of regcache against its peers, everything on 127.0.0.1.
+
+One run starts Debian's docker-registry as the upstream, pushes generated images to it
+over the registry HTTP API, puts the caches in front of it (regcache, docker-registry in
+proxy mode, nginx with proxy_cache, and nginx serving the big layer from disk with
+sendfile as the practical ceiling), measures them in rotating turns and prints one
+markdown table per section on stdout. Progress goes to stderr.
+
+Python 3.11 stdlib only; the load comes from wrk (GET), oha (HEAD), curl and skopeo.
+Every load loop is bounded in count and time, and everything started is stopped (by
+process group) and every temp dir removed at the end, also on Ctrl-C or an exception.
+
+    python3 benches/side_by_side.py [--quick] [--rounds N] [--only SECTION ...]
+"""
+
+import argparse
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = Path(__file__).resolve().parent / "side_by_side"
+REGCACHE = REPO / "target" / "release" / "regcache"
+MiB = 1 << 20
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}"
+
+SECTIONS = ("hot-blob", "manifests", "cold", "herd", "pull")
+IMAGES = ("big", "multi", "small", "index")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Settings:
+    rounds: int
+    blob_bytes: int  # the single layer of bench/big
+    multi_layer_bytes: int  # each of the 5 layers of bench/multi
+    hot_secs: int  # per wrk run on the hot blob
+    manifest_secs: int  # per wrk/oha run on manifests
+    only: tuple
+    concurrencies: tuple = (1, 8, 32)
+    herd_clients: int = 32
+
+
+# ---------------------------------------------------------------- tools and processes
+
+
+def ensure_tools():
+    """Installs what is missing: apt packages first (one update), then oha from crates.io."""
+    os.environ["PATH"] += os.pathsep + os.pathsep.join(
+        ["/usr/sbin", "/sbin", str(Path.home() / ".cargo" / "bin")])
+    wanted = {"docker-registry": ["docker-registry"], "nginx": ["nginx-light", "nginx"],
+              "wrk": ["wrk"], "skopeo": ["skopeo"], "curl": ["curl"]}
+    missing = [cmd for cmd in wanted if not shutil.which(cmd)]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        log(f"installing {missing} with apt-get")
+        subprocess.run(sudo + ["apt-get", "update", "-q"], check=True, env=env)
+        for cmd in missing:
+            # nginx-light is enough; fall back to nginx where that package is gone.
+            if not any(subprocess.run(sudo + ["apt-get", "install", "-y", "-q", pkg],
+                                      env=env).returncode == 0 for pkg in wanted[cmd]):
+                sys.exit(f"could not install {cmd} ({wanted[cmd]})")
+    if not shutil.which("oha"):
+        log("installing oha with cargo (a few minutes)")
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    log("building regcache (cargo build --release)")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url, method="GET", headers=None, timeout=2.0):
+    """Status of one request, or None if nothing answered; reads (and drops) the body."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request(method, u.path or "/", headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+class Proc:
+    """A server in its own process group, so stopping it also stops its workers."""
+
+    live = []  # every Proc not yet stopped, for the cleanup on exit
+
+    def __init__(self, name, argv, log_path, env=None):
+        self.name, self.log_path = name, Path(log_path)
+        with open(self.log_path, "ab") as out:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+        Proc.live.append(self)
+
+    def wait_ready(self, url, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                self.fail(f"exited with status {self.popen.returncode}")
+            if http_status(url) == 200:
+                return
+            time.sleep(0.05)
+        self.fail(f"did not answer 200 on {url} within {timeout:.0f} s")
+
+    def fail(self, why):
+        self.stop()
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{self.name} {why}; tail of {self.log_path}:\n{tail}")
+
+    def pids(self):
+        """The process group: master and workers for nginx, the one process otherwise."""
+        pgid, found = self.popen.pid, []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                # Fields after the ")" closing comm: state ppid pgrp ...
+                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.append(int(entry))
+        return found
+
+    def rss_bytes(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            total += int(m.group(1)) * 1024 if m else 0
+        return total
+
+    def stop(self):
+        if self in Proc.live:
+            Proc.live.remove(self)
+        if self.popen.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.popen.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class PeakRss:
+    """Samples a Proc's summed VmRSS every 100 ms on a thread, keeping the peak."""
+
+    def __init__(self, proc):
+        self.proc, self.peak, self.done = proc, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.proc.rss_bytes())
+            self.done.wait(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+# ---------------------------------------------------------------- upstream and images
+
+
+@dataclass
+class Blob:
+    digest: str
+    size: int
+    path: Path = None  # a layer file on disk, or
+    data: bytes = None  # a config in memory
+
+
+@dataclass
+class Images:
+    big: Blob  # the one layer of bench/big, also served by nginx-sendfile
+    small_manifest: str  # digest of bench/small:v1, the manifest of the manifest section
+    sizes: dict = field(default_factory=dict)  # image -> total bytes pulled
+
+
+class Upstream:
+    """Debian's docker-registry with filesystem storage and its access log on."""
+
+    def __init__(self, work):
+        self.dir = work / "upstream"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = self.dir / "config.yml"
+        config.write_text(f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {self.dir}/data
+http:
+  addr: 127.0.0.1:{self.port}
+  secret: side-by-side-bench
+""")
+        self.log_path = self.dir / "registry.log"
+        self.proc = Proc("upstream docker-registry", ["docker-registry", "serve", str(config)],
+                         self.log_path)
+        self.proc.wait_ready(self.url + "/v2/")
+
+    def log_offset(self):
+        return self.log_path.stat().st_size
+
+    def blob_gets_since(self, offset, digest):
+        """(count, bytes) of GETs of `digest` logged after `offset`. The access log is
+        Apache combined format, one line written after each response: `... "GET /path
+        HTTP/1.1" 200 <bytes sent> ...`. Waits (<= 5 s) for the log to stop growing."""
+        last, deadline = -1, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            size = self.log_offset()
+            if size == last:
+                break
+            last = size
+            time.sleep(0.3)
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        count = total = 0
+        for m in re.finditer(r'^\S+ \S+ \S+ \[[^\]]*\] "GET (\S+) [^"]*" \d{3} (\d+)', text, re.M):
+            if m.group(1).endswith("/blobs/" + digest):
+                count, total = count + 1, total + int(m.group(2))
+        return count, total
+
+    # Pushing, as a client would: POST an upload, PUT the bytes with the digest.
+
+    def push_blob(self, repo, blob):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600, blocksize=MiB)
+        try:
+            conn.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 202:
+                raise RuntimeError(f"upload start for {repo}: HTTP {resp.status}")
+            loc = urllib.parse.urlsplit(resp.getheader("Location"))
+            query = (loc.query + "&" if loc.query else "") + urllib.parse.urlencode(
+                {"digest": blob.digest})
+            headers = {"Content-Length": str(blob.size),
+                       "Content-Type": "application/octet-stream"}
+            if blob.path:
+                with open(blob.path, "rb") as body:  # streamed, never all in memory
+                    conn.request("PUT", f"{loc.path}?{query}", body=body, headers=headers)
+            else:
+                conn.request("PUT", f"{loc.path}?{query}", body=blob.data, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 201:
+                raise RuntimeError(f"blob PUT for {repo}: HTTP {resp.status}")
+        finally:
+            conn.close()
+
+    def put_manifest(self, repo, ref, media_type, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("PUT", f"/v2/{repo}/manifests/{ref}", body=body,
+                         headers={"Content-Type": media_type})
+            resp = conn.getresponse()
+            text = resp.read()
+            if resp.status != 201:
+                raise RuntimeError(f"manifest PUT {repo}:{ref}: HTTP {resp.status} {text[:300]}")
+        finally:
+            conn.close()
+        return sha256_ref(body)
+
+
+def sha256_ref(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write_layer(path, size):
+    """An uncompressed tar holding one file of `size` random (incompressible) bytes."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        def put(chunk):
+            digest.update(chunk)
+            out.write(chunk)
+        info = tarfile.TarInfo("data.bin")
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        put(info.tobuf(tarfile.GNU_FORMAT))
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 * MiB))
+            put(chunk)
+            left -= len(chunk)
+        put(b"\0" * (-size % 512) + b"\0" * 1024)  # pad the member, then end-of-archive
+        written = out.tell()
+    return Blob("sha256:" + digest.hexdigest(), written, path=path)
+
+
+def push_image(up, repo, ref, layers, arch="amd64"):
+    """Pushes the layers, a valid config (os, architecture, rootfs.diff_ids: for an
+    uncompressed layer the diff_id is its digest) and an OCI manifest under `ref` (by
+    its own digest when None, as the children of an index are); returns (digest, size)."""
+    config = json.dumps({
+        "architecture": arch, "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in layers]},
+    }).encode()
+    config_blob = Blob(sha256_ref(config), len(config), data=config)
+    for blob in [*layers, config_blob]:
+        up.push_blob(repo, blob)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_blob.digest, "size": config_blob.size},
+        "layers": [{"mediaType": OCI_LAYER, "digest": b.digest, "size": b.size} for b in layers],
+    }).encode()
+    return up.put_manifest(repo, ref or sha256_ref(manifest), OCI_MANIFEST, manifest), len(manifest)
+
+
+def load_images(up, work, s):
+    """bench/big (one layer of s.blob_bytes), bench/multi (5 layers), bench/small (one
+    256 KiB layer) and bench/index (an OCI index of two platforms)."""
+    layers = work / "layers"
+    layers.mkdir()
+    log(f"generating and pushing images (big layer {s.blob_bytes // MiB} MiB)")
+    big = write_layer(layers / "big.tar", s.blob_bytes)
+    push_image(up, "bench/big", "v1", [big])
+    multi = [write_layer(layers / f"multi{i}.tar", s.multi_layer_bytes) for i in range(5)]
+    push_image(up, "bench/multi", "v1", multi)
+    small = write_layer(layers / "small.tar", 256 * 1024)
+    small_manifest, _ = push_image(up, "bench/small", "v1", [small])
+    children = []
+    for arch in ("amd64", "arm64"):
+        layer = write_layer(layers / f"index-{arch}.tar", 512 * 1024)
+        digest, size = push_image(up, "bench/index", None, [layer], arch)
+        children.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                         "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}).encode()
+    up.put_manifest("bench/index", "v1", OCI_INDEX, index)
+    for p in layers.iterdir():  # keep only the big layer, for nginx-sendfile
+        if p != big.path:
+            p.unlink()
+    sizes = {"big": big.size, "multi": sum(b.size for b in multi), "small": small.size,
+             "index": 2 * 512 * 1024}
+    return Images(big=big, small_manifest=small_manifest, sizes=sizes)
+
+
+# ---------------------------------------------------------------- the targets
+
+
+class Target:
+    """One server under test. `restart_empty` gives it a fresh, empty cache (and a new
+    port, so no restart waits on a port in TIME_WAIT)."""
+
+    name = "?"
+    caches = True  # False: nothing to empty (the upstream itself, nginx-sendfile)
+
+    def __init__(self, work, upstream):
+        self.work, self.upstream, self.proc, self.generation = work, upstream, None, 0
+        self.dir = work / self.name
+        self.dir.mkdir()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.generation += 1
+        self.port = free_port()
+        self.state = self.dir / f"run{self.generation}"  # cache dir, config, log
+        self.state.mkdir()
+        self.proc = self.spawn()
+        self.proc.wait_ready(self.url + "/v2/")
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def restart_empty(self):
+        self.stop()
+        shutil.rmtree(self.state, ignore_errors=True)  # bounds the disk a long run uses
+        self.start()
+
+
+class Regcache(Target):
+    name = "regcache"
+
+    def spawn(self):
+        self.admin_port = free_port()
+        argv = [str(REGCACHE), "serve", "--listen", f"127.0.0.1:{self.port}",
+                "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--upstream", self.upstream.url, "--cache-dir", str(self.state / "cache")]
+        return Proc(self.name, argv, self.state / "regcache.log",
+                    env=dict(os.environ, RUST_LOG="warn"))
+
+    def upstream_bytes_metric(self):
+        """regcache's own count of upstream bytes since it started (for cross-checks)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return sum(float(m.group(1)) for m in
+                   re.finditer(r"^regcache_upstream_bytes_total\{[^}]*\} (\S+)", text, re.M))
+
+
+class RegistryProxy(Target):
+    name = "registry-proxy"
+
+    def spawn(self):
+        config = self.state / "config.yml"
+        config.write_text(f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {self.state}/data
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{self.port}
+  secret: side-by-side-bench
+proxy:
+  remoteurl: {self.upstream.url}
+""")
+        return Proc(self.name, ["docker-registry", "serve", str(config)],
+                    self.state / "registry.log")
+
+
+class NginxCache(Target):
+    name = "nginx-cache"
+    template = "nginx-cache.conf"
+
+    def values(self):
+        return {"UPSTREAM_PORT": str(self.upstream.port)}
+
+    def spawn(self):
+        for sub in ("tmp", "cache"):
+            (self.state / sub).mkdir()
+        values = {"DIR": str(self.state), "PORT": str(self.port),
+                  # As root, workers would otherwise drop to nobody and lose the temp dirs.
+                  "USER": "user root;" if os.geteuid() == 0 else "", **self.values()}
+        text = (ASSETS / self.template).read_text()
+        for key, value in values.items():
+            text = text.replace(f"@@{key}@@", value)
+        conf = self.state / "nginx.conf"
+        conf.write_text(text)
+        argv = ["nginx", "-p", str(self.state), "-e", str(self.state / "error.log"),
+                "-c", str(conf), "-g", "daemon off;"]
+        return Proc(self.name, argv, self.state / "nginx.out")
+
+
+class NginxSendfile(NginxCache):
+    name = "nginx-sendfile"
+    template = "nginx-sendfile.conf"
+    caches = False
+
+    def __init__(self, work, upstream, big):
+        super().__init__(work, upstream)
+        # The URL path of the blob, as a link under the document root.
+        link = self.dir / "www" / "v2" / "bench" / "big" / "blobs" / big.digest
+        link.parent.mkdir(parents=True)
+        link.symlink_to(big.path)
+
+    def values(self):
+        return {"ROOT": str(self.dir / "www")}
+
+
+class Direct(Target):
+    """The upstream registry itself, for the cost of having no cache in between."""
+    name = "upstream"
+    caches = False
+
+    def start(self):
+        self.port, self.proc = self.upstream.port, self.upstream.proc
+
+    def stop(self):
+        pass
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def wrk(url, conns, secs, headers=()):
+    """{'bytes', 'requests', 'secs', 'errors'} of one wrk run (keep-alive connections)."""
+    argv = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{secs}s", "--timeout", "120s",
+            "-s", str(ASSETS / "report.lua")]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=secs + 120)
+    m = re.search(r"^WRK_RESULT (.*)$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    dur, reqs, nbytes, *errors = map(int, m.group(1).split())
+    return {"bytes": nbytes, "requests": reqs, "secs": dur / 1e6, "errors": sum(errors)}
+
+
+def oha_head(url, conns, secs, headers=()):
+    """Requests/s and non-2xx count of HEAD requests, with oha (wrk cannot HEAD well)."""
+    argv = ["oha", "-m", "HEAD", "-c", str(conns), "-z", f"{secs}s", "--no-tui",
+            "--output-format", "json"]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=secs + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed: {out.stderr}")
+    report = json.loads(out.stdout)
+    codes = report.get("statusCodeDistribution", {})
+    bad = sum(n for code, n in codes.items() if not code.startswith("2"))
+    return {"rps": report["summary"]["requestsPerSec"], "errors": bad}
+
+
+CURL_FORMAT = "%{http_code} %{time_starttransfer} %{time_total} %{size_download} %{speed_download}"
+
+
+def curl_argv(url, max_secs=300):
+    return ["curl", "-sS", "-o", "/dev/null", "--max-time", str(max_secs), "-w", CURL_FORMAT, url]
+
+
+def parse_curl(out):
+    code, ttfb, total, size, speed = out.split()
+    return {"code": int(code), "ttfb": float(ttfb), "total": float(total),
+            "size": int(size), "speed": float(speed)}
+
+
+def curl_get(url, expect_size=None):
+    out = subprocess.run(curl_argv(url), capture_output=True, text=True, timeout=330)
+    r = parse_curl(out.stdout)
+    if r["code"] != 200 or (expect_size is not None and r["size"] != expect_size):
+        raise RuntimeError(f"GET {url}: HTTP {r['code']}, {r['size']} bytes "
+                           f"(expected {expect_size}); {out.stderr.strip()}")
+    return r
+
+
+def skopeo_copy(url_ref, dest, policy, all_images):
+    argv = ["skopeo", "--policy", str(policy), "copy", "--src-tls-verify=false", "-q"]
+    if all_images:
+        argv.append("--all")
+    t0 = time.monotonic()
+    out = subprocess.run(argv + [f"docker://{url_ref}", f"oci:{dest}:v1"],
+                         capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - t0
+    shutil.rmtree(dest, ignore_errors=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"skopeo copy {url_ref} failed: {out.stderr.strip()}")
+    return elapsed
+
+
+# ---------------------------------------------------------------- results and tables
+
+
+class Results:
+    """Samples per (section, row, column); printed as `median (min..max)` over rounds."""
+
+    def __init__(self):
+        self.samples, self.notes = {}, []
+
+    def add(self, section, row, col, value):
+        self.samples.setdefault((section, row, col), []).append(value)
+
+    def get(self, section, row, col):
+        return self.samples.get((section, row, col), [])
+
+
+def fmt_num(x):
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}"
+
+
+def cell(vals):
+    if not vals:
+        return "-"
+    med = statistics.median(vals)
+    if len(vals) == 1 or min(vals) == max(vals):
+        return fmt_num(med)
+    return f"{fmt_num(med)} ({fmt_num(min(vals))}..{fmt_num(max(vals))})"
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_section(res, section, title, rows, cols, ratio_cols=None):
+    """A table of cells, then one of the ratios regcache / peer of the medians. A row key
+    is (group, target); in each group regcache is compared with every other target."""
+    first = "image" if rows[0][0] else "target"
+    label = lambda g, t: f"{g} {t}" if g else t  # noqa: E731
+    out = [f"### {title}", "", md_table([first] + [c for c, _ in cols], [
+        [label(g, t)] + [cell(res.get(section, (g, t), k)) for _, k in cols] for g, t in rows])]
+    ratio_cols = cols if ratio_cols is None else ratio_cols
+    ratio_rows = []
+    for g, t in rows:
+        if t == "regcache":
+            continue
+        row = [label(g, f"regcache / {t}")]
+        for _, k in ratio_cols:
+            a, b = res.get(section, (g, "regcache"), k), res.get(section, (g, t), k)
+            ok = a and b and statistics.median(b)
+            row.append(f"{statistics.median(a) / statistics.median(b):.2f}" if ok else "-")
+        ratio_rows.append(row)
+    if ratio_rows and ratio_cols:
+        out += ["", md_table(["ratio of medians"] + [c for c, _ in ratio_cols], ratio_rows)]
+    notes = [n for s, n in res.notes if s == section]
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    print("\n".join(out) + "\n", flush=True)
+
+
+def rotated(targets, r):
+    """The round's order: each round starts one target later, so no target always
+    runs first (on a cold machine) or last (after the others warmed caches and CPU)."""
+    k = r % len(targets)
+    return targets[k:] + targets[:k]
+
+
+# ---------------------------------------------------------------- the sections
+
+
+@dataclass
+class Ctx:
+    s: Settings
+    res: Results
+    up: Upstream
+    img: Images
+    targets: dict  # name -> Target
+    work: Path
+
+    def pick(self, *names):
+        return [self.targets[n] for n in names]
+
+    def big_path(self):
+        return f"/v2/bench/big/blobs/{self.img.big.digest}"
+
+
+def sec_hot_blob(ctx):
+    """Aggregate MiB/s on the cached big blob with 1, 8 and 32 keep-alive clients, and
+    the serving processes' peak RSS during the largest run."""
+    s, big, path = ctx.s, ctx.img.big, ctx.big_path()
+    targets = ctx.pick("regcache", "registry-proxy", "nginx-cache", "nginx-sendfile")
+    for t in targets:  # one full GET puts the blob in each cache
+        curl_get(t.url + path, big.size)
+    time.sleep(1)  # let a cache that commits after the response finish before we count
+    offset, top = ctx.up.log_offset(), max(s.concurrencies)
+    for r in range(s.rounds):
+        for t in rotated(targets, r):
+            for c in s.concurrencies:
+                log(f"hot-blob round {r + 1}: {t.name}, {c} clients")
+                with PeakRss(t.proc) if c == top else NoSampler() as rss:
+                    w = wrk(t.url + path, c, s.hot_secs)
+                ctx.res.add("hot-blob", (None, t.name), c, w["bytes"] / w["secs"] / MiB)
+                if c == top:
+                    ctx.res.add("hot-blob", (None, t.name), "rss", rss.peak / MiB)
+                if w["errors"]:
+                    ctx.res.notes.append(("hot-blob", f"{t.name}, {c} clients, round {r + 1}: "
+                                          f"{w['errors']} wrk errors"))
+    gets, _ = ctx.up.blob_gets_since(offset, big.digest)
+    ctx.res.notes.append(("hot-blob", f"upstream blob GETs during the measurement: {gets} "
+                          "(0 means every byte came from the caches)"))
+    cols = [(f"{c} client{'s' if c > 1 else ''} MiB/s", c) for c in s.concurrencies]
+    print_section(ctx.res, "hot-blob",
+                  f"Hot blob: cached {big.size // MiB} MiB layer, aggregate MiB/s "
+                  f"(wrk, {s.hot_secs} s per run; higher is better)",
+                  [(None, t.name) for t in targets],
+                  cols + [(f"peak RSS at {top} (MiB)", "rss")])
+
+
+class NoSampler:
+    peak = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def sec_manifests(ctx):
+    """Requests/s on one hot manifest: GET (wrk) and HEAD (oha), by digest and by tag,
+    16 keep-alive connections."""
+    s = ctx.s
+    targets = ctx.pick("regcache", "registry-proxy", "nginx-cache", "upstream")
+    paths = {"digest": f"/v2/bench/small/manifests/{ctx.img.small_manifest}",
+             "tag": "/v2/bench/small/manifests/v1"}
+    headers = [f"Accept: {ACCEPT}"]
+    for t in targets:  # warm, and check that every target answers what we will ask
+        for p in paths.values():
+            for method in ("GET", "HEAD"):
+                status = http_status(t.url + p, method, {"Accept": ACCEPT}, timeout=10)
+                if status != 200:
+                    raise RuntimeError(f"{t.name}: {method} {p} answered {status}")
+    cases = [(m, ref) for m in ("GET", "HEAD") for ref in ("digest", "tag")]
+    for r in range(s.rounds):
+        for t in rotated(targets, r):
+            for method, ref in cases:
+                log(f"manifests round {r + 1}: {t.name}, {method} by {ref}")
+                url = t.url + paths[ref]
+                if method == "GET":
+                    w = wrk(url, 16, s.manifest_secs, headers)
+                    rps, errors = w["requests"] / w["secs"], w["errors"]
+                else:
+                    o = oha_head(url, 16, s.manifest_secs, headers)
+                    rps, errors = o["rps"], o["errors"]
+                ctx.res.add("manifests", (None, t.name), f"{method} {ref}", rps)
+                if errors:
+                    ctx.res.notes.append(("manifests", f"{t.name} {method} by {ref}, round "
+                                          f"{r + 1}: {errors} errors or non-2xx answers"))
+    print_section(ctx.res, "manifests",
+                  f"Hot manifests: requests/s, 16 connections, {s.manifest_secs} s per run "
+                  "(GET: wrk, HEAD: oha; higher is better)",
+                  [(None, t.name) for t in targets],
+                  [(f"{m} by {ref}", f"{m} {ref}") for m, ref in cases])
+
+
+def sec_cold(ctx):
+    """One client pulling the uncached big blob: TTFB, MiB/s, and what reached upstream."""
+    big, path = ctx.img.big, ctx.big_path()
+    targets = ctx.pick("regcache", "registry-proxy", "nginx-cache", "upstream")
+    for r in range(ctx.s.rounds):
+        for t in rotated(targets, r):
+            log(f"cold round {r + 1}: {t.name}")
+            if t.caches:
+                t.restart_empty()
+            offset = ctx.up.log_offset()
+            c = curl_get(t.url + path, big.size)
+            _, upstream_bytes = ctx.up.blob_gets_since(offset, big.digest)
+            for col, value in (("ttfb", c["ttfb"] * 1000), ("mibs", c["speed"] / MiB),
+                               ("total", c["total"]), ("up", upstream_bytes / MiB)):
+                ctx.res.add("cold", (None, t.name), col, value)
+    print_section(ctx.res, "cold",
+                  f"Cold blob: one client, uncached {big.size // MiB} MiB layer (curl; "
+                  "the upstream row is the registry itself, file in page cache)",
+                  [(None, t.name) for t in targets],
+                  [("TTFB ms", "ttfb"), ("MiB/s", "mibs"), ("total s", "total"),
+                   ("upstream MiB", "up")])
+
+
+def sec_herd(ctx):
+    """32 clients at once on the same uncached big blob: when the last one is done, and
+    how many bytes the upstream had to send."""
+    s, big, path = ctx.s, ctx.img.big, ctx.big_path()
+    targets = ctx.pick("regcache", "registry-proxy", "nginx-cache")
+    n = s.herd_clients
+    for r in range(s.rounds):
+        for t in rotated(targets, r):
+            log(f"herd round {r + 1}: {t.name}, {n} clients")
+            t.restart_empty()
+            offset = ctx.up.log_offset()
+            t0 = time.monotonic()
+            clients = [subprocess.Popen(curl_argv(t.url + path), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for _ in range(n)]
+            try:
+                outs = [p.communicate(timeout=max(1.0, t0 + 330 - time.monotonic()))
+                        for p in clients]
+            finally:
+                for p in clients:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+            wall = time.monotonic() - t0
+            done = [parse_curl(o) if o.strip() else {"code": 0, "size": 0} for o, _ in outs]
+            ok = sum(1 for d in done if d["code"] == 200 and d["size"] == big.size)
+            gets, up_bytes = ctx.up.blob_gets_since(offset, big.digest)
+            key = (None, t.name)
+            for col, value in (("last", wall), ("up", up_bytes / MiB), ("gets", gets),
+                               ("ok", ok)):
+                ctx.res.add("herd", key, col, value)
+            if isinstance(t, Regcache):
+                metric = t.upstream_bytes_metric()
+                if abs(metric - up_bytes) > 0.01 * big.size:
+                    ctx.res.notes.append(("herd", f"round {r + 1}: regcache_upstream_bytes_total "
+                                          f"says {metric / MiB:.1f} MiB, the upstream's access "
+                                          f"log {up_bytes / MiB:.1f} MiB"))
+            if ok < n:
+                errs = {e.strip() for _, e in outs if e.strip()}
+                ctx.res.notes.append(("herd", f"{t.name} round {r + 1}: only {ok}/{n} clients "
+                                      f"got the whole blob; {sorted(errs)[:3]}"))
+    for t in targets:  # the single cold client of the cold section, for comparison
+        key, single = (None, t.name), ctx.res.get("cold", (None, t.name), "total")
+        ctx.res.samples[("herd", key, "single")] = list(single)
+        last = ctx.res.get("herd", key, "last")
+        if single and last:
+            ctx.res.add("herd", key, "slow", statistics.median(last) / statistics.median(single))
+    print_section(ctx.res, "herd",
+                  f"Thundering herd: {n} clients at once on the uncached {big.size // MiB} MiB "
+                  "layer (curl)",
+                  [(None, t.name) for t in targets],
+                  [("last client done s", "last"), ("1 cold client s", "single"),
+                   ("herd / single", "slow"), ("upstream MiB", "up"), ("upstream GETs", "gets"),
+                   ("clients OK", "ok")],
+                  ratio_cols=[("last client done s", "last"), ("upstream MiB", "up")])
+
+
+def sec_pull(ctx):
+    """skopeo copy of each image to an OCI layout, cold (right after an empty restart)
+    and warm (again), wall time."""
+    targets = ctx.pick("regcache", "registry-proxy", "nginx-cache", "upstream")
+    policy = ctx.work / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    dest = ctx.work / "pulled"
+    for r in range(ctx.s.rounds):
+        for t in rotated(targets, r):
+            if t.caches:
+                t.restart_empty()
+            for phase in ("cold", "warm"):
+                for img in IMAGES:
+                    log(f"pull round {r + 1}: {t.name}, {img} {phase}")
+                    secs = skopeo_copy(f"127.0.0.1:{t.port}/bench/{img}:v1", dest, policy,
+                                       all_images=img == "index")
+                    ctx.res.add("pull", (img, t.name), phase, secs)
+    sizes = ", ".join(f"{i} {ctx.img.sizes[i] / MiB:.1f} MiB" for i in IMAGES)
+    print_section(ctx.res, "pull",
+                  f"Real pull: skopeo copy to an OCI layout, wall s (lower is better; {sizes}; "
+                  "index with --all)",
+                  [(img, t.name) for img in IMAGES for t in targets],
+                  [("cold s", "cold"), ("warm s", "warm")])
+
+
+SECTION_FUNCS = {"hot-blob": sec_hot_blob, "manifests": sec_manifests, "cold": sec_cold,
+                 "herd": sec_herd, "pull": sec_pull}
+
+
+# ---------------------------------------------------------------- header and main
+
+
+def first_line(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def print_header(s):
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)[1])
+    rev = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    print(f"""## regcache side by side
+
+- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}
+- machine: {os.cpu_count()} CPUs ({cpu[1] if cpu else '?'}), {mem_kb / 1024 / 1024:.1f} GiB \
+memory, Linux {os.uname().release}; clients and servers share the CPUs, all on 127.0.0.1
+- command: `python3 benches/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`
+- regcache {rev}; {first_line(['nginx', '-v'])}; {first_line(['docker-registry', '--version'])}; \
+{first_line(['wrk', '-v'])}; {first_line(['oha', '--version'])}; \
+{first_line(['curl', '--version'])[:12]}; {first_line(['skopeo', '--version'])}
+- {s.rounds} round(s), targets rotated each round; cells are median (min..max) over rounds;
+  big layer {s.blob_bytes // MiB} MiB, multi 5 x {s.multi_layer_bytes // MiB} MiB
+""", flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 round, 2 s runs, a 64 MiB big layer")
+    p.add_argument("--rounds", type=int, help="rounds per section (default 3, quick 1)")
+    p.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                   help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
+    a = p.parse_args()
+    return Settings(rounds=a.rounds or (1 if a.quick else 3),
+                    blob_bytes=(64 if a.quick else 512) * MiB,
+                    multi_layer_bytes=(4 if a.quick else 20) * MiB,
+                    hot_secs=2 if a.quick else 8, manifest_secs=2 if a.quick else 5,
+                    only=tuple(a.only or SECTIONS))
+
+
+def run(s, work):
+    up = Upstream(work)
+    images = load_images(up, work, s)
+    targets = {"regcache": Regcache(work, up), "registry-proxy": RegistryProxy(work, up),
+               "nginx-cache": NginxCache(work, up),
+               "nginx-sendfile": NginxSendfile(work, up, images.big), "upstream": Direct(work, up)}
+    for t in targets.values():
+        t.start()
+    log("all targets answer on /v2/: " + ", ".join(f"{n} {t.url}" for n, t in targets.items()))
+    ctx = Ctx(s, Results(), up, images, targets, work)
+    for name in SECTIONS:
+        if name in s.only:
+            t0 = time.monotonic()
+            SECTION_FUNCS[name](ctx)
+            log(f"{name} took {time.monotonic() - t0:.0f} s")
+
+
+def main():
+    s = parse_args()
+    # SIGTERM unwinds like Ctrl-C, through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ensure_tools()
+    print_header(s)
+    work = Path(tempfile.mkdtemp(prefix="regcache-sbs-"))
+    t0 = time.monotonic()
+    try:
+        run(s, work)
+    finally:
+        for proc in list(reversed(Proc.live)):
+            proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"done in {time.monotonic() - t0:.0f} s; everything stopped, {work} removed")
+
+
+if __name__ == "__main__":
+    main()
