@@ -7,7 +7,7 @@
 mod support;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::registry::{free_port, http_status};
@@ -25,6 +25,16 @@ fn wait_for_datagram(socket: &UnixDatagram, wanted: &str) -> bool {
     false
 }
 
+/// Kills and reaps the child however the test ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn socket_activation_and_readiness() {
     let activate = "/usr/bin/systemd-socket-activate";
@@ -39,18 +49,20 @@ fn socket_activation_and_readiness() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let (api, admin) = (free_port(), free_port());
-    let mut child = Command::new(activate)
-        .args(["-l", &format!("127.0.0.1:{api}")])
-        .args(["-l", &format!("127.0.0.1:{admin}")])
-        .arg("--fdname=api:admin")
-        .arg(format!("-ENOTIFY_SOCKET={}", notify_path.display()))
-        .arg(env!("CARGO_BIN_EXE_regcache"))
-        .args(["serve", "--upstream", "http://127.0.0.1:9", "--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(activate)
+            .args(["-l", &format!("127.0.0.1:{api}")])
+            .args(["-l", &format!("127.0.0.1:{admin}")])
+            .arg("--fdname=api:admin")
+            .arg(format!("-ENOTIFY_SOCKET={}", notify_path.display()))
+            .arg(env!("CARGO_BIN_EXE_regcache"))
+            .args(["serve", "--upstream", "http://127.0.0.1:9", "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     // The first connection makes systemd-socket-activate exec regcache with the fds.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -63,19 +75,15 @@ fn socket_activation_and_readiness() {
     let health = http_status(&format!("127.0.0.1:{admin}"), "/healthz");
 
     let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     let stopping = wait_for_datagram(&notify, "STOPPING=1");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut exit = None;
     while exit.is_none() && Instant::now() < deadline {
-        exit = child.try_wait().unwrap();
+        exit = child.0.try_wait().unwrap();
         std::thread::sleep(Duration::from_millis(50));
-    }
-    if exit.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     assert_eq!(status, Some(200), "the API answers on the passed socket");
