@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::{self, State};
+use crate::server::tls::{Tls, TlsError};
+use crate::server::{self, Serving, State};
 use crate::upstream::Upstreams;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,10 @@ pub enum AppError {
     Cache { dir: String, source: io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("server.tls_cert_file / server.tls_key_file: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot use the socket passed by systemd: {0}")]
+    Activated(io::Error),
 }
 
 /// The bound sockets. Binding before `run` lets callers (and tests, with port 0) learn the
@@ -45,6 +50,29 @@ impl Listeners {
         };
         Ok(Listeners { api, admin })
     }
+
+    /// Adopts sockets passed by systemd (see [`crate::systemd::take_listeners`]); binds
+    /// `admin_listen` itself when no admin socket was passed. Needs a running runtime.
+    pub async fn from_activated(
+        sockets: crate::systemd::Activated,
+        config: &Config,
+    ) -> Result<Listeners, AppError> {
+        let adopt = |listener: std::net::TcpListener| {
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
+        };
+        let api = adopt(sockets.api).map_err(AppError::Activated)?;
+        let admin = match (sockets.admin, config.admin_listen) {
+            (Some(listener), _) => Some(adopt(listener).map_err(AppError::Activated)?),
+            (None, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Bind { addr, source })?,
+            ),
+            (None, None) => None,
+        };
+        Ok(Listeners { api, admin })
+    }
 }
 
 /// Builds the shared state: opens the store (removing crash leftovers) and the clients.
@@ -62,20 +90,36 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     }))
 }
 
-/// Serves until `shutdown` resolves, then drains connections in flight.
+/// Serves until `shutdown` resolves, then drains connections in flight for up to
+/// `server.shutdown_grace_secs`. Tells systemd when it is ready and when it stops.
 pub async fn run(
     listeners: Listeners,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let state = state(config)?;
+    let tls = config.server.tls.as_ref().map(Tls::load).transpose()?;
+    if let Some(tls) = &tls {
+        spawn_reload_on_hangup(tls.clone());
+    }
+    let serving = Serving {
+        limits: config.server.clone(),
+        tls,
+        metrics: state.metrics.clone(),
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let admin = listeners.admin.map(|listener| {
         let state = state.clone();
         let mut stopped = stopped.clone();
         tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "admin listening");
+        // The admin port stays clear text: it is meant for a private interface.
+        let admin_serving = Serving {
+            tls: None,
+            ..serving.clone()
+        };
         tokio::spawn(server::serve(
             listener,
+            admin_serving,
             move |request| {
                 let response = server::admin_response(&state, &request);
                 async move { response }
@@ -87,13 +131,25 @@ pub async fn run(
     });
     if let Ok(addr) = listeners.api.local_addr() {
         let upstream = config.default_upstream();
-        tracing::info!(%addr, upstream = %upstream.url, cache = %config.cache.dir.display(), "regcache listening");
+        let scheme = if serving.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, scheme, upstream = %upstream.url, cache = %config.cache.dir.display(), "regcache listening");
     }
+    crate::systemd::notify_ready();
+    crate::systemd::spawn_watchdog();
     let api_state = state.clone();
     server::serve(
         listeners.api,
+        serving,
         move |request| server::handle(api_state.clone(), request),
-        shutdown,
+        async {
+            shutdown.await;
+            crate::systemd::notify_stopping();
+            tracing::info!("shutting down: no new connections; draining transfers in flight");
+        },
     )
     .await;
     let _ = stop.send(true);
@@ -102,4 +158,26 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the certificate on SIGHUP; open connections keep the one they started with.
+fn spawn_reload_on_hangup(tls: Tls) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; the certificate will not reload");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match tls.reload().await {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the current one")
+                }
+            }
+        }
+    });
 }

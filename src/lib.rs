@@ -9,7 +9,8 @@
 //! - [`upstream`]: picks the upstream and talks to it (auth, timeouts, error classes).
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
-//! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type) and [`app`] (wiring).
+//! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type), [`systemd`]
+//! (socket activation, readiness) and [`app`] (wiring).
 
 pub mod app;
 pub mod cache;
@@ -18,5 +19,6 @@ pub mod error;
 pub mod metrics;
 pub mod oci;
 pub mod server;
+pub mod systemd;
 pub mod telemetry;
 pub mod upstream;

@@ -84,12 +84,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
+    // Before the runtime's threads start: this edits the environment.
+    let activated = regcache::systemd::take_listeners().context("socket activation")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&config).await?;
+        let listeners = match activated {
+            Some(sockets) => {
+                tracing::info!("using the sockets passed by systemd; `listen` is ignored");
+                Listeners::from_activated(sockets, &config).await?
+            }
+            None => Listeners::bind(&config).await?,
+        };
         app::run(listeners, &config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

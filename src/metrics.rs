@@ -16,6 +16,35 @@ pub const ERRORS: &str = "regcache_errors_total";
 pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
 pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+pub const LIMIT_REJECTIONS: &str = "regcache_limit_rejections_total";
+pub const CONNECTIONS: &str = "regcache_connections";
+
+/// Which `[server]` limit ended or refused a connection: the `limit` label of
+/// [`LIMIT_REJECTIONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    MaxConnections,
+    HeaderReadTimeout,
+    HeaderSize,
+    IdleTimeout,
+    SendTimeout,
+    TlsHandshakeTimeout,
+    ShutdownGrace,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max_connections",
+            Limit::HeaderReadTimeout => "header_read_timeout",
+            Limit::HeaderSize => "header_size",
+            Limit::IdleTimeout => "idle_timeout",
+            Limit::SendTimeout => "send_timeout",
+            Limit::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Limit::ShutdownGrace => "shutdown_grace",
+        }
+    }
+}
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +93,8 @@ pub struct Metrics {
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
     pub memory_bytes: IntGauge,
+    pub limit_rejections: IntCounterVec,
+    pub connections: IntGauge,
 }
 
 impl Metrics {
@@ -111,6 +142,11 @@ impl Metrics {
             "Error responses by source (client, upstream, local) and HTTP status.",
             &["source", "status"],
         );
+        let limit_rejections = counter_vec(
+            LIMIT_REJECTIONS,
+            "Connections refused or closed because a [server] limit triggered, by limit.",
+            &["limit"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -132,6 +168,7 @@ impl Metrics {
             CACHE_BYTES,
             "Bytes held in the memory tier (manifests and small blobs).",
         );
+        let connections = gauge(CONNECTIONS, "Client connections open, on every listener.");
         Metrics {
             registry,
             requests,
@@ -145,7 +182,16 @@ impl Metrics {
             cache_write_errors,
             memory_objects,
             memory_bytes,
+            limit_rejections,
+            connections,
         }
+    }
+
+    /// Counts one connection refused or closed by `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_rejections
+            .with_label_values(&[limit.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every collector.

@@ -5,6 +5,7 @@
 //! so `regcache check-config` can print them all. Nothing here does network I/O.
 
 mod cache;
+mod server;
 mod upstream;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use cache::CacheConfig;
+pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};
 
 /// The config used when no file is given: Docker Hub on 127.0.0.1:5000.
@@ -26,6 +28,8 @@ struct RawConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
     #[serde(default)]
+    server: server::RawServer,
+    #[serde(default)]
     cache: cache::RawCache,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<upstream::RawUpstream>,
@@ -36,6 +40,7 @@ struct RawConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    pub server: ServerConfig,
     pub cache: CacheConfig,
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -156,6 +161,7 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
     Config {
         listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 5000).into()),
         admin_listen,
+        server: raw.server.validate(problems),
         cache: raw.cache.validate(ov, problems),
         upstreams: upstream::validate_all(raw.upstreams, ov, problems),
     }

@@ -1,31 +1,35 @@
-//! Serving: the accept loop (HTTP/1.1 and h2c on one port), the registry API service,
-//! and the admin endpoints. Handlers live one per file; errors leave through `respond`.
+//! Serving: the accept loop (HTTP/1.1 and h2, over TLS or clear text), the registry API
+//! service, and the admin endpoints. Handlers live one per file; errors leave through
+//! `respond`. The `[server]` limits are enforced here and in `conn` and `guard`.
 
 mod admin;
 mod blob;
 pub mod body;
+mod conn;
+mod guard;
 mod manifest;
 mod passthrough;
 mod respond;
 mod service;
+pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use admin::admin_response;
 pub use service::handle;
 
 use crate::cache::Cache;
-use crate::metrics::Metrics;
+use crate::config::ServerConfig;
+use crate::metrics::{Limit, Metrics};
 use crate::upstream::Upstreams;
 
 /// Everything a request handler may use.
@@ -35,24 +39,31 @@ pub struct State {
     pub metrics: Metrics,
 }
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long transfers in flight may go on after shutdown was asked for.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How one listener treats its clients.
+#[derive(Clone)]
+pub struct Serving {
+    pub limits: ServerConfig,
+    pub tls: Option<tls::Tls>,
+    pub metrics: Metrics,
+}
 
-/// Accepts connections on `listener` until `shutdown` resolves, then drains them.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F, shutdown: impl Future<Output = ()>)
-where
+/// Accepts connections on `listener` until `shutdown` resolves, then lets requests in
+/// flight finish for up to `shutdown_grace` and closes whatever is left.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    serving: Serving,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<body::Body>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(1 << 20);
-    let graceful = GracefulShutdown::new();
+    let grace = serving.limits.shutdown_grace;
+    let metrics = serving.metrics.clone();
+    let permits = Arc::new(Semaphore::new(serving.limits.max_connections));
+    let shared = Arc::new(conn::Shared::new(serving));
+    let (closing, closing_seen) = watch::channel(false);
+    let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,27 +76,47 @@ where
                     continue;
                 }
             },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Closing at once is cheaper than holding a socket we will not serve.
+            metrics.limit_hit(Limit::MaxConnections);
+            tracing::debug!(%peer, "connection refused: server.max_connections reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(request).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let task = conn::serve_connection(
+            stream,
+            peer,
+            shared.clone(),
+            handler.clone(),
+            closing_seen.clone(),
+        );
+        connections.spawn(
+            async move {
+                task.await;
+                drop(permit);
             }
-        });
+            .instrument(tracing::debug_span!("connection", %peer)),
+        );
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_DEADLINE) => {
-            tracing::warn!("connections still open after the drain deadline; closing them");
-        }
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let left = connections.len();
+        tracing::warn!(
+            connections = left,
+            "connections still open after server.shutdown_grace_secs; closing them"
+        );
+        metrics
+            .limit_rejections
+            .with_label_values(&[Limit::ShutdownGrace.as_str()])
+            .inc_by(left as u64);
+        connections.shutdown().await;
     }
 }

@@ -26,6 +26,15 @@ impl Proxy {
     /// `extra` is TOML for the single `[[upstream]]` table (e.g. `tag_ttl_secs = 0`);
     /// `dir` reuses a cache directory (a restart).
     pub async fn start_with(upstream: &str, extra: &str, dir: Option<&Path>) -> Proxy {
+        Proxy::start_full(upstream, "", extra, dir).await
+    }
+
+    /// `server` is TOML for the `[server]` table (limits, TLS files).
+    pub async fn start_server(upstream: &str, server: &str) -> Proxy {
+        Proxy::start_full(upstream, server, "", None).await
+    }
+
+    async fn start_full(upstream: &str, server: &str, extra: &str, dir: Option<&Path>) -> Proxy {
         let temp = match dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().unwrap()),
@@ -33,7 +42,7 @@ impl Proxy {
         let cache_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
-        let text = format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
+        let text = format!("[server]\n{server}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
@@ -80,6 +89,20 @@ impl Proxy {
         text.lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// Asks for shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until the app has stopped after [`Proxy::begin_shutdown`].
+    pub async fn stopped(mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("app task");
+        }
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,146 @@
+//! One client connection: the optional TLS handshake, the HTTP/1.1 or h2 connection with
+//! the `[server]` limits applied, and the closing causes counted as limit metrics.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::body::Body;
+use super::guard::{Activity, Guarded, Tracked};
+use super::Serving;
+use crate::metrics::Limit;
+
+/// What every connection of one listener shares.
+pub struct Shared {
+    serving: Serving,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Shared {
+    pub fn new(serving: Serving) -> Shared {
+        let limits = &serving.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            // hyper answers 431 when the request head outgrows this buffer.
+            .max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32);
+        Shared { serving, builder }
+    }
+}
+
+/// Serves one connection until it ends, closing it gracefully once `closing` turns true.
+pub async fn serve_connection<F, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    handler: F,
+    closing: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+{
+    let metrics = shared.serving.metrics.clone();
+    metrics.connections.inc();
+    let activity = Activity::new();
+    let limits = &shared.serving.limits;
+    let io = Guarded::new(stream, activity.clone(), limits.send_timeout);
+    match &shared.serving.tls {
+        None => drive(io, &shared, handler, closing, &activity).await,
+        Some(tls) => {
+            let handshake = tls.acceptor.accept(io);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(io)) => drive(io, &shared, handler, closing, &activity).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    metrics.limit_hit(Limit::TlsHandshakeTimeout);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    metrics.connections.dec();
+}
+
+async fn drive<I, F, Fut>(
+    io: I,
+    shared: &Shared,
+    handler: F,
+    mut closing: watch::Receiver<bool>,
+    activity: &Arc<Activity>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+{
+    let limits = &shared.serving.limits;
+    let metrics = &shared.serving.metrics;
+    let service_activity = activity.clone();
+    let service = service_fn(move |request| {
+        let guard = service_activity.start_request();
+        let handler = handler.clone();
+        async move {
+            let response = handler(request).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::wrap(body, guard).boxed_unsync()))
+        }
+    });
+    let connection = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = closing.wait_for(|c| *c), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(limits.idle_timeout), if !draining => {
+                metrics.limit_hit(Limit::IdleTimeout);
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    let Err(e) = result else { return };
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    let limit = if activity.send_timed_out() {
+        Some(Limit::SendTimeout)
+    } else if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+        Some(Limit::HeaderSize)
+    } else if hyper_error.is_some_and(hyper::Error::is_timeout) {
+        // HTTP/1.1 waits for the next request head under the same timer.
+        Some(if activity.between_requests() {
+            Limit::IdleTimeout
+        } else {
+            Limit::HeaderReadTimeout
+        })
+    } else {
+        None
+    };
+    match limit {
+        Some(limit) => {
+            metrics.limit_hit(limit);
+            tracing::debug!(limit = limit.as_str(), error = %e, "connection closed by a limit");
+        }
+        None => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+}

@@ -1,0 +1,253 @@
+//! Per-connection guards against clients that hold resources without using them: an I/O
+//! wrapper that notes when bytes last moved and aborts a write that stalls past the send
+//! timeout, and the in-flight count that tells an idle connection from a busy one.
+//!
+//! Only clocks and counters here; what to do when a guard trips is `conn`'s business.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::body::{Body, BoxError};
+
+/// What one connection is doing, shared by its I/O wrapper, its requests and its task.
+pub struct Activity {
+    epoch: Instant,
+    /// Milliseconds after `epoch` when bytes last moved or a request ended.
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    send_timed_out: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            send_timed_out: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// True once a stalled write aborted the connection.
+    pub fn send_timed_out(&self) -> bool {
+        self.send_timed_out.load(Ordering::Relaxed)
+    }
+
+    /// True when the connection served a request and has none in flight now.
+    pub fn between_requests(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0 && self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Resolves once no request is in flight and no bytes moved for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            let now = Instant::now();
+            if now >= deadline && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            // A request in flight may be waiting on upstream: look again later.
+            tokio::time::sleep_until(deadline.max(now + limit)).await;
+        }
+    }
+
+    /// Marks a request as started; the returned guard ends it when dropped.
+    pub fn start_request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+}
+
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+pub struct Tracked {
+    inner: Body,
+    _guard: RequestGuard,
+}
+
+impl Tracked {
+    pub fn wrap(inner: Body, guard: RequestGuard) -> Tracked {
+        Tracked {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client stream whose reads and writes mark activity, and whose writes fail with
+/// `TimedOut` when they make no progress for `send_timeout`, which makes hyper abort the
+/// connection (a client reading one byte a minute does not hold it forever).
+pub struct Guarded<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    send_timeout: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, activity: Arc<Activity>, send_timeout: Duration) -> Guarded<S> {
+        activity.touch();
+        Guarded {
+            inner,
+            activity,
+            send_timeout,
+            stall: None,
+        }
+    }
+
+    /// Passes a write-side poll through, arming the stall timer while it is pending.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall = None;
+            self.activity.touch();
+            return polled;
+        }
+        let timeout = self.send_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(stall.as_mut().poll(cx));
+        self.activity.send_timed_out.store(true, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client did not read the response within the send timeout",
+        )))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_times_out() {
+        let (client, _server_side_kept_open) = tokio::io::duplex(16);
+        let activity = Activity::new();
+        let mut guarded = Guarded::new(client, activity.clone(), Duration::from_secs(5));
+        let err = guarded.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(activity.send_timed_out());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_requests_in_flight() {
+        let activity = Activity::new();
+        let guard = activity.start_request();
+        let idle = tokio::time::timeout(
+            Duration::from_secs(30),
+            activity.idle_for(Duration::from_secs(5)),
+        );
+        assert!(idle.await.is_err(), "a request in flight is not idle");
+        drop(guard);
+        assert!(activity.between_requests());
+        let idle = tokio::time::timeout(
+            Duration::from_secs(6),
+            activity.idle_for(Duration::from_secs(5)),
+        );
+        assert!(idle.await.is_ok());
+    }
+}
