@@ -1,5 +1,6 @@
 //! `[[upstream]]`: the registries regcache mirrors, their credentials and timeouts.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub(super) struct RawUpstream {
     url: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    aliases: Vec<String>,
     library_prefix: Option<bool>,
     tag_ttl_secs: Option<u64>,
     username: Option<String>,
@@ -31,6 +34,8 @@ pub struct UpstreamConfig {
     pub name: String,
     pub url: Url,
     pub default: bool,
+    /// Extra names requests may use for this upstream (`ns=`, path prefix, Host).
+    pub aliases: Vec<String>,
     pub library_prefix: bool,
     pub tag_ttl: Duration,
     pub credentials: Option<Credentials>,
@@ -61,6 +66,7 @@ impl RawUpstream {
             name: None,
             url: url.to_string(),
             default: true,
+            aliases: Vec::new(),
             library_prefix: None,
             tag_ttl_secs: None,
             username: None,
@@ -109,14 +115,62 @@ pub(super) fn validate_all(
             "only one upstream may be the default",
         );
     }
-    let mut names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    names.sort_unstable();
-    for pair in names.windows(2) {
-        if pair[0] == pair[1] {
-            problems.add("upstream.name", pair[0], "upstream names must be unique");
+    // Names and aliases route requests, so one may not mean two upstreams.
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for u in &upstreams {
+        let own = std::iter::once(("upstream.name", u.name.as_str()));
+        let aliases = u.aliases.iter().map(|a| ("upstream.aliases", a.as_str()));
+        for (key, name) in own.chain(aliases) {
+            match seen.insert(name, &u.name) {
+                Some(other) if key == "upstream.name" && other == u.name => {
+                    problems.add(key, name, "upstream names must be unique")
+                }
+                Some(other) if other != u.name => problems.add(
+                    key,
+                    name,
+                    format!("is already a name or alias of upstream {other:?}; every name and alias must be unique"),
+                ),
+                _ => {}
+            }
         }
     }
     upstreams
+}
+
+impl UpstreamConfig {
+    /// The names given in the config: `name`, then `aliases`.
+    pub fn explicit_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// Names this upstream answers to without being told: its URL's `host[:port]`, and for
+    /// Docker Hub the names clients use for it (`docker.io`, `index.docker.io`).
+    pub fn implied_names(&self) -> Vec<String> {
+        let host = self.url.host_str().unwrap_or_default();
+        let mut names = vec![match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }];
+        if is_docker_hub(host) {
+            names.extend(DOCKER_HUB_NAMES.iter().map(|n| n.to_string()));
+        }
+        names
+    }
+}
+
+/// The names clients use for Docker Hub.
+pub const DOCKER_HUB_NAMES: [&str; 3] = ["docker.io", "index.docker.io", DOCKER_HUB_HOST];
+
+pub fn is_docker_hub(host: &str) -> bool {
+    DOCKER_HUB_NAMES.contains(&host)
+}
+
+/// Names route requests (`ns=`, path prefix, Host), so they use host-like characters only.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_:".contains(c))
 }
 
 impl RawUpstream {
@@ -138,16 +192,25 @@ impl RawUpstream {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         });
-        let name_ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_:".contains(c));
-        if !name_ok {
+        if !valid_name(&name) {
             problems.add(
                 key("name"),
                 &name,
                 "use lowercase letters, digits, '.', '-', '_' and ':' only",
             );
+        }
+        let mut aliases: Vec<String> = Vec::new();
+        for alias in self.aliases {
+            if !valid_name(&alias) {
+                problems.add(
+                    key("aliases"),
+                    &alias,
+                    "an alias is a registry host or name as clients write it, e.g. \"docker.io\"; \
+                     use lowercase letters, digits, '.', '-', '_' and ':' only",
+                );
+            } else if alias != name && !aliases.contains(&alias) {
+                aliases.push(alias);
+            }
         }
         let credentials = match (self.username, self.password) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
@@ -171,10 +234,9 @@ impl RawUpstream {
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
         Some(UpstreamConfig {
-            library_prefix: self
-                .library_prefix
-                .unwrap_or(host == DOCKER_HUB_HOST || host == "docker.io"),
+            library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
+            aliases,
             name,
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
@@ -182,5 +244,61 @@ impl RawUpstream {
             connect_timeout,
             idle_timeout,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Overrides};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "test", &Overrides::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn aliases_must_be_unique_and_host_like() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            name = "hub"
+            url = "https://registry-1.docker.io"
+            aliases = ["docker.io", "Docker.IO"]
+            [[upstream]]
+            name = "mirror"
+            url = "https://mirror.example"
+            aliases = ["docker.io", "hub"]
+            "#,
+        );
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].aliases = Docker.IO: "));
+        assert!(found[1].starts_with("upstream.aliases = docker.io: is already"));
+        assert!(found[1].contains("\"hub\""));
+        assert!(found[2].starts_with("upstream.aliases = hub: is already"));
+    }
+
+    #[test]
+    fn docker_hub_answers_to_its_usual_names() {
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://registry-1.docker.io\"\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let up = &c.upstreams[0];
+        assert!(up.library_prefix);
+        let implied = up.implied_names();
+        for name in ["registry-1.docker.io", "docker.io", "index.docker.io"] {
+            assert!(implied.iter().any(|n| n == name), "{implied:?}");
+        }
+        let other = Config::parse(
+            "[[upstream]]\nurl = \"http://127.0.0.1:5001\"\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(other.upstreams[0].implied_names(), ["127.0.0.1:5001"]);
     }
 }

@@ -9,20 +9,18 @@ use super::respond::DOCKER_CONTENT_DIGEST;
 use super::service::Reply;
 use super::State;
 use crate::error::Result;
-use crate::oci::{Accept, Reference, RepoName};
+use crate::oci::{Accept, Reference};
+use crate::upstream::Target;
 
 pub async fn get(
     state: &State,
     parts: &Parts,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
     head: bool,
 ) -> Result<Reply> {
-    let target = state.upstreams.route(name);
-    let span = tracing::Span::current();
-    span.record("upstream", target.upstream.name());
     if let Reference::Digest(d) = reference {
-        span.record("digest", tracing::field::display(d));
+        tracing::Span::current().record("digest", tracing::field::display(d));
     }
     let accept = Accept::parse(
         parts
@@ -33,7 +31,7 @@ pub async fn get(
     );
     let manifest = state
         .cache
-        .manifest(&target, reference, &accept, !head)
+        .manifest(target, reference, &accept, !head)
         .await?;
     let media_type = HeaderValue::try_from(&*manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));

@@ -76,15 +76,6 @@ impl Upstream {
         &self.config
     }
 
-    /// The repository name as this upstream knows it (`nginx` is `library/nginx` on Docker Hub).
-    pub fn repository(&self, name: &RepoName) -> RepoName {
-        if self.config.library_prefix {
-            name.with_library_prefix()
-        } else {
-            name.clone()
-        }
-    }
-
     /// Sends `method` to `/v2/<name>/<path>` and returns a 2xx response, or the classified failure.
     /// `name` must already be the upstream's repository name.
     pub async fn send(
