@@ -3,7 +3,9 @@
 //!
 //! Labels are bounded: kind, result, source, upstream name. Never a repository or digest.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const REQUESTS: &str = "regcache_requests_total";
 pub const SERVED_BYTES: &str = "regcache_served_bytes_total";
@@ -16,6 +18,8 @@ pub const ERRORS: &str = "regcache_errors_total";
 pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
 pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
+pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct Metrics {
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
     pub memory_bytes: IntGauge,
+    pub upstream_ratelimit_limit: IntGaugeVec,
+    pub upstream_ratelimit_remaining: IntGaugeVec,
 }
 
 impl Metrics {
@@ -132,8 +138,27 @@ impl Metrics {
             CACHE_BYTES,
             "Bytes held in the memory tier (manifests and small blobs).",
         );
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let upstream_ratelimit_limit = gauge_vec(
+            UPSTREAM_RATELIMIT_LIMIT,
+            "Pulls allowed per window, as the upstream last reported (Docker Hub's ratelimit-limit).",
+            &["upstream"],
+        );
+        let upstream_ratelimit_remaining = gauge_vec(
+            UPSTREAM_RATELIMIT_REMAINING,
+            "Pulls left in the window, as the upstream last reported (Docker Hub's ratelimit-remaining).",
+            &["upstream"],
+        );
         Metrics {
             registry,
+            upstream_ratelimit_limit,
+            upstream_ratelimit_remaining,
             requests,
             served_bytes,
             upstream_requests,

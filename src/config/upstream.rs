@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +26,8 @@ pub(super) struct RawUpstream {
     tag_ttl_secs: Option<u64>,
     username: Option<String>,
     password: Option<String>,
+    docker_config: Option<bool>,
+    docker_config_file: Option<PathBuf>,
     connect_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
 }
@@ -39,6 +42,10 @@ pub struct UpstreamConfig {
     pub library_prefix: bool,
     pub tag_ttl: Duration,
     pub credentials: Option<Credentials>,
+    /// Without `credentials`, look in the Docker CLI's config.json for this upstream.
+    pub docker_config: bool,
+    /// That file, when not the default (`$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
+    pub docker_config_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// How long an upstream may stay silent (before headers or mid-body).
     pub idle_timeout: Duration,
@@ -71,6 +78,8 @@ impl RawUpstream {
             tag_ttl_secs: None,
             username: None,
             password: None,
+            docker_config: None,
+            docker_config_file: None,
             connect_timeout_secs: None,
             idle_timeout_secs: None,
         }
@@ -224,6 +233,26 @@ impl RawUpstream {
                 None
             }
         };
+        if self.docker_config == Some(false) && self.docker_config_file.is_some() {
+            problems.add(
+                key("docker_config_file"),
+                self.docker_config_file
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                "is set but docker_config = false turns reading it off; remove one of the two",
+            );
+        }
+        let docker_config_file = self.docker_config_file.filter(|p| {
+            let absolute = p.is_absolute();
+            if !absolute {
+                problems.add(
+                    key("docker_config_file"),
+                    p.display(),
+                    "must be an absolute path, e.g. /root/.docker/config.json",
+                );
+            }
+            absolute
+        });
         let mut secs = |v: Option<u64>, default: u64, k: &str| {
             let v = v.unwrap_or(default);
             if v == 0 {
@@ -241,6 +270,8 @@ impl RawUpstream {
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
             credentials,
+            docker_config: self.docker_config.unwrap_or(true),
+            docker_config_file,
             connect_timeout,
             idle_timeout,
         })

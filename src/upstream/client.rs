@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use reqwest::Response;
 
 use super::auth::Auth;
+use super::ratelimit;
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::{status_class, Metrics};
@@ -109,6 +110,7 @@ impl Upstream {
                 .with_label_values(&[self.name(), kind.as_str(), status_class(status)])
                 .inc();
             let response = result.map_err(|e| self.error(classify(&e)))?;
+            ratelimit::observe(response.headers(), &self.metrics, self.name());
             let status = response.status();
             if status.is_success() {
                 return Ok(response);

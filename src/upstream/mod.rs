@@ -3,6 +3,8 @@
 
 mod auth;
 mod client;
+mod docker_config;
+mod ratelimit;
 pub mod router;
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use http::StatusCode;
 pub use client::{classify, Kind, Upstream, MAX_MANIFEST_BYTES};
 pub use router::{RouteRequest, Via};
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::{ErrorCode, RepoName};
@@ -37,7 +39,7 @@ impl Upstreams {
         let list = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
+            .map(|u| Upstream::new(with_docker_credentials(u), metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             list,
@@ -57,4 +59,36 @@ impl Upstreams {
             via: routed.via,
         })
     }
+}
+
+/// Fills in credentials from the Docker CLI's config.json when the config gave none.
+/// Reads a small file once at startup; a broken file is a warning, never a failure.
+fn with_docker_credentials(config: &UpstreamConfig) -> UpstreamConfig {
+    let mut config = config.clone();
+    if config.credentials.is_some() || !config.docker_config {
+        return config;
+    }
+    let Some(path) = config
+        .docker_config_file
+        .clone()
+        .or_else(docker_config::default_path)
+    else {
+        return config;
+    };
+    let file = match docker_config::load(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(upstream = %config.name, error = %e, "ignoring the Docker config file");
+            return config;
+        }
+    };
+    let implied = config.implied_names();
+    let names = config
+        .explicit_names()
+        .chain(implied.iter().map(String::as_str));
+    config.credentials = file.credentials_for(names);
+    if let Some(c) = &config.credentials {
+        tracing::info!(upstream = %config.name, username = %c.username, file = %path.display(), "using credentials from the Docker config file");
+    }
+    config
 }

@@ -59,6 +59,8 @@ struct State {
     basic: Option<String>,
     /// Digest header to send on manifests instead of the real one.
     lie_about_digest: bool,
+    /// Headers added to every `/v2/` answer (e.g. Docker Hub's rate-limit headers).
+    extra_headers: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -163,6 +165,12 @@ impl FakeRegistry {
         self.state.lock().unwrap().basic = Some(format!("Basic {encoded}"));
     }
 
+    /// Adds `name: value` to every `/v2/` answer from now on.
+    pub fn add_header(&self, name: &str, value: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.extra_headers.push((name.into(), value.into()));
+    }
+
     pub fn lie_about_digest(&self) {
         self.state.lock().unwrap().lie_about_digest = true;
     }
@@ -182,6 +190,19 @@ impl FakeRegistry {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let v2 = req.uri().path().starts_with("/v2/");
+        let mut response = self.answer_inner(req).await;
+        if v2 {
+            let extra = self.state.lock().unwrap().extra_headers.clone();
+            for (name, value) in extra {
+                let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                response.headers_mut().append(name, value.parse().unwrap());
+            }
+        }
+        response
+    }
+
+    async fn answer_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         self.state
