@@ -18,6 +18,7 @@ pub const ERRORS: &str = "regcache_errors_total";
 pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
 pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+pub const STALE_SERVES: &str = "regcache_stale_serves_total";
 pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
 
@@ -70,6 +71,7 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     pub upstream_ratelimit_limit: IntGaugeVec,
     pub upstream_ratelimit_remaining: IntGaugeVec,
+    pub stale_serves: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +119,11 @@ impl Metrics {
             "Error responses by source (client, upstream, local) and HTTP status.",
             &["source", "status"],
         );
+        let stale_serves = counter_vec(
+            STALE_SERVES,
+            "Cached tags served stale because upstream failed (429, 5xx, unreachable) while revalidating.",
+            &["upstream"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -159,6 +166,7 @@ impl Metrics {
             registry,
             upstream_ratelimit_limit,
             upstream_ratelimit_remaining,
+            stale_serves,
             requests,
             served_bytes,
             upstream_requests,

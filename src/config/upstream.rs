@@ -24,6 +24,7 @@ pub(super) struct RawUpstream {
     aliases: Vec<String>,
     library_prefix: Option<bool>,
     tag_ttl_secs: Option<u64>,
+    stale_if_error_secs: Option<u64>,
     username: Option<String>,
     password: Option<String>,
     docker_config: Option<bool>,
@@ -41,6 +42,8 @@ pub struct UpstreamConfig {
     pub aliases: Vec<String>,
     pub library_prefix: bool,
     pub tag_ttl: Duration,
+    /// How long after its TTL a tag may still be served when upstream fails.
+    pub stale_if_error: Duration,
     pub credentials: Option<Credentials>,
     /// Without `credentials`, look in the Docker CLI's config.json for this upstream.
     pub docker_config: bool,
@@ -76,6 +79,7 @@ impl RawUpstream {
             aliases: Vec::new(),
             library_prefix: None,
             tag_ttl_secs: None,
+            stale_if_error_secs: None,
             username: None,
             password: None,
             docker_config: None,
@@ -269,6 +273,7 @@ impl RawUpstream {
             name,
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
+            stale_if_error: Duration::from_secs(self.stale_if_error_secs.unwrap_or(86_400)),
             credentials,
             docker_config: self.docker_config.unwrap_or(true),
             docker_config_file,

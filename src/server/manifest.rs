@@ -1,6 +1,6 @@
 //! `GET` and `HEAD /v2/<name>/manifests/<tag or digest>`, honouring the client's `Accept`.
 
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG, WARNING};
 use http::request::Parts;
 use http::{HeaderValue, Response};
 
@@ -11,6 +11,9 @@ use super::State;
 use crate::error::Result;
 use crate::oci::{Accept, Reference};
 use crate::upstream::Target;
+
+/// Set to `1` on a manifest served from the cache because upstream failed.
+pub const STALE: &str = "x-regcache-stale";
 
 pub async fn get(
     state: &State,
@@ -35,11 +38,16 @@ pub async fn get(
         .await?;
     let media_type = HeaderValue::try_from(&*manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    let builder = Response::builder()
+    let mut builder = Response::builder()
         .header(CONTENT_TYPE, media_type)
         .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
         .header(ETAG, format!("\"{}\"", manifest.digest))
         .header(CONTENT_LENGTH, manifest.len);
+    if manifest.stale {
+        builder = builder
+            .header(WARNING, "110 - \"response is stale\"")
+            .header(STALE, "1");
+    }
     let body = match (head, manifest.bytes) {
         (false, Some(bytes)) => full(bytes),
         _ => empty(),

@@ -61,6 +61,12 @@ struct State {
     lie_about_digest: bool,
     /// Headers added to every `/v2/` answer (e.g. Docker Hub's rate-limit headers).
     extra_headers: Vec<(String, String)>,
+    /// Answer every `/v2/` request with this status (429, 503, ...).
+    fail_all: Option<u16>,
+    /// Answer the next `n` `/v2/` requests with this status, then serve normally.
+    fail_next: Option<(usize, u16)>,
+    /// `Retry-After` sent with injected failures.
+    retry_after: Option<String>,
 }
 
 #[derive(Clone)]
@@ -171,6 +177,21 @@ impl FakeRegistry {
         state.extra_headers.push((name.into(), value.into()));
     }
 
+    /// Answers every `/v2/` request with `status` (e.g. 429) until called with `None`.
+    pub fn fail_all(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fail_all = status;
+    }
+
+    /// Answers the next `n` `/v2/` requests with `status`, then serves normally.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.state.lock().unwrap().fail_next = Some((n, status));
+    }
+
+    /// Sends `Retry-After: value` with injected failures.
+    pub fn retry_after(&self, value: &str) {
+        self.state.lock().unwrap().retry_after = Some(value.into());
+    }
+
     pub fn lie_about_digest(&self) {
         self.state.lock().unwrap().lie_about_digest = true;
     }
@@ -215,6 +236,9 @@ impl FakeRegistry {
         }
         if let Some(denied) = self.check_auth(&req) {
             return denied;
+        }
+        if let Some(failure) = self.injected_failure() {
+            return failure;
         }
         let head = method == "HEAD";
         let parts: Vec<&str> = path.trim_start_matches("/v2/").rsplitn(3, '/').collect();
@@ -328,6 +352,26 @@ impl FakeRegistry {
                 StreamBody::new(stream).boxed()
             }
         }
+    }
+
+    fn injected_failure(&self) -> Option<Response<Body>> {
+        let mut state = self.state.lock().unwrap();
+        let status = match (state.fail_all, &mut state.fail_next) {
+            (Some(status), _) => status,
+            (None, Some((n, status))) if *n > 0 => {
+                *n -= 1;
+                *status
+            }
+            _ => return None,
+        };
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut response = error(status, "TOOMANYREQUESTS", "injected failure");
+        if let Some(after) = &state.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", after.parse().unwrap());
+        }
+        Some(response)
     }
 
     fn check_auth(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
