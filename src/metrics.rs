@@ -18,6 +18,8 @@ pub const ERRORS: &str = "regcache_errors_total";
 pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
 pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+pub const UPSTREAM_RETRIES: &str = "regcache_upstream_retries_total";
+pub const UPSTREAM_RESUMES: &str = "regcache_upstream_resumes_total";
 pub const STALE_SERVES: &str = "regcache_stale_serves_total";
 pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
@@ -72,6 +74,8 @@ pub struct Metrics {
     pub upstream_ratelimit_limit: IntGaugeVec,
     pub upstream_ratelimit_remaining: IntGaugeVec,
     pub stale_serves: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_resumes: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,6 +128,16 @@ impl Metrics {
             "Cached tags served stale because upstream failed (429, 5xx, unreachable) while revalidating.",
             &["upstream"],
         );
+        let upstream_retries = counter_vec(
+            UPSTREAM_RETRIES,
+            "Upstream requests sent again after a connection failure, 429 or 502/503/504.",
+            &["upstream"],
+        );
+        let upstream_resumes = counter_vec(
+            UPSTREAM_RESUMES,
+            "Blob downloads cut mid-way and resumed with a Range request, by result (resumed, refused).",
+            &["upstream", "result"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -167,6 +181,8 @@ impl Metrics {
             upstream_ratelimit_limit,
             upstream_ratelimit_remaining,
             stale_serves,
+            upstream_retries,
+            upstream_resumes,
             requests,
             served_bytes,
             upstream_requests,

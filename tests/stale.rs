@@ -12,7 +12,7 @@ const BODY: &[u8] =
     br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
 
 /// A tag is revalidated on every request (TTL 0), so each one asks upstream.
-const ALWAYS_REVALIDATE: &str = "name = \"up\"\ntag_ttl_secs = 0";
+const ALWAYS_REVALIDATE: &str = "name = \"up\"\ntag_ttl_secs = 0\nretries = 0";
 
 async fn get(url: &str) -> reqwest::Response {
     reqwest::get(url).await.unwrap()

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,6 +31,10 @@ pub(super) struct RawUpstream {
     docker_config_file: Option<PathBuf>,
     connect_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    retries: Option<u32>,
+    max_retry_after_secs: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +56,14 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long an upstream may stay silent (before headers or mid-body).
     pub idle_timeout: Duration,
+    /// Retries of a request that failed before anything reached a client.
+    pub retries: u32,
+    /// The longest `Retry-After` regcache waits for before retrying.
+    pub max_retry_after: Duration,
+    /// Requests (bodies included) in flight to this upstream at once.
+    pub max_concurrent_requests: usize,
+    /// Extra trusted roots for this upstream's TLS, as read from `ca_file` (PEM).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -86,6 +98,10 @@ impl RawUpstream {
             docker_config_file: None,
             connect_timeout_secs: None,
             idle_timeout_secs: None,
+            retries: None,
+            max_retry_after_secs: None,
+            max_concurrent_requests: None,
+            ca_file: None,
         }
     }
 }
@@ -168,6 +184,32 @@ impl UpstreamConfig {
             names.extend(DOCKER_HUB_NAMES.iter().map(|n| n.to_string()));
         }
         names
+    }
+}
+
+/// The most `retries` allowed.
+const MAX_RETRIES: u32 = 10;
+
+/// Reads a PEM bundle of CA certificates; problems name the key and the file.
+fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
+        Ok(_) => {
+            problems.add(
+                key,
+                path.display(),
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA bundle in PEM",
+            );
+            None
+        }
+        Err(e) => {
+            problems.add(
+                key,
+                path.display(),
+                format!("cannot be read ({e}); check the path and permissions"),
+            );
+            None
+        }
     }
 }
 
@@ -266,6 +308,25 @@ impl RawUpstream {
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
+        let retries = self.retries.unwrap_or(3);
+        if retries > MAX_RETRIES {
+            problems.add(
+                key("retries"),
+                retries,
+                format!("at most {MAX_RETRIES}; each retry makes a client wait longer"),
+            );
+        }
+        let max_concurrent_requests = self.max_concurrent_requests.unwrap_or(64);
+        if max_concurrent_requests == 0 {
+            problems.add(
+                key("max_concurrent_requests"),
+                0,
+                "must be at least 1 (0 would never send a request); the default is 64",
+            );
+        }
+        let ca_pem = self
+            .ca_file
+            .and_then(|path| read_ca_file(&path, &key("ca_file"), problems));
         Some(UpstreamConfig {
             library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
@@ -279,6 +340,10 @@ impl RawUpstream {
             docker_config_file,
             connect_timeout,
             idle_timeout,
+            retries: retries.min(MAX_RETRIES),
+            max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(10)),
+            max_concurrent_requests: max_concurrent_requests.max(1),
+            ca_pem,
         })
     }
 }
@@ -313,6 +378,31 @@ mod tests {
         assert!(found[1].starts_with("upstream.aliases = docker.io: is already"));
         assert!(found[1].contains("\"hub\""));
         assert!(found[2].starts_with("upstream.aliases = hub: is already"));
+    }
+
+    #[test]
+    fn traffic_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let found = problems(&format!(
+            r#"
+            [[upstream]]
+            url = "https://a.example"
+            retries = 11
+            max_concurrent_requests = 0
+            ca_file = "{}"
+            [[upstream]]
+            url = "https://b.example"
+            ca_file = "/nonexistent/ca.pem"
+            "#,
+            not_pem.display()
+        ));
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].retries = 11: at most 10"));
+        assert!(found[1].starts_with("upstream[0].max_concurrent_requests = 0: "));
+        assert!(found[2].contains("holds no PEM certificate"));
+        assert!(found[3].starts_with("upstream[1].ca_file = /nonexistent/ca.pem: cannot be read"));
     }
 
     #[test]

@@ -5,13 +5,14 @@ mod auth;
 mod client;
 mod docker_config;
 mod ratelimit;
+mod retry;
 pub mod router;
 
 use std::sync::Arc;
 
 use http::StatusCode;
 
-pub use client::{classify, Kind, Upstream, MAX_MANIFEST_BYTES};
+pub use client::{classify, Answer, Kind, Upstream, MAX_MANIFEST_BYTES};
 pub use router::{RouteRequest, Via};
 
 use crate::config::{Config, UpstreamConfig};

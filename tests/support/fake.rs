@@ -1,5 +1,6 @@
 //! An in-process fake upstream registry, for what a real registry cannot do on demand:
-//! corrupt bytes, bodies cut mid-way, 500s, slow or held bodies, auth challenges.
+//! corrupt bytes, bodies cut mid-way (and resumed by `Range`), 500s, 429s with
+//! `Retry-After`, slow or held bodies, auth challenges, rate-limit headers.
 //! It counts every request so tests can assert exactly what went upstream.
 
 use std::collections::HashMap;
@@ -26,7 +27,8 @@ pub enum Fault {
     None,
     /// Flip a byte in the middle of the body.
     Corrupt,
-    /// Send half the body, then close the connection.
+    /// Send half the body, then close the connection. A `Range: bytes=N-` request for the
+    /// rest is served whole (unless ranges are ignored), so a resume succeeds.
     Cut,
     /// Answer with this status and an OCI error body.
     Status(u16),
@@ -67,6 +69,8 @@ struct State {
     fail_next: Option<(usize, u16)>,
     /// `Retry-After` sent with injected failures.
     retry_after: Option<String>,
+    /// Serve whole bodies, ignoring `Range` (by default `bytes=N-` gets a 206).
+    ignore_ranges: bool,
 }
 
 #[derive(Clone)]
@@ -187,6 +191,11 @@ impl FakeRegistry {
         self.state.lock().unwrap().fail_next = Some((n, status));
     }
 
+    /// Ignores `Range` requests from now on (serves whole bodies, no `Accept-Ranges`).
+    pub fn ignore_ranges(&self) {
+        self.state.lock().unwrap().ignore_ranges = true;
+    }
+
     /// Sends `Retry-After: value` with injected failures.
     pub fn retry_after(&self, value: &str) {
         self.state.lock().unwrap().retry_after = Some(value.into());
@@ -241,6 +250,18 @@ impl FakeRegistry {
             return failure;
         }
         let head = method == "HEAD";
+        let range_from = req
+            .headers()
+            .get("range")
+            .and_then(|v| {
+                v.to_str()
+                    .ok()?
+                    .strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse()
+                    .ok()
+            })
+            .filter(|_| !self.state.lock().unwrap().ignore_ranges);
         let parts: Vec<&str> = path.trim_start_matches("/v2/").rsplitn(3, '/').collect();
         let (object, fault) = {
             let state = self.state.lock().unwrap();
@@ -293,6 +314,24 @@ impl FakeRegistry {
         let mut builder = Response::builder()
             .header("content-type", object.media_type.as_str())
             .header("docker-content-digest", digest);
+        if let Some(from) =
+            range_from.filter(|&f: &usize| f < len && parts.get(1) == Some(&"blobs"))
+        {
+            // The rest of the blob, whatever the fault (a resumed download succeeds).
+            return builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {from}-{}/{len}", len - 1))
+                .header("content-length", len - from)
+                .body(
+                    Full::new(object.bytes.slice(from..))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
+        if !self.state.lock().unwrap().ignore_ranges {
+            builder = builder.header("accept-ranges", "bytes");
+        }
         if !matches!(fault, Fault::NoLength) {
             builder = builder.header("content-length", len);
         }
