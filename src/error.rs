@@ -155,6 +155,21 @@ impl Error {
         }
     }
 
+    /// True when upstream could not answer for now (429, 5xx, timeout, unreachable): the
+    /// failures a cached answer may stand in for. Refusals and 4xx are not among them.
+    pub fn is_upstream_unavailable(&self) -> bool {
+        match self {
+            Error::Upstream { cause, .. } => match cause {
+                UpstreamError::Status { status, .. } => {
+                    *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+                }
+                UpstreamError::Timeout(_) | UpstreamError::Unreachable(_) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Status and OCI code for the client. `missing` is the code for a 404 without one
     /// (`MANIFEST_UNKNOWN` or `BLOB_UNKNOWN`, depending on what was asked).
     pub fn status_and_code(&self, missing: ErrorCode) -> (StatusCode, ErrorCode) {
@@ -255,6 +270,29 @@ mod tests {
             (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
         );
         assert!(nf(None).is_not_found());
+    }
+
+    #[test]
+    fn only_unavailability_may_be_covered_by_a_stale_answer() {
+        let status = |code: u16| {
+            up(UpstreamError::Status {
+                status: StatusCode::from_u16(code).unwrap(),
+                code: None,
+                message: None,
+            })
+        };
+        for code in [429, 500, 502, 503, 504] {
+            assert!(status(code).is_upstream_unavailable(), "{code}");
+        }
+        for code in [400, 401, 404] {
+            assert!(!status(code).is_upstream_unavailable(), "{code}");
+        }
+        assert!(up(UpstreamError::Timeout("connecting")).is_upstream_unavailable());
+        assert!(up(UpstreamError::Unreachable("refused".into())).is_upstream_unavailable());
+        let refused = up(UpstreamError::Refused {
+            status: StatusCode::FORBIDDEN,
+        });
+        assert!(!refused.is_upstream_unavailable());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   every error leaves through one function that logs, counts and answers with OCI JSON.
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
 //!   single-flight fill that streams upstream bytes to every waiting client while hashing.
-//! - [`upstream`]: picks the upstream and talks to it (auth, timeouts, error classes).
+//! - [`upstream`]: routes the request to an upstream (`ns=`, path prefix, Host, default)
+//!   and talks to it (auth, retries, concurrency cap, rate-limit gauges, error classes).
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
 //! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type), [`systemd`]

@@ -3,7 +3,9 @@
 //!
 //! Labels are bounded: kind, result, source, upstream name. Never a repository or digest.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const REQUESTS: &str = "regcache_requests_total";
 pub const SERVED_BYTES: &str = "regcache_served_bytes_total";
@@ -45,6 +47,11 @@ impl Limit {
         }
     }
 }
+pub const UPSTREAM_RETRIES: &str = "regcache_upstream_retries_total";
+pub const UPSTREAM_RESUMES: &str = "regcache_upstream_resumes_total";
+pub const STALE_SERVES: &str = "regcache_stale_serves_total";
+pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
+pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +102,11 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     pub limit_rejections: IntCounterVec,
     pub connections: IntGauge,
+    pub upstream_ratelimit_limit: IntGaugeVec,
+    pub upstream_ratelimit_remaining: IntGaugeVec,
+    pub stale_serves: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_resumes: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +159,21 @@ impl Metrics {
             "Connections refused or closed because a [server] limit triggered, by limit.",
             &["limit"],
         );
+        let stale_serves = counter_vec(
+            STALE_SERVES,
+            "Cached tags served stale because upstream failed (429, 5xx, unreachable) while revalidating.",
+            &["upstream"],
+        );
+        let upstream_retries = counter_vec(
+            UPSTREAM_RETRIES,
+            "Upstream requests sent again after a connection failure, 429 or 502/503/504.",
+            &["upstream"],
+        );
+        let upstream_resumes = counter_vec(
+            UPSTREAM_RESUMES,
+            "Blob downloads cut mid-way and resumed with a Range request, by result (resumed, refused).",
+            &["upstream", "result"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -169,8 +196,30 @@ impl Metrics {
             "Bytes held in the memory tier (manifests and small blobs).",
         );
         let connections = gauge(CONNECTIONS, "Client connections open, on every listener.");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let upstream_ratelimit_limit = gauge_vec(
+            UPSTREAM_RATELIMIT_LIMIT,
+            "Pulls allowed per window, as the upstream last reported (Docker Hub's ratelimit-limit).",
+            &["upstream"],
+        );
+        let upstream_ratelimit_remaining = gauge_vec(
+            UPSTREAM_RATELIMIT_REMAINING,
+            "Pulls left in the window, as the upstream last reported (Docker Hub's ratelimit-remaining).",
+            &["upstream"],
+        );
         Metrics {
             registry,
+            upstream_ratelimit_limit,
+            upstream_ratelimit_remaining,
+            stale_serves,
+            upstream_retries,
+            upstream_resumes,
             requests,
             served_bytes,
             upstream_requests,

@@ -80,10 +80,12 @@ async fn corrupt_bytes_end_the_response_as_an_error_and_are_not_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_body_cut_midway_is_an_error_and_leaves_nothing_behind() {
+async fn a_body_cut_midway_without_range_support_is_an_error_and_leaves_nothing_behind() {
     let fake = FakeRegistry::start().await;
     let digest = fake.add_blob(data(1 << 20, 2));
     fake.set_fault(&digest, Fault::Cut);
+    // Asked for the rest, upstream sends the whole blob again: not resumable.
+    fake.ignore_ranges();
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&fake.url(), "", Some(dir.path())).await;
     let (_, body) = fetch(&proxy.url(&format!("/v2/a/blobs/{digest}"))).await;

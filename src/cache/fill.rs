@@ -13,15 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::Method;
+use http::header::CONTENT_RANGE;
+use http::{Method, StatusCode};
 use tokio::sync::watch;
 
 use super::memory::{Entry, Key, Memory};
 use super::store::Store;
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
-use crate::oci::Digest;
-use crate::upstream::{classify, Kind, Target, Upstream};
+use crate::oci::{self, Digest};
+use crate::upstream::{classify, Answer, Kind, Target};
 
 #[derive(Clone, Debug)]
 pub enum Phase {
@@ -177,9 +178,9 @@ async fn download(
     temp: &Path,
     target: &Target,
 ) -> Result<(), Error> {
-    let upstream = target.upstream.clone();
     let path = format!("blobs/{}", fill.digest);
-    let response = upstream
+    let response = target
+        .upstream
         .send(Method::GET, Kind::Blob, &target.name, &path, None)
         .await?;
     let total = response.content_length();
@@ -188,10 +189,10 @@ async fn download(
         p.phase = Phase::Streaming;
     });
     let handle = tokio::runtime::Handle::current();
-    let writer = fill.clone();
+    let (writer, target_for_writer) = (fill.clone(), target.clone());
     // Hashing and file writes block; keep them off the async workers.
     let (written, actual) = tokio::task::spawn_blocking(move || {
-        write_all(&handle, response, &writer, &upstream, total)
+        write_all(&handle, response, &writer, &target_for_writer, total)
     })
     .await
     .map_err(|e| Error::local("fill task", std::io::Error::other(e)))??;
@@ -239,29 +240,46 @@ const PUBLISH_BYTES: u64 = 256 << 10;
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 /// Copies upstream's body into the fill's file, hashing as it goes. Runs on a blocking thread.
+///
+/// A body cut mid-way (or silent past the idle timeout) is resumed with `Range: bytes=N-`
+/// from where it stopped, up to `retries` times, when upstream answers 206 from exactly
+/// there; the hash simply goes on, so the digest check still covers every byte.
 fn write_all(
     handle: &tokio::runtime::Handle,
-    mut response: reqwest::Response,
+    mut response: Answer,
     fill: &Fill,
-    upstream: &Upstream,
+    target: &Target,
     total: Option<u64>,
 ) -> Result<(u64, Digest), Error> {
+    let upstream = &target.upstream;
     let mut hasher = fill.digest.hasher();
     let mut file: &File = &fill.file;
     let mut written = 0u64;
+    let mut resumes = 0;
     let mut published = (0u64, Instant::now());
     loop {
         let chunk = match handle.block_on(response.chunk()) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
-                return Err(upstream.error(match total {
+                let cut = match total {
                     Some(expected) if e.is_body() || e.is_decode() => UpstreamError::Truncated {
                         got: written,
                         expected,
                     },
                     _ => classify(&e),
-                }))
+                };
+                if resumes >= upstream.config().retries {
+                    return Err(upstream.error(cut));
+                }
+                resumes += 1;
+                match handle.block_on(resume(target, &fill.digest, written, total)) {
+                    Some(rest) => {
+                        response = rest;
+                        continue;
+                    }
+                    None => return Err(upstream.error(cut)),
+                }
             }
         };
         hasher.update(&chunk);
@@ -281,4 +299,46 @@ fn write_all(
         }));
     }
     Ok((written, hasher.finish()))
+}
+
+/// Asks upstream for the rest of a blob from byte `from`. `None` unless it answered 206
+/// with a `Content-Range` starting exactly there (and of the same total, when known).
+async fn resume(target: &Target, digest: &Digest, from: u64, total: Option<u64>) -> Option<Answer> {
+    let upstream = &target.upstream;
+    let path = format!("blobs/{digest}");
+    let answer = upstream.resume(Kind::Blob, &target.name, &path, from).await;
+    let fits = |a: &Answer| {
+        let range = a
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(oci::parse_content_range);
+        a.status() == StatusCode::PARTIAL_CONTENT
+            && range.is_some_and(|(r, len)| {
+                r.start == from && (total.is_none() || len.is_none() || len == total)
+            })
+    };
+    let result = match &answer {
+        Ok(a) if fits(a) => "resumed",
+        _ => "refused",
+    };
+    upstream
+        .metrics()
+        .upstream_resumes
+        .with_label_values(&[upstream.name(), result])
+        .inc();
+    match answer {
+        Ok(a) if result == "resumed" => {
+            tracing::info!(upstream = upstream.name(), %digest, from, "resumed a cut blob download");
+            Some(a)
+        }
+        Ok(a) => {
+            tracing::warn!(upstream = upstream.name(), %digest, from, status = %a.status(), "upstream did not resume the cut download with the range asked");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(upstream = upstream.name(), %digest, from, error = %e, "resuming a cut blob download failed");
+            None
+        }
+    }
 }

@@ -11,6 +11,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 
 use super::memory::{Entry, Key};
+use super::tags::TagEntry;
 use super::Cache;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Outcome;
@@ -25,6 +26,8 @@ pub struct Manifest {
     pub len: u64,
     pub bytes: Option<Bytes>,
     pub outcome: Outcome,
+    /// Served from the cache because upstream failed while revalidating the tag.
+    pub stale: bool,
 }
 
 impl Cache {
@@ -93,7 +96,6 @@ impl Cache {
             .get(store, upstream, &target.name, tag, ttl)
             .await
             .filter(|entry| accept.accepts(&entry.media_type));
-        let path = format!("manifests/{tag}");
         if let Some(entry) = &known {
             if entry.is_fresh() {
                 if let Some(found) = self.stored_manifest(&entry.digest).await {
@@ -101,8 +103,54 @@ impl Cache {
                 }
             }
         }
+        let answer = self
+            .revalidate_tag(target, tag, accept, want_body, known.is_some())
+            .await;
+        match (answer, known) {
+            (Err(e), Some(entry)) if e.is_upstream_unavailable() => {
+                self.serve_stale(target, &entry, e).await
+            }
+            (answer, _) => answer,
+        }
+    }
+
+    /// Upstream failed while revalidating a tag regcache knows: the last answer is served,
+    /// marked stale, within `stale_if_error` after it stopped being fresh.
+    async fn serve_stale(&self, target: &Target, entry: &TagEntry, e: Error) -> Result<Manifest> {
+        let window = target.upstream.config().stale_if_error;
+        if !entry.servable_stale(window) {
+            return Err(e);
+        }
+        let Some(mut found) = self.stored_manifest(&entry.digest).await else {
+            return Err(e);
+        };
+        let upstream = target.upstream.name();
+        tracing::warn!(%upstream, digest = %entry.digest, error = %e, "upstream failed; serving the cached tag stale");
+        self.ctx
+            .metrics
+            .stale_serves
+            .with_label_values(&[upstream])
+            .inc();
+        found.stale = true;
+        Ok(found)
+    }
+
+    /// Asks upstream what a tag points at now (HEAD first when regcache may hold the answer),
+    /// fetching the manifest only when regcache does not hold it.
+    async fn revalidate_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &Accept,
+        want_body: bool,
+        known: bool,
+    ) -> Result<Manifest> {
+        let upstream = target.upstream.name();
+        let ttl = target.upstream.config().tag_ttl;
+        let store = self.store();
+        let path = format!("manifests/{tag}");
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
-        if known.is_some() || !want_body {
+        if known || !want_body {
             if let Some(head) = self.head_upstream(target, &path, accept).await? {
                 if let Some(found) = self.stored_manifest(&head.digest).await {
                     self.tags.confirm(
@@ -208,6 +256,7 @@ impl Cache {
             digest,
             bytes: None,
             outcome: Outcome::Miss,
+            stale: false,
         }))
     }
 
@@ -284,6 +333,7 @@ impl Cache {
             media_type,
             bytes: Some(bytes),
             outcome: Outcome::Miss,
+            stale: false,
         })
     }
 
@@ -314,6 +364,7 @@ fn manifest(digest: &Digest, entry: Entry, outcome: Outcome) -> Manifest {
         len: entry.bytes.len() as u64,
         bytes: Some(entry.bytes),
         outcome,
+        stale: false,
     }
 }
 

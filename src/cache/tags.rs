@@ -24,6 +24,12 @@ impl TagEntry {
     pub fn is_fresh(&self) -> bool {
         Instant::now() < self.fresh_until
     }
+
+    /// True while the entry may still be served when upstream fails: up to `window` after
+    /// it stopped being fresh.
+    pub fn servable_stale(&self, window: Duration) -> bool {
+        Instant::now() < self.fresh_until + window
+    }
 }
 
 #[derive(Clone)]
@@ -120,6 +126,13 @@ mod tests {
     use super::*;
     use crate::oci::Algorithm;
 
+    async fn entry_now(tags: &Tags, store: &Arc<Store>) -> TagEntry {
+        let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());
+        tags.get(store, "up", &repo, &tag, Duration::from_secs(300))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn entries_go_stale_after_the_ttl_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -139,6 +152,17 @@ mod tests {
             .await
             .unwrap()
             .is_fresh());
+
+        // Fresh until 300 s; servable stale until 300 + 100 s.
+        let window = Duration::from_secs(100);
+        assert!(entry_now(&tags, &store).await.servable_stale(window));
+        tokio::time::advance(Duration::from_secs(98)).await;
+        assert!(entry_now(&tags, &store).await.servable_stale(window));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!entry_now(&tags, &store).await.servable_stale(window));
+        assert!(!entry_now(&tags, &store)
+            .await
+            .servable_stale(Duration::ZERO));
 
         // A new process reads the record the first one wrote.
         let restarted = Tags::new(100);

@@ -1,6 +1,8 @@
 //! `[[upstream]]`: the registries regcache mirrors, their credentials and timeouts.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -18,12 +20,21 @@ pub(super) struct RawUpstream {
     url: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    aliases: Vec<String>,
     library_prefix: Option<bool>,
     tag_ttl_secs: Option<u64>,
+    stale_if_error_secs: Option<u64>,
     username: Option<String>,
     password: Option<String>,
+    docker_config: Option<bool>,
+    docker_config_file: Option<PathBuf>,
     connect_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    retries: Option<u32>,
+    max_retry_after_secs: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -31,12 +42,28 @@ pub struct UpstreamConfig {
     pub name: String,
     pub url: Url,
     pub default: bool,
+    /// Extra names requests may use for this upstream (`ns=`, path prefix, Host).
+    pub aliases: Vec<String>,
     pub library_prefix: bool,
     pub tag_ttl: Duration,
+    /// How long after its TTL a tag may still be served when upstream fails.
+    pub stale_if_error: Duration,
     pub credentials: Option<Credentials>,
+    /// Without `credentials`, look in the Docker CLI's config.json for this upstream.
+    pub docker_config: bool,
+    /// That file, when not the default (`$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
+    pub docker_config_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// How long an upstream may stay silent (before headers or mid-body).
     pub idle_timeout: Duration,
+    /// Retries of a request that failed before anything reached a client.
+    pub retries: u32,
+    /// The longest `Retry-After` regcache waits for before retrying.
+    pub max_retry_after: Duration,
+    /// Requests (bodies included) in flight to this upstream at once.
+    pub max_concurrent_requests: usize,
+    /// Extra trusted roots for this upstream's TLS, as read from `ca_file` (PEM).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -61,12 +88,20 @@ impl RawUpstream {
             name: None,
             url: url.to_string(),
             default: true,
+            aliases: Vec::new(),
             library_prefix: None,
             tag_ttl_secs: None,
+            stale_if_error_secs: None,
             username: None,
             password: None,
+            docker_config: None,
+            docker_config_file: None,
             connect_timeout_secs: None,
             idle_timeout_secs: None,
+            retries: None,
+            max_retry_after_secs: None,
+            max_concurrent_requests: None,
+            ca_file: None,
         }
     }
 }
@@ -109,14 +144,88 @@ pub(super) fn validate_all(
             "only one upstream may be the default",
         );
     }
-    let mut names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    names.sort_unstable();
-    for pair in names.windows(2) {
-        if pair[0] == pair[1] {
-            problems.add("upstream.name", pair[0], "upstream names must be unique");
+    // Names and aliases route requests, so one may not mean two upstreams.
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for u in &upstreams {
+        let own = std::iter::once(("upstream.name", u.name.as_str()));
+        let aliases = u.aliases.iter().map(|a| ("upstream.aliases", a.as_str()));
+        for (key, name) in own.chain(aliases) {
+            match seen.insert(name, &u.name) {
+                Some(other) if key == "upstream.name" && other == u.name => {
+                    problems.add(key, name, "upstream names must be unique")
+                }
+                Some(other) if other != u.name => problems.add(
+                    key,
+                    name,
+                    format!("is already a name or alias of upstream {other:?}; every name and alias must be unique"),
+                ),
+                _ => {}
+            }
         }
     }
     upstreams
+}
+
+impl UpstreamConfig {
+    /// The names given in the config: `name`, then `aliases`.
+    pub fn explicit_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// Names this upstream answers to without being told: its URL's `host[:port]`, and for
+    /// Docker Hub the names clients use for it (`docker.io`, `index.docker.io`).
+    pub fn implied_names(&self) -> Vec<String> {
+        let host = self.url.host_str().unwrap_or_default();
+        let mut names = vec![match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }];
+        if is_docker_hub(host) {
+            names.extend(DOCKER_HUB_NAMES.iter().map(|n| n.to_string()));
+        }
+        names
+    }
+}
+
+/// The most `retries` allowed.
+const MAX_RETRIES: u32 = 10;
+
+/// Reads a PEM bundle of CA certificates; problems name the key and the file.
+fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
+        Ok(_) => {
+            problems.add(
+                key,
+                path.display(),
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA bundle in PEM",
+            );
+            None
+        }
+        Err(e) => {
+            problems.add(
+                key,
+                path.display(),
+                format!("cannot be read ({e}); check the path and permissions"),
+            );
+            None
+        }
+    }
+}
+
+/// The names clients use for Docker Hub.
+pub const DOCKER_HUB_NAMES: [&str; 3] = ["docker.io", "index.docker.io", DOCKER_HUB_HOST];
+
+pub fn is_docker_hub(host: &str) -> bool {
+    DOCKER_HUB_NAMES.contains(&host)
+}
+
+/// Names route requests (`ns=`, path prefix, Host), so they use host-like characters only.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_:".contains(c))
 }
 
 impl RawUpstream {
@@ -138,16 +247,25 @@ impl RawUpstream {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         });
-        let name_ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_:".contains(c));
-        if !name_ok {
+        if !valid_name(&name) {
             problems.add(
                 key("name"),
                 &name,
                 "use lowercase letters, digits, '.', '-', '_' and ':' only",
             );
+        }
+        let mut aliases: Vec<String> = Vec::new();
+        for alias in self.aliases {
+            if !valid_name(&alias) {
+                problems.add(
+                    key("aliases"),
+                    &alias,
+                    "an alias is a registry host or name as clients write it, e.g. \"docker.io\"; \
+                     use lowercase letters, digits, '.', '-', '_' and ':' only",
+                );
+            } else if alias != name && !aliases.contains(&alias) {
+                aliases.push(alias);
+            }
         }
         let credentials = match (self.username, self.password) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
@@ -161,6 +279,26 @@ impl RawUpstream {
                 None
             }
         };
+        if self.docker_config == Some(false) && self.docker_config_file.is_some() {
+            problems.add(
+                key("docker_config_file"),
+                self.docker_config_file
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                "is set but docker_config = false turns reading it off; remove one of the two",
+            );
+        }
+        let docker_config_file = self.docker_config_file.filter(|p| {
+            let absolute = p.is_absolute();
+            if !absolute {
+                problems.add(
+                    key("docker_config_file"),
+                    p.display(),
+                    "must be an absolute path, e.g. /root/.docker/config.json",
+                );
+            }
+            absolute
+        });
         let mut secs = |v: Option<u64>, default: u64, k: &str| {
             let v = v.unwrap_or(default);
             if v == 0 {
@@ -170,17 +308,123 @@ impl RawUpstream {
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
+        let retries = self.retries.unwrap_or(3);
+        if retries > MAX_RETRIES {
+            problems.add(
+                key("retries"),
+                retries,
+                format!("at most {MAX_RETRIES}; each retry makes a client wait longer"),
+            );
+        }
+        let max_concurrent_requests = self.max_concurrent_requests.unwrap_or(64);
+        if max_concurrent_requests == 0 {
+            problems.add(
+                key("max_concurrent_requests"),
+                0,
+                "must be at least 1 (0 would never send a request); the default is 64",
+            );
+        }
+        let ca_pem = self
+            .ca_file
+            .and_then(|path| read_ca_file(&path, &key("ca_file"), problems));
         Some(UpstreamConfig {
-            library_prefix: self
-                .library_prefix
-                .unwrap_or(host == DOCKER_HUB_HOST || host == "docker.io"),
+            library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
+            aliases,
             name,
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
+            stale_if_error: Duration::from_secs(self.stale_if_error_secs.unwrap_or(86_400)),
             credentials,
+            docker_config: self.docker_config.unwrap_or(true),
+            docker_config_file,
             connect_timeout,
             idle_timeout,
+            retries: retries.min(MAX_RETRIES),
+            max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(10)),
+            max_concurrent_requests: max_concurrent_requests.max(1),
+            ca_pem,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Overrides};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "test", &Overrides::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn aliases_must_be_unique_and_host_like() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            name = "hub"
+            url = "https://registry-1.docker.io"
+            aliases = ["docker.io", "Docker.IO"]
+            [[upstream]]
+            name = "mirror"
+            url = "https://mirror.example"
+            aliases = ["docker.io", "hub"]
+            "#,
+        );
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].aliases = Docker.IO: "));
+        assert!(found[1].starts_with("upstream.aliases = docker.io: is already"));
+        assert!(found[1].contains("\"hub\""));
+        assert!(found[2].starts_with("upstream.aliases = hub: is already"));
+    }
+
+    #[test]
+    fn traffic_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let found = problems(&format!(
+            r#"
+            [[upstream]]
+            url = "https://a.example"
+            retries = 11
+            max_concurrent_requests = 0
+            ca_file = "{}"
+            [[upstream]]
+            url = "https://b.example"
+            ca_file = "/nonexistent/ca.pem"
+            "#,
+            not_pem.display()
+        ));
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].retries = 11: at most 10"));
+        assert!(found[1].starts_with("upstream[0].max_concurrent_requests = 0: "));
+        assert!(found[2].contains("holds no PEM certificate"));
+        assert!(found[3].starts_with("upstream[1].ca_file = /nonexistent/ca.pem: cannot be read"));
+    }
+
+    #[test]
+    fn docker_hub_answers_to_its_usual_names() {
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://registry-1.docker.io\"\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let up = &c.upstreams[0];
+        assert!(up.library_prefix);
+        let implied = up.implied_names();
+        for name in ["registry-1.docker.io", "docker.io", "index.docker.io"] {
+            assert!(implied.iter().any(|n| n == name), "{implied:?}");
+        }
+        let other = Config::parse(
+            "[[upstream]]\nurl = \"http://127.0.0.1:5001\"\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(other.upstreams[0].implied_names(), ["127.0.0.1:5001"]);
     }
 }

@@ -21,6 +21,8 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use errors::{error_body, parse_error_body, ErrorCode};
 pub use media::{media_type_of_manifest, Accept};
 pub use name::{NameError, RepoName};
-pub use range::{parse_range, unsatisfied_content_range, ByteRange, RangeError, RangeSpec};
+pub use range::{
+    parse_content_range, parse_range, unsatisfied_content_range, ByteRange, RangeError, RangeSpec,
+};
 pub use reference::{Reference, ReferenceError, Tag, TagError};
 pub use route::{Route, RouteError};

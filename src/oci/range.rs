@@ -87,6 +87,23 @@ fn number(s: &str) -> Result<u64, RangeError> {
     s.parse().map_err(|_| RangeError::Malformed)
 }
 
+/// Parses a 206 answer's `Content-Range: bytes start-end/total` (`total` may be `*`).
+pub fn parse_content_range(value: &str) -> Option<(ByteRange, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let range = ByteRange {
+        start: number(start.trim()).ok()?,
+        end: number(end.trim()).ok()?,
+    };
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(number(t).ok()?),
+    };
+    let consistent = range.start <= range.end && total.is_none_or(|t| range.end < t);
+    consistent.then_some((range, total))
+}
+
 impl RangeSpec {
     /// The bytes to send from a body of `len` bytes, or `None` when the range
     /// is unsatisfiable (answer 416). An end past the body is clamped.
@@ -102,6 +119,32 @@ impl RangeSpec {
                 start: len.saturating_sub(n),
                 end: last,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod content_range_tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_a_206_carries() {
+        let r = |start, end| ByteRange { start, end };
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((r(100, 199), Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((r(0, 0), None)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes +1-2/3",
+            "",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }
 }

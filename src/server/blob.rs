@@ -15,7 +15,7 @@ use super::State;
 use crate::cache::{BlobReader, BlobSource, Phase, Progress};
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
-use crate::oci::{self, ByteRange, Digest, ErrorCode, RepoName};
+use crate::oci::{self, ByteRange, Digest, ErrorCode};
 use crate::upstream::{Kind, Target};
 
 /// A byte span of the blob to send: `start..end`, end exclusive (so empty blobs fit).
@@ -29,19 +29,16 @@ struct Span {
 pub async fn get(
     state: &State,
     parts: &Parts,
-    name: &RepoName,
+    target: &Target,
     digest: &Digest,
     head: bool,
 ) -> Result<Reply> {
-    let target = state.upstreams.route(name);
-    let span = tracing::Span::current();
-    span.record("upstream", target.upstream.name());
-    span.record("digest", tracing::field::display(digest));
+    tracing::Span::current().record("digest", tracing::field::display(digest));
     if head {
-        return head_blob(state, &target, digest).await;
+        return head_blob(state, target, digest).await;
     }
     let range = requested_range(parts)?;
-    let source = state.cache.blob(digest, &target).await?;
+    let source = state.cache.blob(digest, target).await?;
     let outcome = source.outcome();
     let (total, body): (Option<u64>, Box<dyn FnOnce(Span) -> Body + Send>) = match source {
         BlobSource::Memory(bytes) => (

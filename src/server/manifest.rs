@@ -1,6 +1,6 @@
 //! `GET` and `HEAD /v2/<name>/manifests/<tag or digest>`, honouring the client's `Accept`.
 
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG, WARNING};
 use http::request::Parts;
 use http::{HeaderValue, Response};
 
@@ -9,20 +9,21 @@ use super::respond::DOCKER_CONTENT_DIGEST;
 use super::service::Reply;
 use super::State;
 use crate::error::Result;
-use crate::oci::{Accept, Reference, RepoName};
+use crate::oci::{Accept, Reference};
+use crate::upstream::Target;
+
+/// Set to `1` on a manifest served from the cache because upstream failed.
+pub const STALE: &str = "x-regcache-stale";
 
 pub async fn get(
     state: &State,
     parts: &Parts,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
     head: bool,
 ) -> Result<Reply> {
-    let target = state.upstreams.route(name);
-    let span = tracing::Span::current();
-    span.record("upstream", target.upstream.name());
     if let Reference::Digest(d) = reference {
-        span.record("digest", tracing::field::display(d));
+        tracing::Span::current().record("digest", tracing::field::display(d));
     }
     let accept = Accept::parse(
         parts
@@ -33,15 +34,20 @@ pub async fn get(
     );
     let manifest = state
         .cache
-        .manifest(&target, reference, &accept, !head)
+        .manifest(target, reference, &accept, !head)
         .await?;
     let media_type = HeaderValue::try_from(&*manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    let builder = Response::builder()
+    let mut builder = Response::builder()
         .header(CONTENT_TYPE, media_type)
         .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
         .header(ETAG, format!("\"{}\"", manifest.digest))
         .header(CONTENT_LENGTH, manifest.len);
+    if manifest.stale {
+        builder = builder
+            .header(WARNING, "110 - \"response is stale\"")
+            .header(STALE, "1");
+    }
     let body = match (head, manifest.bytes) {
         (false, Some(bytes)) => full(bytes),
         _ => empty(),

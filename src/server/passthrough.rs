@@ -8,28 +8,22 @@ use http::{Method, Response};
 
 use super::body::stream;
 use super::service::Reply;
-use super::State;
 use crate::error::Result;
 use crate::metrics::Outcome;
-use crate::oci::{Digest, RepoName};
-use crate::upstream::Kind;
+use crate::oci::Digest;
+use crate::upstream::{Kind, Target};
 
 /// Headers worth passing back from upstream's answer.
 const KEPT: [&str; 3] = ["content-type", "link", "oci-filters-applied"];
 
-pub async fn tags(state: &State, parts: &Parts, name: &RepoName) -> Result<Reply> {
+pub async fn tags(parts: &Parts, target: &Target) -> Result<Reply> {
     let path = with_query("tags/list", parts);
-    forward(state, parts, name, Kind::Tags, &path).await
+    forward(parts, target, Kind::Tags, &path).await
 }
 
-pub async fn referrers(
-    state: &State,
-    parts: &Parts,
-    name: &RepoName,
-    digest: &Digest,
-) -> Result<Reply> {
+pub async fn referrers(parts: &Parts, target: &Target, digest: &Digest) -> Result<Reply> {
     let path = with_query(&format!("referrers/{digest}"), parts);
-    forward(state, parts, name, Kind::Referrers, &path).await
+    forward(parts, target, Kind::Referrers, &path).await
 }
 
 /// Keeps `n`, `last` and `artifactType` (the only query keys these endpoints define).
@@ -50,15 +44,7 @@ fn with_query(path: &str, parts: &Parts) -> String {
     format!("{path}?{encoded}")
 }
 
-async fn forward(
-    state: &State,
-    parts: &Parts,
-    name: &RepoName,
-    kind: Kind,
-    path: &str,
-) -> Result<Reply> {
-    let target = state.upstreams.route(name);
-    tracing::Span::current().record("upstream", target.upstream.name());
+async fn forward(parts: &Parts, target: &Target, kind: Kind, path: &str) -> Result<Reply> {
     let accept = parts.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let answer = target
         .upstream

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, HOST};
+use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
@@ -14,7 +15,8 @@ use super::respond::{self, API_VERSION};
 use super::{blob, manifest, passthrough, State};
 use crate::error::Result;
 use crate::metrics::Outcome;
-use crate::oci::{self, ErrorCode, Route, RouteError};
+use crate::oci::{self, ErrorCode, RepoName, Route, RouteError};
+use crate::upstream::{RouteRequest, Target};
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -42,6 +44,7 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
         method = %parts.method,
         route = kind,
         upstream = tracing::field::Empty,
+        via = tracing::field::Empty,
         digest = tracing::field::Empty,
     );
     async move {
@@ -89,7 +92,7 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
     .await
 }
 
-async fn dispatch(state: &State, parts: &http::request::Parts, route: Route) -> Result<Reply> {
+async fn dispatch(state: &State, parts: &Parts, route: Route) -> Result<Reply> {
     let method = &parts.method;
     let head = method == Method::HEAD;
     let read_only = matches!(*method, Method::GET | Method::HEAD);
@@ -98,14 +101,37 @@ async fn dispatch(state: &State, parts: &http::request::Parts, route: Route) -> 
         _ if !read_only => Err(unsupported(method)),
         Route::Base => Ok(Reply::new(base(), Outcome::MemoryHit)),
         Route::Manifest { name, reference } => {
-            manifest::get(state, parts, &name, &reference, head).await
+            let target = target(state, parts, &name)?;
+            manifest::get(state, parts, &target, &reference, head).await
         }
-        Route::Blob { name, digest } => blob::get(state, parts, &name, &digest, head).await,
-        Route::Tags { name } => passthrough::tags(state, parts, &name).await,
+        Route::Blob { name, digest } => {
+            let target = target(state, parts, &name)?;
+            blob::get(state, parts, &target, &digest, head).await
+        }
+        Route::Tags { name } => passthrough::tags(parts, &target(state, parts, &name)?).await,
         Route::Referrers { name, digest } => {
-            passthrough::referrers(state, parts, &name, &digest).await
+            let target = target(state, parts, &name)?;
+            passthrough::referrers(parts, &target, &digest).await
         }
     }
+}
+
+/// Routes the request to an upstream and names it on the request's span.
+fn target(state: &State, parts: &Parts, name: &RepoName) -> Result<Target> {
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let target = state.upstreams.target(RouteRequest {
+        query: parts.uri.query(),
+        host,
+        name,
+    })?;
+    let span = tracing::Span::current();
+    span.record("upstream", target.upstream.name());
+    span.record("via", target.via.as_str());
+    Ok(target)
 }
 
 fn unsupported(method: &Method) -> crate::error::Error {

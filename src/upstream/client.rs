@@ -1,16 +1,24 @@
 //! One upstream registry: its HTTP client and the requests regcache sends it.
 //!
-//! Every request goes through [`Upstream::send`], which adds credentials, answers one
-//! auth challenge, counts the request, and turns every non-2xx answer into an
+//! Every request goes through [`Upstream::send`], which waits for one of the upstream's
+//! request permits, adds credentials, answers one auth challenge, retries what may be
+//! retried (see `retry`), counts the request, and turns every non-2xx answer into an
 //! [`UpstreamError`] so callers only ever see success or a classified failure.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, StatusCode};
 use reqwest::Response;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Auth;
+use super::ratelimit;
+use super::retry::{Decision, Policy};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::{status_class, Metrics};
@@ -27,6 +35,9 @@ pub struct Upstream {
     base: String,
     http: reqwest::Client,
     auth: Auth,
+    /// One per request in flight (body included): `max_concurrent_requests`.
+    permits: Arc<Semaphore>,
+    policy: Policy,
     metrics: Metrics,
 }
 
@@ -50,18 +61,61 @@ impl Kind {
     }
 }
 
+/// A 2xx answer from upstream. It holds one of the upstream's request permits until it is
+/// dropped (or its body stream ends), so the concurrency cap covers body transfers too.
+pub struct Answer {
+    response: Response,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Deref for Answer {
+    type Target = Response;
+
+    fn deref(&self) -> &Response {
+        &self.response
+    }
+}
+
+impl DerefMut for Answer {
+    fn deref_mut(&mut self) -> &mut Response {
+        &mut self.response
+    }
+}
+
+impl Answer {
+    /// The body as a stream; the permit is released when the stream is dropped.
+    pub fn bytes_stream(self) -> impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static {
+        let permit = self._permit;
+        self.response.bytes_stream().map(move |chunk| {
+            let _held = &permit;
+            chunk
+        })
+    }
+}
+
 impl Upstream {
     pub fn new(config: UpstreamConfig, metrics: Metrics) -> Result<Upstream, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        // HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are read from the environment by reqwest.
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("regcache/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.idle_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(pem) = &config.ca_pem {
+            for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build()?;
         Ok(Upstream {
             base: config.url.as_str().trim_end_matches('/').to_string(),
             auth: Auth::new(config.credentials.clone()),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            policy: Policy {
+                retries: config.retries,
+                max_retry_after: config.max_retry_after,
+            },
             config,
             http,
             metrics,
@@ -76,16 +130,11 @@ impl Upstream {
         &self.config
     }
 
-    /// The repository name as this upstream knows it (`nginx` is `library/nginx` on Docker Hub).
-    pub fn repository(&self, name: &RepoName) -> RepoName {
-        if self.config.library_prefix {
-            name.with_library_prefix()
-        } else {
-            name.clone()
-        }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    /// Sends `method` to `/v2/<name>/<path>` and returns a 2xx response, or the classified failure.
+    /// Sends `method` to `/v2/<name>/<path>` and returns a 2xx answer, or the classified failure.
     /// `name` must already be the upstream's repository name.
     pub async fn send(
         &self,
@@ -94,14 +143,49 @@ impl Upstream {
         name: &RepoName,
         path: &str,
         accept: Option<&str>,
-    ) -> Result<Response> {
+    ) -> Result<Answer> {
+        self.send_with(method, kind, name, path, accept, None).await
+    }
+
+    /// GETs `/v2/<name>/<path>` from byte `from` on, to resume a download that was cut.
+    /// The caller checks that the answer is the 206 it asked for.
+    pub async fn resume(
+        &self,
+        kind: Kind,
+        name: &RepoName,
+        path: &str,
+        from: u64,
+    ) -> Result<Answer> {
+        self.send_with(Method::GET, kind, name, path, None, Some(from))
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        kind: Kind,
+        name: &RepoName,
+        path: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<Answer> {
         let url = format!("{}/v2/{}/{}", self.base, name, path);
         let scope = oci::scope_for_pull(name);
-        let mut retried = false;
+        let mut challenged = false;
+        let mut attempt = 0;
         loop {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the permits are never closed");
             let mut request = self.http.request(method.clone(), &url);
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
+            }
+            if let Some(from) = range_from {
+                request = request.header(RANGE, format!("bytes={from}-"));
             }
             if let Some(auth) = self
                 .auth
@@ -117,20 +201,63 @@ impl Upstream {
                 .upstream_requests
                 .with_label_values(&[self.name(), kind.as_str(), status_class(status)])
                 .inc();
-            let response = result.map_err(|e| self.error(classify(&e)))?;
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => {
+                    drop(permit);
+                    match self.policy.after_connect_error(attempt) {
+                        Decision::RetryAfter(wait) if e.is_connect() => {
+                            self.pause(wait, attempt).await;
+                            attempt += 1;
+                            continue;
+                        }
+                        _ => return Err(self.error(classify(&e))),
+                    }
+                }
+            };
+            ratelimit::observe(response.headers(), &self.metrics, self.name());
             let status = response.status();
             if status.is_success() {
-                return Ok(response);
+                return Ok(Answer {
+                    response,
+                    _permit: permit,
+                });
             }
-            if status == StatusCode::UNAUTHORIZED && !retried {
+            if status == StatusCode::UNAUTHORIZED && !challenged {
                 let challenges = challenges(response.headers());
                 if self.auth.challenged(&challenges, &scope).await {
-                    retried = true;
+                    challenged = true;
                     continue;
                 }
             }
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            if let Decision::RetryAfter(wait) =
+                self.policy.after_status(attempt, status, retry_after)
+            {
+                drop((response, permit));
+                self.pause(wait, attempt).await;
+                attempt += 1;
+                continue;
+            }
             return Err(self.error(failure(response).await));
         }
+    }
+
+    async fn pause(&self, wait: Duration, attempt: u32) {
+        tracing::debug!(
+            upstream = self.name(),
+            attempt,
+            wait_ms = wait.as_millis() as u64,
+            "retrying upstream"
+        );
+        self.metrics
+            .upstream_retries
+            .with_label_values(&[self.name()])
+            .inc();
+        tokio::time::sleep(wait).await;
     }
 
     pub fn error(&self, cause: UpstreamError) -> Error {
@@ -204,5 +331,32 @@ async fn failure(mut response: Response) -> UpstreamError {
         status,
         code,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    fn upstream_with_ca(pem: &str) -> Result<Upstream, reqwest::Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        let text = format!(
+            "[[upstream]]\nurl = \"https://registry.internal\"\nca_file = \"{}\"\n",
+            path.display()
+        );
+        let config = Config::parse(&text, "test", &Overrides::default()).unwrap();
+        Upstream::new(config.upstreams[0].clone(), Metrics::new())
+    }
+
+    #[test]
+    fn a_ca_file_is_added_to_the_trusted_roots() {
+        // A self-signed CA generated for this test (openssl req -x509, P-256).
+        let pem = include_str!("../../tests/data/test-ca.pem");
+        assert!(upstream_with_ca(pem).is_ok());
+        let broken = pem.replace("MII", "!!!");
+        assert!(upstream_with_ca(&broken).is_err());
     }
 }

@@ -1,21 +1,30 @@
-//! Upstream registries: which one serves a request, and the client that talks to it
-//! (auth, timeouts, error classification). Nothing here caches; see `cache`.
+//! Upstream registries: which one serves a request ([`router`]), and the client that talks
+//! to it (auth, timeouts, error classification). Nothing here caches; see `cache`.
 
 mod auth;
 mod client;
+mod docker_config;
+mod ratelimit;
+mod retry;
+pub mod router;
 
 use std::sync::Arc;
 
-pub use client::{classify, Kind, Upstream, MAX_MANIFEST_BYTES};
+use http::StatusCode;
 
-use crate::config::Config;
+pub use client::{classify, Answer, Kind, Upstream, MAX_MANIFEST_BYTES};
+pub use router::{RouteRequest, Via};
+
+use crate::config::{Config, UpstreamConfig};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::oci::RepoName;
+use crate::oci::{ErrorCode, RepoName};
+use router::Router;
 
-/// Every configured upstream, and the default one for requests that name none.
+/// Every configured upstream, and the router that picks one per request.
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
-    default: usize,
+    router: Router,
 }
 
 /// The upstream chosen for a request, with the repository name as that upstream knows it.
@@ -23,6 +32,7 @@ pub struct Upstreams {
 pub struct Target {
     pub upstream: Arc<Upstream>,
     pub name: RepoName,
+    pub via: Via,
 }
 
 impl Upstreams {
@@ -30,19 +40,56 @@ impl Upstreams {
         let list = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
+            .map(|u| Upstream::new(with_docker_credentials(u), metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let default = config.upstreams.iter().position(|u| u.default).unwrap_or(0);
-        Ok(Upstreams { list, default })
+        Ok(Upstreams {
+            list,
+            router: Router::new(&config.upstreams),
+        })
     }
 
-    /// Picks the upstream for a repository. Every request goes to the default upstream
-    /// for now; per-request routing (containerd `ns=`, path prefix, Host) builds on this.
-    pub fn route(&self, name: &RepoName) -> Target {
-        let upstream = self.list[self.default].clone();
-        Target {
-            name: upstream.repository(name),
-            upstream,
-        }
+    /// Picks the upstream for a request from its `ns=` parameter, path prefix, `Host` or
+    /// else the default (see [`router`]). An `ns=` naming no upstream is the client's error.
+    pub fn target(&self, request: RouteRequest<'_>) -> Result<Target> {
+        let routed = self.router.route(request).map_err(|e| {
+            Error::client(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, e.to_string())
+        })?;
+        Ok(Target {
+            upstream: self.list[routed.upstream].clone(),
+            name: routed.name,
+            via: routed.via,
+        })
     }
+}
+
+/// Fills in credentials from the Docker CLI's config.json when the config gave none.
+/// Reads a small file once at startup; a broken file is a warning, never a failure.
+fn with_docker_credentials(config: &UpstreamConfig) -> UpstreamConfig {
+    let mut config = config.clone();
+    if config.credentials.is_some() || !config.docker_config {
+        return config;
+    }
+    let Some(path) = config
+        .docker_config_file
+        .clone()
+        .or_else(docker_config::default_path)
+    else {
+        return config;
+    };
+    let file = match docker_config::load(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(upstream = %config.name, error = %e, "ignoring the Docker config file");
+            return config;
+        }
+    };
+    let implied = config.implied_names();
+    let names = config
+        .explicit_names()
+        .chain(implied.iter().map(String::as_str));
+    config.credentials = file.credentials_for(names);
+    if let Some(c) = &config.credentials {
+        tracing::info!(upstream = %config.name, username = %c.username, file = %path.display(), "using credentials from the Docker config file");
+    }
+    config
 }

@@ -1,5 +1,6 @@
 //! An in-process fake upstream registry, for what a real registry cannot do on demand:
-//! corrupt bytes, bodies cut mid-way, 500s, slow or held bodies, auth challenges.
+//! corrupt bytes, bodies cut mid-way (and resumed by `Range`), 500s, 429s with
+//! `Retry-After`, slow or held bodies, auth challenges, rate-limit headers.
 //! It counts every request so tests can assert exactly what went upstream.
 
 use std::collections::HashMap;
@@ -26,7 +27,8 @@ pub enum Fault {
     None,
     /// Flip a byte in the middle of the body.
     Corrupt,
-    /// Send half the body, then close the connection.
+    /// Send half the body, then close the connection. A `Range: bytes=N-` request for the
+    /// rest is served whole (unless ranges are ignored), so a resume succeeds.
     Cut,
     /// Answer with this status and an OCI error body.
     Status(u16),
@@ -59,6 +61,16 @@ struct State {
     basic: Option<String>,
     /// Digest header to send on manifests instead of the real one.
     lie_about_digest: bool,
+    /// Headers added to every `/v2/` answer (e.g. Docker Hub's rate-limit headers).
+    extra_headers: Vec<(String, String)>,
+    /// Answer every `/v2/` request with this status (429, 503, ...).
+    fail_all: Option<u16>,
+    /// Answer the next `n` `/v2/` requests with this status, then serve normally.
+    fail_next: Option<(usize, u16)>,
+    /// `Retry-After` sent with injected failures.
+    retry_after: Option<String>,
+    /// Serve whole bodies, ignoring `Range` (by default `bytes=N-` gets a 206).
+    ignore_ranges: bool,
 }
 
 #[derive(Clone)]
@@ -163,6 +175,32 @@ impl FakeRegistry {
         self.state.lock().unwrap().basic = Some(format!("Basic {encoded}"));
     }
 
+    /// Adds `name: value` to every `/v2/` answer from now on.
+    pub fn add_header(&self, name: &str, value: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.extra_headers.push((name.into(), value.into()));
+    }
+
+    /// Answers every `/v2/` request with `status` (e.g. 429) until called with `None`.
+    pub fn fail_all(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fail_all = status;
+    }
+
+    /// Answers the next `n` `/v2/` requests with `status`, then serves normally.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.state.lock().unwrap().fail_next = Some((n, status));
+    }
+
+    /// Ignores `Range` requests from now on (serves whole bodies, no `Accept-Ranges`).
+    pub fn ignore_ranges(&self) {
+        self.state.lock().unwrap().ignore_ranges = true;
+    }
+
+    /// Sends `Retry-After: value` with injected failures.
+    pub fn retry_after(&self, value: &str) {
+        self.state.lock().unwrap().retry_after = Some(value.into());
+    }
+
     pub fn lie_about_digest(&self) {
         self.state.lock().unwrap().lie_about_digest = true;
     }
@@ -182,6 +220,19 @@ impl FakeRegistry {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let v2 = req.uri().path().starts_with("/v2/");
+        let mut response = self.answer_inner(req).await;
+        if v2 {
+            let extra = self.state.lock().unwrap().extra_headers.clone();
+            for (name, value) in extra {
+                let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                response.headers_mut().append(name, value.parse().unwrap());
+            }
+        }
+        response
+    }
+
+    async fn answer_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         self.state
@@ -195,7 +246,22 @@ impl FakeRegistry {
         if let Some(denied) = self.check_auth(&req) {
             return denied;
         }
+        if let Some(failure) = self.injected_failure() {
+            return failure;
+        }
         let head = method == "HEAD";
+        let range_from = req
+            .headers()
+            .get("range")
+            .and_then(|v| {
+                v.to_str()
+                    .ok()?
+                    .strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse()
+                    .ok()
+            })
+            .filter(|_| !self.state.lock().unwrap().ignore_ranges);
         let parts: Vec<&str> = path.trim_start_matches("/v2/").rsplitn(3, '/').collect();
         let (object, fault) = {
             let state = self.state.lock().unwrap();
@@ -248,6 +314,24 @@ impl FakeRegistry {
         let mut builder = Response::builder()
             .header("content-type", object.media_type.as_str())
             .header("docker-content-digest", digest);
+        if let Some(from) =
+            range_from.filter(|&f: &usize| f < len && parts.get(1) == Some(&"blobs"))
+        {
+            // The rest of the blob, whatever the fault (a resumed download succeeds).
+            return builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {from}-{}/{len}", len - 1))
+                .header("content-length", len - from)
+                .body(
+                    Full::new(object.bytes.slice(from..))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
+        if !self.state.lock().unwrap().ignore_ranges {
+            builder = builder.header("accept-ranges", "bytes");
+        }
         if !matches!(fault, Fault::NoLength) {
             builder = builder.header("content-length", len);
         }
@@ -307,6 +391,26 @@ impl FakeRegistry {
                 StreamBody::new(stream).boxed()
             }
         }
+    }
+
+    fn injected_failure(&self) -> Option<Response<Body>> {
+        let mut state = self.state.lock().unwrap();
+        let status = match (state.fail_all, &mut state.fail_next) {
+            (Some(status), _) => status,
+            (None, Some((n, status))) if *n > 0 => {
+                *n -= 1;
+                *status
+            }
+            _ => return None,
+        };
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut response = error(status, "TOOMANYREQUESTS", "injected failure");
+        if let Some(after) = &state.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", after.parse().unwrap());
+        }
+        Some(response)
     }
 
     fn check_auth(&self, req: &Request<Incoming>) -> Option<Response<Body>> {

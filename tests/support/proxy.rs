@@ -1,7 +1,7 @@
 //! Runs regcache in-process on loopback (port 0), the way `main` does, for integration tests.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use regcache::app::{self, Listeners};
 use regcache::config::{Config, Overrides};
@@ -43,13 +43,30 @@ impl Proxy {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
         let text = format!("[server]\n{server}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
+        Proxy::start_config(&text, cache_dir, temp).await
+    }
+
+    /// A proxy running `config` (TOML, typically several `[[upstream]]` tables) with its
+    /// cache in `dir`, or in a fresh directory.
+    pub async fn start_config_in(config: &str, dir: Option<&Path>) -> Proxy {
+        let temp = match dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().unwrap()),
+        };
+        let cache_dir = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
+        Proxy::start_config(config, cache_dir, temp).await
+    }
+
+    async fn start_config(text: &str, cache_dir: PathBuf, temp: Option<TempDir>) -> Proxy {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
             upstream: None,
             cache_dir: Some(cache_dir),
         };
-        let config = Config::parse(&text, "test", &overrides).unwrap();
+        let config = Config::parse(text, "test", &overrides).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.api.local_addr().unwrap();
         let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();

@@ -30,6 +30,22 @@ impl Regcache {
     /// (which may hold a previous run's cache). Panics with the log if it is not
     /// answering `GET /v2/` with 200 within ~20 s.
     pub fn start(upstream_url: &str, cache_dir: &Path) -> Regcache {
+        Regcache::launch(cache_dir, &["--upstream", upstream_url])
+    }
+
+    /// Starts `regcache serve --config <cache_dir>.toml` after writing `config` there
+    /// (listen addresses and the cache dir still come from the command line).
+    pub fn start_with_config(config: &str, cache_dir: &Path) -> Regcache {
+        let config_path = cache_dir.with_extension("toml");
+        if let Some(parent) = config_path.parent() {
+            std::fs::create_dir_all(parent).expect("create config dir");
+        }
+        std::fs::write(&config_path, config).expect("write regcache config");
+        let config_arg = config_path.display().to_string();
+        Regcache::launch(cache_dir, &["--config", &config_arg])
+    }
+
+    fn launch(cache_dir: &Path, args: &[&str]) -> Regcache {
         let log_path = cache_dir.with_extension("log");
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).expect("create log dir");
@@ -40,7 +56,7 @@ impl Regcache {
             cmd.arg("serve")
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-                .args(["--upstream", upstream_url])
+                .args(args)
                 .arg("--cache-dir")
                 .arg(cache_dir)
                 .env("RUST_LOG", "info");
