@@ -100,6 +100,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    state.cache.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

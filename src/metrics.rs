@@ -16,6 +16,10 @@ pub const ERRORS: &str = "regcache_errors_total";
 pub const CACHE_WRITE_ERRORS: &str = "regcache_cache_write_errors_total";
 pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
+pub const DISK_OBJECTS: &str = "regcache_disk_objects";
+pub const DISK_BYTES: &str = "regcache_disk_bytes";
+pub const EVICTIONS: &str = "regcache_evictions_total";
+pub const OFFLINE_MISSES: &str = "regcache_offline_misses_total";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,10 @@ pub struct Metrics {
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
     pub memory_bytes: IntGauge,
+    pub disk_objects: IntGauge,
+    pub disk_bytes: IntGauge,
+    pub evictions: IntCounterVec,
+    pub offline_misses: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +119,16 @@ impl Metrics {
             "Error responses by source (client, upstream, local) and HTTP status.",
             &["source", "status"],
         );
+        let evictions = counter_vec(
+            EVICTIONS,
+            "Objects removed from the disk store by reason (budget, lifecycle, corruption).",
+            &["reason"],
+        );
+        let offline_misses = counter_vec(
+            OFFLINE_MISSES,
+            "Requests that needed an upstream marked offline (answered 404 or 503).",
+            &["upstream"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -132,6 +150,11 @@ impl Metrics {
             CACHE_BYTES,
             "Bytes held in the memory tier (manifests and small blobs).",
         );
+        let disk_objects = gauge(
+            DISK_OBJECTS,
+            "Objects (blobs and manifests) in the disk store.",
+        );
+        let disk_bytes = gauge(DISK_BYTES, "Bytes of the objects in the disk store.");
         Metrics {
             registry,
             requests,
@@ -145,6 +168,10 @@ impl Metrics {
             cache_write_errors,
             memory_objects,
             memory_bytes,
+            disk_objects,
+            disk_bytes,
+            evictions,
+            offline_misses,
         }
     }
 

@@ -24,6 +24,8 @@ pub(super) struct RawUpstream {
     password: Option<String>,
     connect_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    offline: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +39,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long an upstream may stay silent (before headers or mid-body).
     pub idle_timeout: Duration,
+    /// Never contact this upstream: serve what is cached, whatever its age.
+    pub offline: bool,
 }
 
 #[derive(Clone)]
@@ -67,6 +71,7 @@ impl RawUpstream {
             password: None,
             connect_timeout_secs: None,
             idle_timeout_secs: None,
+            offline: false,
         }
     }
 }
@@ -181,6 +186,7 @@ impl RawUpstream {
             credentials,
             connect_timeout,
             idle_timeout,
+            offline: self.offline,
         })
     }
 }

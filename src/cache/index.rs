@@ -1,0 +1,247 @@
+//! The disk index: every published object's size and last access, held in memory.
+//!
+//! It answers "how much does the store hold" without a walk, checks a file's length against
+//! what was published (truncation), picks least-recently-used victims for eviction, and
+//! keeps objects that are being read out of reach of eviction (pins). It does no I/O:
+//! `persist` loads and saves it, `disk` applies the budget.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::store::ObjectKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Bytes of the published file.
+    pub size: u64,
+    /// Unix milliseconds of the last hit (or of the publish).
+    pub last_access: u64,
+    pins: u32,
+    /// Tells a pin on a removed and re-published object from one on the current entry.
+    generation: u64,
+}
+
+#[derive(Default)]
+pub struct Index {
+    inner: Mutex<Inner>,
+    next_generation: AtomicU64,
+    /// Set when anything changed since the last snapshot was taken.
+    dirty: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inner {
+    objects: HashMap<ObjectKey, Meta>,
+    bytes: u64,
+}
+
+/// Holds an object out of eviction's reach while a response reads it.
+pub struct Pin {
+    index: Arc<Index>,
+    key: ObjectKey,
+    generation: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut inner = self.index.lock();
+        if let Some(meta) = inner.objects.get_mut(&self.key) {
+            if meta.generation == self.generation {
+                meta.pins = meta.pins.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pin({:?} {})", self.key.kind, self.key.digest)
+    }
+}
+
+impl Index {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("index lock")
+    }
+
+    fn meta(&self, size: u64, last_access: u64) -> Meta {
+        Meta {
+            size,
+            last_access,
+            pins: 0,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Records a newly published object (replacing any older record of it).
+    pub fn insert(&self, key: ObjectKey, size: u64, last_access: u64) {
+        let meta = self.meta(size, last_access);
+        let mut inner = self.lock();
+        if let Some(old) = inner.objects.insert(key, meta) {
+            inner.bytes -= old.size;
+        }
+        inner.bytes += size;
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Records an object found on disk, unless a lookup already did (the startup scan).
+    pub fn insert_if_absent(&self, key: ObjectKey, size: u64, last_access: u64) {
+        let meta = self.meta(size, last_access);
+        let mut inner = self.lock();
+        if let std::collections::hash_map::Entry::Vacant(slot) = inner.objects.entry(key) {
+            slot.insert(meta);
+            inner.bytes += size;
+        }
+    }
+
+    /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
+    pub fn touch(&self, key: &ObjectKey, now: u64) {
+        if let Some(meta) = self.lock().objects.get_mut(key) {
+            meta.last_access = now;
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Pins an object for a read and marks the hit. With `size` (the file's length) an
+    /// unknown object is adopted; `Err` carries the recorded size when the file's differs.
+    pub fn pin(self: &Arc<Self>, key: &ObjectKey, size: u64, now: u64) -> Result<Pin, u64> {
+        let mut inner = self.lock();
+        let generation = match inner.objects.get_mut(key) {
+            Some(meta) if meta.size != size => return Err(meta.size),
+            Some(meta) => {
+                meta.pins += 1;
+                meta.last_access = now;
+                meta.generation
+            }
+            None => {
+                let mut meta = self.meta(size, now);
+                meta.pins = 1;
+                inner.objects.insert(key.clone(), meta);
+                inner.bytes += size;
+                meta.generation
+            }
+        };
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(Pin {
+            index: self.clone(),
+            key: key.clone(),
+            generation,
+        })
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
+        self.lock().objects.get(key).copied()
+    }
+
+    pub fn remove(&self, key: &ObjectKey) -> Option<Meta> {
+        let mut inner = self.lock();
+        let meta = inner.objects.remove(key)?;
+        inner.bytes -= meta.size;
+        self.dirty.store(true, Ordering::Relaxed);
+        Some(meta)
+    }
+
+    /// (objects, bytes) recorded.
+    pub fn usage(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.objects.len() as u64, inner.bytes)
+    }
+
+    /// Takes least-recently-used, unpinned objects out of the index until it records at
+    /// most `target` bytes, and returns them for the caller to delete.
+    pub fn take_victims(&self, target: u64) -> Vec<(ObjectKey, Meta)> {
+        let mut inner = self.lock();
+        if inner.bytes <= target {
+            return Vec::new();
+        }
+        let mut candidates: Vec<(u64, ObjectKey)> = inner
+            .objects
+            .iter()
+            .filter(|(_, m)| m.pins == 0)
+            .map(|(k, m)| (m.last_access, k.clone()))
+            .collect();
+        // Sorting under the lock is fine: eviction runs rarely, between the watermarks.
+        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.kind.cmp(&b.1.kind)));
+        let mut victims = Vec::new();
+        for (_, key) in candidates {
+            if inner.bytes <= target {
+                break;
+            }
+            if let Some(meta) = inner.objects.remove(&key) {
+                inner.bytes -= meta.size;
+                victims.push((key, meta));
+            }
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        victims
+    }
+
+    /// Every record, if anything changed since the last call (or `force`).
+    pub fn snapshot(&self, force: bool) -> Option<Vec<(ObjectKey, Meta)>> {
+        if !self.dirty.swap(false, Ordering::Relaxed) && !force {
+            return None;
+        }
+        let inner = self.lock();
+        Some(inner.objects.iter().map(|(k, m)| (k.clone(), *m)).collect())
+    }
+
+    /// Marks the index as changed again (a snapshot could not be written).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Algorithm, Digest};
+
+    fn key(n: u8) -> ObjectKey {
+        ObjectKey::blob(&Digest::of(Algorithm::Sha256, &[n]))
+    }
+
+    #[test]
+    fn victims_are_the_least_recent_unpinned_objects() {
+        let index = Arc::new(Index::default());
+        for n in 0..5u8 {
+            index.insert(key(n), 10, 100 + u64::from(n));
+        }
+        index.touch(&key(0), 200);
+        let pin = index.pin(&key(1), 10, 201).unwrap();
+        // 50 bytes recorded; down to 25 takes three: 2, 3, 4 (0 and 1 were used since).
+        let taken: Vec<ObjectKey> = index.take_victims(25).into_iter().map(|v| v.0).collect();
+        assert_eq!(taken, [key(2), key(3), key(4)]);
+        assert_eq!(index.usage(), (2, 20));
+        // A pinned object stays even when nothing else is left.
+        let taken = index.take_victims(0);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(index.usage(), (1, 10));
+        drop(pin);
+        assert_eq!(index.take_victims(0).len(), 1);
+        assert_eq!(index.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_length_that_differs_from_the_published_size_is_refused() {
+        let index = Arc::new(Index::default());
+        index.insert(key(1), 10, 1);
+        assert_eq!(index.pin(&key(1), 9, 2).unwrap_err(), 10);
+        // Unknown objects are adopted at their length.
+        drop(index.pin(&key(2), 7, 2).unwrap());
+        assert_eq!(index.get(&key(2)).unwrap().size, 7);
+    }
+
+    #[test]
+    fn an_old_pin_does_not_release_a_republished_object() {
+        let index = Arc::new(Index::default());
+        index.insert(key(1), 10, 1);
+        let old = index.pin(&key(1), 10, 1).unwrap();
+        index.remove(&key(1));
+        index.insert(key(1), 10, 2);
+        let new = index.pin(&key(1), 10, 3).unwrap();
+        drop(old);
+        assert!(index.take_victims(0).is_empty(), "still pinned by `new`");
+        drop(new);
+    }
+}
