@@ -26,6 +26,16 @@ impl Proxy {
     /// `extra` is TOML for the single `[[upstream]]` table (e.g. `tag_ttl_secs = 0`);
     /// `dir` reuses a cache directory (a restart).
     pub async fn start_with(upstream: &str, extra: &str, dir: Option<&Path>) -> Proxy {
+        Proxy::start_config(upstream, "", extra, dir).await
+    }
+
+    /// Like `start_with`, with `cache` as the body of the `[cache]` table.
+    pub async fn start_config(
+        upstream: &str,
+        cache: &str,
+        extra: &str,
+        dir: Option<&Path>,
+    ) -> Proxy {
         let temp = match dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().unwrap()),
@@ -33,7 +43,7 @@ impl Proxy {
         let cache_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
-        let text = format!("[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
+        let text = format!("[cache]\n{cache}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
