@@ -9,6 +9,7 @@ mod fill;
 mod index;
 mod manifests;
 mod memory;
+pub mod ops;
 mod persist;
 mod reader;
 mod store;
