@@ -6,6 +6,8 @@
 //!   every error leaves through one function that logs, counts and answers with OCI JSON.
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
 //!   single-flight fill that streams upstream bytes to every waiting client while hashing.
+//!   It keeps the disk under its budget (LRU eviction) and hosts the operator commands
+//!   (`cache::ops`: gc, verify, stats) that `main` exposes.
 //! - [`upstream`]: picks the upstream and talks to it (auth, timeouts, error classes).
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]

@@ -209,3 +209,42 @@ async fn offline_serves_the_cache_whatever_its_age_and_refuses_the_rest() {
         .sum();
     assert_eq!(misses, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_being_read_is_not_evicted_until_its_reader_is_done() {
+    let fake = FakeRegistry::start().await;
+    let add = |len: usize, seed: u8| {
+        let bytes = data(len, seed);
+        (fake.add_blob(bytes.clone()), bytes)
+    };
+    // Larger than loopback socket buffers, so a reader that stops reading holds its stream.
+    let (a, a_bytes) = add(24 * MIB, 1);
+    let (b, b_bytes) = add(14 * MIB, 2);
+    let (c, _) = add(MIB, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let cache =
+        "disk_bytes = \"40MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.5\nmemory_bytes = \"0\"";
+    let proxy = Proxy::start_config(&fake.url(), cache, "", Some(dir.path())).await;
+    let url = |d: &str| proxy.url(&format!("/v2/a/b/blobs/{d}"));
+    assert!(fetch(&url(&a)).await.1 == a_bytes);
+
+    // A slow client holds a stream of A from disk while B pushes the store over the mark.
+    let mut held = reqwest::get(url(&a)).await.unwrap();
+    let mut got = held.chunk().await.unwrap().unwrap().to_vec();
+    assert!(fetch(&url(&b)).await.1 == b_bytes);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(blob_path(dir.path(), &a).exists(), "A is being read");
+    while let Some(chunk) = held.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == a_bytes, "the reader got every byte");
+    drop(held);
+
+    // Released: the next publish evicts A, the least recently used.
+    fetch(&url(&c)).await;
+    eventually("A is evicted once released", || {
+        !blob_path(dir.path(), &a).exists()
+    })
+    .await;
+    assert!(blob_path(dir.path(), &b).exists() && blob_path(dir.path(), &c).exists());
+}

@@ -2,7 +2,12 @@
 //! freshness. Handlers ask it for a blob or a manifest; it answers from memory, disk, or
 //! upstream (through `upstream`), and stores only what it verified.
 //!
-//! The cache never causes a failure: a disk error is logged, counted and served as a miss.
+//! The disk tier is bounded: `index` records every object's size and last access, `disk`
+//! evicts the least recently used past the budget, `persist` keeps recency across restarts.
+//! `ops` holds the operator commands (gc, verify, stats).
+//!
+//! The cache never causes a failure: a disk error is logged, counted and served as a miss;
+//! a damaged file is removed and fetched again.
 
 mod disk;
 mod fill;
