@@ -136,7 +136,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
     let dir = config.cache.dir.display().to_string();
-    let r = ops::gc(&config.cache).with_context(|| format!("collecting {dir}"))?;
+    let r = ops::gc(&config).with_context(|| format!("collecting {dir}"))?;
+    println!(
+        "{dir}: lifecycle rules removed {} objects ({}) and {} tag records",
+        r.swept.objects,
+        ByteSize(r.swept.bytes),
+        r.swept.tags
+    );
     println!(
         "{dir}: {} objects, {} of a {} budget; removed {} objects ({}), {} with a damaged size",
         r.objects_before,

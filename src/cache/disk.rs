@@ -1,5 +1,6 @@
-//! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction, corruption
-//! handling, and the background task that loads the index and saves recency.
+//! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction, lifecycle
+//! sweeps, corruption handling, and the background task that loads the index, saves
+//! recency and runs the sweeps.
 //!
 //! Eviction removes only published objects that nobody has pinned; a fill's temp file is
 //! not in the index until it is published, so it is never a candidate. Functions that
@@ -10,12 +11,13 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::index::{Index, Pin};
+use super::index::{Index, Meta, Pin};
+use super::lifecycle::{self, Rules};
 use super::persist;
 use super::store::{unix_millis, Lookup, ObjectKey, Store};
 use crate::config::{CacheConfig, DiskBudget};
@@ -67,10 +69,22 @@ impl Reason {
     }
 }
 
+/// How often the daemon applies the lifecycle rules (also once after startup).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// What one lifecycle sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub objects: u64,
+    pub bytes: u64,
+    pub tags: u64,
+}
+
 pub struct Disk {
     pub store: Arc<Store>,
     pub index: Arc<Index>,
     pub limits: Limits,
+    rules: Rules,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -80,11 +94,12 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn new(store: Arc<Store>, limits: Limits, metrics: Metrics) -> Disk {
+    pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
         Disk {
             store,
             index: Arc::default(),
             limits,
+            rules,
             metrics,
             wake: Arc::default(),
             ready: AtomicBool::new(false),
@@ -92,9 +107,10 @@ impl Disk {
         }
     }
 
-    /// Records a published object; wakes eviction when the store passed the high mark.
-    pub fn published(&self, key: ObjectKey, size: u64) {
-        self.index.insert(key, size, unix_millis());
+    /// Records an object published from `origin` (an upstream name); wakes eviction when
+    /// the store passed the high mark.
+    pub fn published(&self, key: ObjectKey, size: u64, origin: &str) {
+        self.index.insert(key, size, unix_millis(), Some(origin));
         self.note_write_ok();
         if self.over_high() {
             self.wake.notify_one();
@@ -145,7 +161,7 @@ impl Disk {
                 let size = (media_type.len() + 1 + body.len()) as u64;
                 if self.index.pin(&key, size, unix_millis()).is_err() {
                     // The bytes hashed right; the record was stale. Trust the file.
-                    self.index.insert(key, size, unix_millis());
+                    self.index.insert(key, size, unix_millis(), None);
                 }
                 Ok(Some((media_type, body)))
             }
@@ -184,13 +200,7 @@ impl Disk {
             return (0, 0);
         }
         let victims = self.index.take_victims(self.limits.low);
-        let mut freed = 0;
-        for (key, meta) in &victims {
-            if let Err(e) = self.store.remove(key) {
-                tracing::warn!(digest = %key.digest, error = %e, "evicting an object failed");
-            }
-            freed += meta.size;
-        }
+        let freed = self.remove_all(&victims);
         if !victims.is_empty() {
             self.count(Reason::Budget, victims.len() as u64);
             tracing::info!(
@@ -201,6 +211,45 @@ impl Disk {
             );
         }
         (victims.len() as u64, freed)
+    }
+
+    fn remove_all(&self, taken: &[(ObjectKey, Meta)]) -> u64 {
+        let mut freed = 0;
+        for (key, meta) in taken {
+            if let Err(e) = self.store.remove(key) {
+                tracing::warn!(digest = %key.digest, error = %e, "removing an object failed");
+            }
+            freed += meta.size;
+        }
+        freed
+    }
+
+    /// Applies the lifecycle rules: expired objects and surplus tag records go. Blocks.
+    pub fn sweep(&self) -> Swept {
+        let mut swept = Swept::default();
+        if self.rules.is_empty() {
+            return swept;
+        }
+        let max_age = |origin: &str| self.rules.max_age_ms(origin);
+        let expired = self.index.take_expired(unix_millis(), &max_age);
+        swept.objects = expired.len() as u64;
+        swept.bytes = self.remove_all(&expired);
+        self.count(Reason::Lifecycle, swept.objects);
+        for (upstream, max) in self.rules.tag_limits() {
+            match lifecycle::trim_tags(&self.store, upstream, max) {
+                Ok(n) => swept.tags += n,
+                Err(e) => tracing::warn!(upstream, error = %e, "trimming tag records failed"),
+            }
+        }
+        if swept != Swept::default() {
+            tracing::info!(
+                objects = swept.objects,
+                bytes = swept.bytes,
+                tags = swept.tags,
+                "lifecycle rules applied"
+            );
+        }
+        swept
     }
 
     /// Writes the recency snapshot if anything changed (or `force`). Blocks.
@@ -230,24 +279,36 @@ impl Disk {
         }
     }
 
-    /// Loads the index from the store, then evicts when asked and saves recency every
-    /// `flush_every`. The task ends once the cache is dropped.
+    /// Loads the index from the store, then evicts when asked, saves recency every
+    /// `flush_every` and sweeps every hour. The task ends once the cache is dropped.
     pub fn start(self: &Arc<Self>, flush_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let wake = self.wake.clone();
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
-                let _ = tokio::task::spawn_blocking(move || disk.load()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    disk.load();
+                    disk.sweep();
+                })
+                .await;
             }
             let mut tick = tokio::time::interval(flush_every);
             tick.tick().await;
+            let mut swept = Instant::now();
             loop {
                 let woken = tokio::select! {
                     _ = wake.notified() => true,
                     _ = tick.tick() => false,
                 };
                 let Some(disk) = weak.upgrade() else { return };
+                let sweep = !woken && swept.elapsed() >= SWEEP_EVERY;
+                if sweep {
+                    swept = Instant::now();
+                }
                 let _ = tokio::task::spawn_blocking(move || {
+                    if sweep {
+                        disk.sweep();
+                    }
                     disk.evict(false);
                     if !woken {
                         disk.flush(false);

@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::store::ObjectKey;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
     /// Bytes of the published file.
     pub size: u64,
     /// Unix milliseconds of the last hit (or of the publish).
     pub last_access: u64,
+    /// The upstream the object was fetched from, whose lifecycle rules apply to it.
+    pub origin: Option<Arc<str>>,
     pins: u32,
     /// Tells a pin on a removed and re-published object from one on the current entry.
     generation: u64,
@@ -34,6 +36,20 @@ pub struct Index {
 struct Inner {
     objects: HashMap<ObjectKey, Meta>,
     bytes: u64,
+    /// Upstream names, shared by every object of that origin.
+    origins: HashMap<String, Arc<str>>,
+}
+
+impl Inner {
+    fn intern(&mut self, origin: Option<&str>) -> Option<Arc<str>> {
+        let name = origin?;
+        if let Some(shared) = self.origins.get(name) {
+            return Some(shared.clone());
+        }
+        let shared: Arc<str> = name.into();
+        self.origins.insert(name.to_string(), shared.clone());
+        Some(shared)
+    }
 }
 
 /// Holds an object out of eviction's reach while a response reads it.
@@ -65,19 +81,20 @@ impl Index {
         self.inner.lock().expect("index lock")
     }
 
-    fn meta(&self, size: u64, last_access: u64) -> Meta {
+    fn meta(&self, size: u64, last_access: u64, origin: Option<Arc<str>>) -> Meta {
         Meta {
             size,
             last_access,
+            origin,
             pins: 0,
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// Records a newly published object (replacing any older record of it).
-    pub fn insert(&self, key: ObjectKey, size: u64, last_access: u64) {
-        let meta = self.meta(size, last_access);
+    pub fn insert(&self, key: ObjectKey, size: u64, last_access: u64, origin: Option<&str>) {
         let mut inner = self.lock();
+        let meta = self.meta(size, last_access, inner.intern(origin));
         if let Some(old) = inner.objects.insert(key, meta) {
             inner.bytes -= old.size;
         }
@@ -86,13 +103,20 @@ impl Index {
     }
 
     /// Records an object found on disk, unless a lookup already did (the startup scan).
-    pub fn insert_if_absent(&self, key: ObjectKey, size: u64, last_access: u64) {
-        let meta = self.meta(size, last_access);
+    pub fn insert_if_absent(
+        &self,
+        key: ObjectKey,
+        size: u64,
+        last_access: u64,
+        origin: Option<&str>,
+    ) {
         let mut inner = self.lock();
-        if let std::collections::hash_map::Entry::Vacant(slot) = inner.objects.entry(key) {
-            slot.insert(meta);
-            inner.bytes += size;
+        if inner.objects.contains_key(&key) {
+            return;
         }
+        let meta = self.meta(size, last_access, inner.intern(origin));
+        inner.objects.insert(key, meta);
+        inner.bytes += size;
     }
 
     /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
@@ -115,11 +139,12 @@ impl Index {
                 meta.generation
             }
             None => {
-                let mut meta = self.meta(size, now);
+                let mut meta = self.meta(size, now, None);
                 meta.pins = 1;
+                let generation = meta.generation;
                 inner.objects.insert(key.clone(), meta);
                 inner.bytes += size;
-                meta.generation
+                generation
             }
         };
         self.dirty.store(true, Ordering::Relaxed);
@@ -131,7 +156,7 @@ impl Index {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
-        self.lock().objects.get(key).copied()
+        self.lock().objects.get(key).cloned()
     }
 
     pub fn remove(&self, key: &ObjectKey) -> Option<Meta> {
@@ -177,13 +202,50 @@ impl Index {
         victims
     }
 
+    /// Takes unpinned objects whose origin's `max_age` (milliseconds) has passed since
+    /// their last access, and returns them for the caller to delete.
+    pub fn take_expired(
+        &self,
+        now: u64,
+        max_age: &dyn Fn(&str) -> Option<u64>,
+    ) -> Vec<(ObjectKey, Meta)> {
+        let mut inner = self.lock();
+        let expired: Vec<ObjectKey> = inner
+            .objects
+            .iter()
+            .filter(|(_, m)| m.pins == 0)
+            .filter(|(_, m)| {
+                let limit = m.origin.as_deref().and_then(max_age);
+                limit.is_some_and(|limit| now.saturating_sub(m.last_access) > limit)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut taken = Vec::with_capacity(expired.len());
+        for key in expired {
+            if let Some(meta) = inner.objects.remove(&key) {
+                inner.bytes -= meta.size;
+                taken.push((key, meta));
+            }
+        }
+        if !taken.is_empty() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        taken
+    }
+
     /// Every record, if anything changed since the last call (or `force`).
     pub fn snapshot(&self, force: bool) -> Option<Vec<(ObjectKey, Meta)>> {
         if !self.dirty.swap(false, Ordering::Relaxed) && !force {
             return None;
         }
         let inner = self.lock();
-        Some(inner.objects.iter().map(|(k, m)| (k.clone(), *m)).collect())
+        Some(
+            inner
+                .objects
+                .iter()
+                .map(|(k, m)| (k.clone(), m.clone()))
+                .collect(),
+        )
     }
 
     /// Marks the index as changed again (a snapshot could not be written).
@@ -205,7 +267,7 @@ mod tests {
     fn victims_are_the_least_recent_unpinned_objects() {
         let index = Arc::new(Index::default());
         for n in 0..5u8 {
-            index.insert(key(n), 10, 100 + u64::from(n));
+            index.insert(key(n), 10, 100 + u64::from(n), None);
         }
         index.touch(&key(0), 200);
         let pin = index.pin(&key(1), 10, 201).unwrap();
@@ -223,9 +285,29 @@ mod tests {
     }
 
     #[test]
+    fn objects_expire_by_their_origins_rule() {
+        let index = Arc::new(Index::default());
+        index.insert(key(1), 10, 1_000, Some("hub"));
+        index.insert(key(2), 10, 1_000, Some("ghcr"));
+        index.insert(key(3), 10, 9_000, Some("hub"));
+        index.insert(key(4), 10, 1_000, None);
+        let pin = index.pin(&key(1), 10, 1_000).unwrap();
+        let rule = |origin: &str| (origin == "hub").then_some(5_000);
+        assert!(index.take_expired(10_000, &rule).is_empty(), "1 is pinned");
+        drop(pin);
+        let taken: Vec<ObjectKey> = index
+            .take_expired(10_000, &rule)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(taken, [key(1)]);
+        assert_eq!(index.usage(), (3, 30));
+    }
+
+    #[test]
     fn a_length_that_differs_from_the_published_size_is_refused() {
         let index = Arc::new(Index::default());
-        index.insert(key(1), 10, 1);
+        index.insert(key(1), 10, 1, None);
         assert_eq!(index.pin(&key(1), 9, 2).unwrap_err(), 10);
         // Unknown objects are adopted at their length.
         drop(index.pin(&key(2), 7, 2).unwrap());
@@ -235,10 +317,10 @@ mod tests {
     #[test]
     fn an_old_pin_does_not_release_a_republished_object() {
         let index = Arc::new(Index::default());
-        index.insert(key(1), 10, 1);
+        index.insert(key(1), 10, 1, None);
         let old = index.pin(&key(1), 10, 1).unwrap();
         index.remove(&key(1));
-        index.insert(key(1), 10, 2);
+        index.insert(key(1), 10, 2, None);
         let new = index.pin(&key(1), 10, 3).unwrap();
         drop(old);
         assert!(index.take_victims(0).is_empty(), "still pinned by `new`");

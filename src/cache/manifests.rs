@@ -282,7 +282,7 @@ impl Cache {
             .or_else(|| oci::media_type_of_manifest(&bytes))
             .unwrap_or_else(|| oci::media::OCI_MANIFEST.to_string())
             .into();
-        self.put_manifest(&actual, &media_type, &bytes);
+        self.put_manifest(&actual, &media_type, &bytes, upstream.name());
         Ok(Manifest {
             len: bytes.len() as u64,
             digest: actual,
@@ -293,7 +293,7 @@ impl Cache {
     }
 
     /// Stores a verified manifest: in memory now, on disk in the background.
-    fn put_manifest(&self, digest: &Digest, media_type: &Arc<str>, bytes: &Bytes) {
+    fn put_manifest(&self, digest: &Digest, media_type: &Arc<str>, bytes: &Bytes, origin: &str) {
         let entry = Entry {
             bytes: bytes.clone(),
             media_type: Some(media_type.clone()),
@@ -301,8 +301,12 @@ impl Cache {
         self.ctx.memory.insert(Key::Manifest(digest.clone()), entry);
         let disk = self.ctx.disk.clone();
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
+        let origin = origin.to_string();
         tokio::task::spawn_blocking(move || match disk.store.write_manifest(&d, &m, &b) {
-            Ok(()) => disk.published(ObjectKey::manifest(&d), (m.len() + 1 + b.len()) as u64),
+            Ok(()) => {
+                let size = (m.len() + 1 + b.len()) as u64;
+                disk.published(ObjectKey::manifest(&d), size, &origin)
+            }
             Err(e) => disk.note_write_error("writing a manifest", &e),
         });
     }

@@ -12,6 +12,7 @@
 mod disk;
 mod fill;
 mod index;
+pub mod lifecycle;
 mod manifests;
 mod memory;
 pub mod ops;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use disk::{Disk, Limits, Reason};
+pub use disk::{Disk, Limits, Reason, Swept};
 pub use fill::{Fill, Phase, Progress};
 pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
@@ -41,6 +42,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::oci::Digest;
 use crate::upstream::Target;
 use fill::{FillContext, Fills, Joined};
+use lifecycle::Rules;
 use memory::{Entry, Key, Memory};
 use tags::Tags;
 
@@ -84,10 +86,10 @@ impl Cache {
     /// Opens the store under the configured directory, removing leftovers of a crash, and
     /// starts loading the disk index in the background (lookups work meanwhile).
     /// Must be called within a tokio runtime.
-    pub fn open(config: &CacheConfig, metrics: Metrics) -> std::io::Result<Cache> {
+    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Cache> {
         let store = Arc::new(Store::open(&config.dir)?);
         let limits = Limits::new(config, store.root())?;
-        let disk = Arc::new(Disk::new(store.clone(), limits, metrics.clone()));
+        let disk = Arc::new(Disk::new(store.clone(), limits, rules, metrics.clone()));
         disk.start(config.index_flush);
         Ok(Cache {
             ctx: FillContext {

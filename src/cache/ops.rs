@@ -11,14 +11,16 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::disk::{Disk, Limits};
+use super::disk::{Disk, Limits, Swept};
+use super::lifecycle::tag_records;
+use super::lifecycle::Rules;
 use super::persist::{read_snapshot, walk};
-use super::store::{parse_manifest, ObjectKey, ObjectKind, Store, TagRecord};
-use crate::config::CacheConfig;
+use super::store::{parse_manifest, ObjectKey, ObjectKind, Store};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct GcReport {
     pub budget: u64,
     pub objects_before: u64,
@@ -27,16 +29,20 @@ pub struct GcReport {
     pub freed: u64,
     /// Objects whose length differed from the size recorded when they were published.
     pub corrupt: u64,
+    /// What the lifecycle rules removed (before the budget was applied).
+    pub swept: Swept,
 }
 
-/// Applies the disk budget now: over the high watermark, least recently used objects go
-/// until the store is under the low one.
-pub fn gc(config: &CacheConfig) -> io::Result<GcReport> {
-    let store = std::sync::Arc::new(Store::attach(&config.dir)?);
-    let limits = Limits::new(config, store.root())?;
-    let disk = Disk::new(store, limits, Metrics::new());
+/// Applies the lifecycle rules and then the disk budget now: over the high watermark,
+/// least recently used objects go until the store is under the low one.
+pub fn gc(config: &Config) -> io::Result<GcReport> {
+    let store = std::sync::Arc::new(Store::attach(&config.cache.dir)?);
+    let limits = Limits::new(&config.cache, store.root())?;
+    let rules = Rules::new(&config.upstreams);
+    let disk = Disk::new(store, limits, rules, Metrics::new());
     let loaded = super::persist::load(&disk.store, &disk.index)?;
     let (objects_before, bytes_before) = disk.index.usage();
+    let swept = disk.sweep();
     let (removed, freed) = disk.evict(false);
     Ok(GcReport {
         budget: limits.budget,
@@ -45,6 +51,7 @@ pub fn gc(config: &CacheConfig) -> io::Result<GcReport> {
         removed,
         freed,
         corrupt: loaded.corrupt.len() as u64,
+        swept,
     })
 }
 
@@ -130,7 +137,9 @@ pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
     let mut stats = Stats::default();
     let mut sizes = HashMap::new();
     for found in walk(&store)? {
-        let access = recorded.get(&found.key).map_or(found.modified, |r| r.1);
+        let access = recorded
+            .get(&found.key)
+            .map_or(found.modified, |r| r.last_access);
         stats.oldest_access = Some(stats.oldest_access.map_or(access, |a| a.min(access)));
         stats.newest_access = Some(stats.newest_access.map_or(access, |a| a.max(access)));
         let slot = match found.key.kind {
@@ -197,49 +206,6 @@ fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth
     }
 }
 
-/// Every tag record: (upstream, repository, record).
-fn tag_records(store: &Store) -> io::Result<Vec<(String, String, TagRecord)>> {
-    let mut out = Vec::new();
-    let root = store.root().join("tags");
-    let Ok(upstreams) = fs::read_dir(&root) else {
-        return Ok(out);
-    };
-    for upstream in upstreams.flatten() {
-        let name = upstream.file_name().to_string_lossy().into_owned();
-        collect_tags(&upstream.path(), &upstream.path(), &name, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn collect_tags(
-    base: &Path,
-    dir: &Path,
-    upstream: &str,
-    out: &mut Vec<(String, String, TagRecord)>,
-) -> io::Result<()> {
-    for entry in fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        if entry.file_name() == "_tags" {
-            let repo = dir.strip_prefix(base).unwrap_or(dir);
-            let repo = repo.to_string_lossy().into_owned();
-            for tag in fs::read_dir(&path)?.flatten() {
-                let record = fs::read(tag.path())
-                    .ok()
-                    .and_then(|d| serde_json::from_slice(&d).ok());
-                if let Some(record) = record {
-                    out.push((upstream.to_string(), repo.clone(), record));
-                }
-            }
-        } else {
-            collect_tags(base, &path, upstream, out)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +238,7 @@ mod tests {
             ..Overrides::default()
         };
         let config = Config::parse(text, "test", &ov).unwrap();
-        let report = gc(&config.cache).unwrap();
+        let report = gc(&config).unwrap();
         // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
         assert_eq!((report.removed, report.freed), (1, 1000));
         assert!(temp.exists());

@@ -29,8 +29,16 @@ pub struct Found {
     pub modified: u64,
 }
 
-/// Recorded (size, last access) by object, from the last snapshot.
-pub type Recorded = HashMap<ObjectKey, (u64, u64)>;
+/// What the last snapshot recorded about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub size: u64,
+    pub last_access: u64,
+    pub origin: Option<String>,
+}
+
+/// Records by object, from the last snapshot.
+pub type Recorded = HashMap<ObjectKey, Record>;
 
 /// Every object file in the store (temp files are not objects and are not listed).
 pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
@@ -91,7 +99,7 @@ pub fn read_snapshot(store: &Store) -> Recorded {
     lines.filter_map(parse_line).collect()
 }
 
-fn parse_line(line: &str) -> Option<(ObjectKey, (u64, u64))> {
+fn parse_line(line: &str) -> Option<(ObjectKey, Record)> {
     let mut fields = line.split(' ');
     let kind = match fields.next()? {
         "b" => ObjectKind::Blob,
@@ -99,9 +107,12 @@ fn parse_line(line: &str) -> Option<(ObjectKey, (u64, u64))> {
         _ => return None,
     };
     let digest = fields.next()?.parse().ok()?;
-    let size = fields.next()?.parse().ok()?;
-    let access = fields.next()?.parse().ok()?;
-    Some((ObjectKey { kind, digest }, (size, access)))
+    let record = Record {
+        size: fields.next()?.parse().ok()?,
+        last_access: fields.next()?.parse().ok()?,
+        origin: fields.next().filter(|o| !o.is_empty()).map(str::to_string),
+    };
+    Some((ObjectKey { kind, digest }, record))
 }
 
 pub fn write_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Result<()> {
@@ -113,11 +124,16 @@ pub fn write_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Resul
             ObjectKind::Blob => 'b',
             ObjectKind::Manifest => 'm',
         };
-        let _ = writeln!(
+        let _ = write!(
             text,
             "{kind} {} {} {}",
             key.digest, meta.size, meta.last_access
         );
+        // Upstream names are validated to hold no spaces.
+        if let Some(origin) = &meta.origin {
+            let _ = write!(text, " {origin}");
+        }
+        text.push('\n');
     }
     store.write_atomic(&store.root().join(SNAPSHOT), &[text.as_bytes()])
 }
@@ -136,10 +152,8 @@ pub fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
     let recorded = read_snapshot(store);
     let mut loaded = Loaded::default();
     for found in walk(store)? {
-        let (size, access) = recorded
-            .get(&found.key)
-            .copied()
-            .unwrap_or((found.len, found.modified));
+        let record = recorded.get(&found.key);
+        let size = record.map_or(found.len, |r| r.size);
         if size != found.len {
             tracing::warn!(digest = %found.key.digest, recorded = size, on_disk = found.len,
                 "cached object changed size on disk; removed");
@@ -147,7 +161,9 @@ pub fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
             loaded.corrupt.push(found.key);
             continue;
         }
-        index.insert_if_absent(found.key, found.len, access);
+        let access = record.map_or(found.modified, |r| r.last_access);
+        let origin = record.and_then(|r| r.origin.as_deref());
+        index.insert_if_absent(found.key, found.len, access, origin);
         loaded.objects += 1;
     }
     Ok(loaded)
@@ -193,9 +209,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let a = publish(&store, b"a");
-        let line = format!("{HEADER}\nb {} 1 7\nx y\nb sha256:zz 1 2\n", a.digest);
+        let line = format!("{HEADER}\nb {} 1 7 hub\nx y\nb sha256:zz 1 2\n", a.digest);
         fs::write(store.root().join(SNAPSHOT), line).unwrap();
-        assert_eq!(read_snapshot(&store).get(&a), Some(&(1, 7)));
+        let record = Record {
+            size: 1,
+            last_access: 7,
+            origin: Some("hub".into()),
+        };
+        assert_eq!(read_snapshot(&store).get(&a), Some(&record));
         assert_eq!(read_snapshot(&store).len(), 1);
     }
 }

@@ -158,10 +158,13 @@ impl Store {
             .join(hex)
     }
 
+    /// Where the tag records of one upstream live.
+    pub fn tags_dir(&self, upstream: &str) -> PathBuf {
+        self.root.join("tags").join(upstream.replace(':', "_"))
+    }
+
     fn tag_path(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.root
-            .join("tags")
-            .join(upstream.replace(':', "_"))
+        self.tags_dir(upstream)
             .join(repo.as_str())
             .join("_tags")
             .join(tag.as_str())

@@ -26,6 +26,8 @@ pub(super) struct RawUpstream {
     idle_timeout_secs: Option<u64>,
     #[serde(default)]
     offline: bool,
+    expire_after_days: Option<u64>,
+    max_tags_per_repo: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +43,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Never contact this upstream: serve what is cached, whatever its age.
     pub offline: bool,
+    /// Objects fetched from this upstream and not pulled for this long are removed.
+    pub expire_after: Option<Duration>,
+    /// Tags kept per repository (the most recently confirmed); older tag records go.
+    pub max_tags_per_repo: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -72,6 +78,8 @@ impl RawUpstream {
             connect_timeout_secs: None,
             idle_timeout_secs: None,
             offline: false,
+            expire_after_days: None,
+            max_tags_per_repo: None,
         }
     }
 }
@@ -175,6 +183,20 @@ impl RawUpstream {
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
+        let mut at_least_one = |v: Option<u64>, k: &str| {
+            if v == Some(0) {
+                problems.add(
+                    key(k),
+                    "0",
+                    "must be at least 1; leave the key out for no limit",
+                );
+            }
+            v.filter(|&v| v > 0)
+        };
+        let expire_after = at_least_one(self.expire_after_days, "expire_after_days")
+            .map(|days| Duration::from_secs(days.saturating_mul(86_400)));
+        let max_tags_per_repo = at_least_one(self.max_tags_per_repo, "max_tags_per_repo")
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         Some(UpstreamConfig {
             library_prefix: self
                 .library_prefix
@@ -187,6 +209,8 @@ impl RawUpstream {
             connect_timeout,
             idle_timeout,
             offline: self.offline,
+            expire_after,
+            max_tags_per_repo,
         })
     }
 }

@@ -219,7 +219,7 @@ async fn download(
     let (Some(temp), false) = (temp, fill.relaying()) else {
         return Ok(false);
     };
-    publish(ctx, fill, temp, written).await
+    publish(ctx, fill, temp, written, target.upstream.name()).await
 }
 
 /// Moves a verified fill into the store. A failure here still serves the readers (they
@@ -229,7 +229,9 @@ async fn publish(
     fill: &Arc<Fill>,
     temp: &Path,
     written: u64,
+    origin: &str,
 ) -> Result<bool, Error> {
+    let origin = origin.to_string();
     let (disk, file, temp, digest) = (
         ctx.disk.clone(),
         fill.file.clone(),
@@ -249,7 +251,7 @@ async fn publish(
             return None;
         }
         let key = ObjectKey::blob(&digest);
-        disk.published(key.clone(), written);
+        disk.published(key.clone(), written, &origin);
         let pin = disk.index.pin(&key, written, unix_millis()).ok();
         let bytes = if small {
             store.read_blob(&digest).ok().flatten()
