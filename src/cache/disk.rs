@@ -107,14 +107,17 @@ impl Disk {
         }
     }
 
-    /// Records an object published from `origin` (an upstream name); wakes eviction when
-    /// the store passed the high mark.
-    pub fn published(&self, key: ObjectKey, size: u64, origin: &str) {
-        self.index.insert(key, size, unix_millis(), Some(origin));
+    /// Records an object published from `origin` (an upstream name), pinned for the
+    /// caller; wakes eviction when the store passed the high mark.
+    pub fn published(&self, key: ObjectKey, size: u64, origin: &str) -> Pin {
+        let pin = self
+            .index
+            .insert_pinned(key, size, unix_millis(), Some(origin));
         self.note_write_ok();
         if self.over_high() {
             self.wake.notify_one();
         }
+        pin
     }
 
     fn over_high(&self) -> bool {

@@ -102,6 +102,31 @@ impl Index {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// Records a newly published object already pinned, so that eviction cannot take it
+    /// between its publish and its readers' pin.
+    pub fn insert_pinned(
+        self: &Arc<Self>,
+        key: ObjectKey,
+        size: u64,
+        last_access: u64,
+        origin: Option<&str>,
+    ) -> Pin {
+        let mut inner = self.lock();
+        let mut meta = self.meta(size, last_access, inner.intern(origin));
+        meta.pins = 1;
+        let generation = meta.generation;
+        if let Some(old) = inner.objects.insert(key.clone(), meta) {
+            inner.bytes -= old.size;
+        }
+        inner.bytes += size;
+        self.dirty.store(true, Ordering::Relaxed);
+        Pin {
+            index: self.clone(),
+            key,
+            generation,
+        }
+    }
+
     /// Records an object found on disk, unless a lookup already did (the startup scan).
     pub fn insert_if_absent(
         &self,
@@ -282,6 +307,15 @@ mod tests {
         drop(pin);
         assert_eq!(index.take_victims(0).len(), 1);
         assert_eq!(index.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_published_object_is_pinned_from_its_first_moment() {
+        let index = Arc::new(Index::default());
+        let pin = index.insert_pinned(key(1), 10, 1, Some("hub"));
+        assert!(index.take_victims(0).is_empty());
+        drop(pin);
+        assert_eq!(index.take_victims(0).len(), 1);
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl Cache {
         tokio::task::spawn_blocking(move || match disk.store.write_manifest(&d, &m, &b) {
             Ok(()) => {
                 let size = (m.len() + 1 + b.len()) as u64;
-                disk.published(ObjectKey::manifest(&d), size, &origin)
+                drop(disk.published(ObjectKey::manifest(&d), size, &origin));
             }
             Err(e) => disk.note_write_error("writing a manifest", &e),
         });

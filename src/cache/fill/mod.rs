@@ -25,7 +25,7 @@ pub use state::{At, Fill, Phase, Progress};
 
 use super::disk::Disk;
 use super::memory::{Entry, Key, Memory};
-use super::store::{unix_millis, ObjectKey, Store};
+use super::store::{ObjectKey, Store};
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -251,8 +251,7 @@ async fn publish(
             return None;
         }
         let key = ObjectKey::blob(&digest);
-        disk.published(key.clone(), written, &origin);
-        let pin = disk.index.pin(&key, written, unix_millis()).ok();
+        let pin = Some(disk.published(key, written, &origin));
         let bytes = if small {
             store.read_blob(&digest).ok().flatten()
         } else {
