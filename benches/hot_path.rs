@@ -6,8 +6,9 @@
 use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use regcache::cache::lifecycle::Rules;
 use regcache::cache::{BlobSource, Cache};
-use regcache::config::CacheConfig;
+use regcache::config::{Config, Overrides};
 use regcache::metrics::Metrics;
 use regcache::oci::{self, Algorithm, Digest};
 
@@ -40,12 +41,15 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = CacheConfig {
-        dir: dir.path().to_path_buf(),
-        memory_bytes: 64 << 20,
-        memory_max_object_bytes: 1 << 20,
+    let overrides = Overrides {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Overrides::default()
     };
-    let cache = Cache::open(&config, Metrics::new()).unwrap();
+    let text = "[cache]\nmemory_bytes = \"64MiB\"\nmemory_max_object_bytes = \"1MiB\"\n\
+                [[upstream]]\nurl = \"http://127.0.0.1:9\"\n";
+    let config = Config::parse(text, "bench", &overrides).unwrap();
+    let rules = Rules::new(&config.upstreams);
+    let cache = Cache::open(&config.cache, rules, Metrics::new()).unwrap();
     let small = store_blob(&cache, &[1u8; 16 << 10]);
     let large = store_blob(&cache, &vec![2u8; 8 << 20]);
     let runtime = tokio::runtime::Builder::new_multi_thread()

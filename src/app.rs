@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::cache::lifecycle::Rules;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -78,10 +79,12 @@ impl Listeners {
 /// Builds the shared state: opens the store (removing crash leftovers) and the clients.
 pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let metrics = Metrics::new();
-    let cache = Cache::open(&config.cache, metrics.clone()).map_err(|source| AppError::Cache {
-        dir: config.cache.dir.display().to_string(),
-        source,
-    })?;
+    let rules = Rules::new(&config.upstreams);
+    let cache =
+        Cache::open(&config.cache, rules, metrics.clone()).map_err(|source| AppError::Cache {
+            dir: config.cache.dir.display().to_string(),
+            source,
+        })?;
     let upstreams = Upstreams::new(config, &metrics)?;
     Ok(Arc::new(State {
         cache,
@@ -156,6 +159,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    state.cache.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -58,6 +58,9 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("token service: {0}")]
     Token(String),
+    /// The upstream is configured offline and what was asked is not cached.
+    #[error("is offline (offline = true) and this is not in the cache")]
+    Offline { by_digest: bool },
 }
 
 // A fill's failure reaches every client of that fill, so errors must be copyable.
@@ -151,6 +154,10 @@ impl Error {
                 cause: UpstreamError::Status { status, .. },
                 ..
             } => *status == StatusCode::NOT_FOUND,
+            Error::Upstream {
+                cause: UpstreamError::Offline { by_digest },
+                ..
+            } => *by_digest,
             _ => false,
         }
     }
@@ -182,6 +189,11 @@ impl Error {
                 }
                 UpstreamError::Refused { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
                 UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
+                // A digest names content exactly: offline, not having it is a plain 404.
+                UpstreamError::Offline { by_digest: true } => (StatusCode::NOT_FOUND, missing),
+                UpstreamError::Offline { by_digest: false } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                }
                 UpstreamError::Unreachable(_)
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Truncated { .. }
@@ -293,6 +305,19 @@ mod tests {
             status: StatusCode::FORBIDDEN,
         });
         assert!(!refused.is_upstream_unavailable());
+    }
+
+    #[test]
+    fn offline_misses_are_404_by_digest_and_503_otherwise() {
+        let by_digest = up(UpstreamError::Offline { by_digest: true });
+        assert_eq!(
+            by_digest.status_and_code(ErrorCode::BlobUnknown),
+            (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown)
+        );
+        assert!(by_digest.is_not_found());
+        let by_tag = up(UpstreamError::Offline { by_digest: false });
+        assert_eq!(by_tag.status_and_code(ErrorCode::ManifestUnknown).0, 503);
+        assert!(by_tag.client_message().contains("offline"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   every error leaves through one function that logs, counts and answers with OCI JSON.
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
 //!   single-flight fill that streams upstream bytes to every waiting client while hashing.
+//!   It keeps the disk under its budget (LRU eviction) and hosts the operator commands
+//!   (`cache::ops`: gc, verify, stats) that `main` exposes.
 //! - [`upstream`]: routes the request to an upstream (`ns=`, path prefix, Host, default)
 //!   and talks to it (auth, retries, concurrency cap, rate-limit gauges, error classes).
 //!

@@ -1,4 +1,5 @@
-//! The `regcache` command: parses flags, loads the config and runs the daemon.
+//! The `regcache` command: parses flags, loads the config and runs the daemon or one of
+//! the operator commands (which live in `regcache::cache::ops`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
+use regcache::cache::ops;
 use regcache::config::{Config, Overrides};
 
 #[derive(Parser)]
@@ -25,6 +28,38 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config file; print every problem and exit non-zero if there is one.
     CheckConfig { file: PathBuf },
+    /// Apply the disk budget now (safe while the daemon runs).
+    Gc(CacheArgs),
+    /// Re-hash every cached object and remove those that do not match (safe while running).
+    Verify(CacheArgs),
+    /// Print sizes, object counts, access times and the largest repositories.
+    Stats {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// How many repositories to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// TOML config file (for the cache directory and the budget); default: the embedded one.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory of the cache; wins over the config's.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            cache_dir: self.cache_dir,
+            ..Overrides::default()
+        };
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
+    }
 }
 
 #[derive(Args, Default)]
@@ -51,6 +86,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Gc(args)) => gc(args),
+        Some(Command::Verify(args)) => verify(args),
+        Some(Command::Stats { cache, top }) => stats(cache, top),
         None => serve(ServeArgs::default()),
     };
     match result {
@@ -100,6 +138,72 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         app::run(listeners, &config, shutdown_signal()).await
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load()?;
+    let dir = config.cache.dir.display().to_string();
+    let r = ops::gc(&config).with_context(|| format!("collecting {dir}"))?;
+    println!(
+        "{dir}: lifecycle rules removed {} objects ({}) and {} tag records",
+        r.swept.objects,
+        ByteSize(r.swept.bytes),
+        r.swept.tags
+    );
+    println!(
+        "{dir}: {} objects, {} of a {} budget; removed {} objects ({}), {} with a damaged size",
+        r.objects_before,
+        ByteSize(r.bytes_before),
+        ByteSize(r.budget),
+        r.removed,
+        ByteSize(r.freed),
+        r.corrupt,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(args: CacheArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load()?;
+    let dir = config.cache.dir.display().to_string();
+    let r = ops::verify(&config.cache.dir).with_context(|| format!("verifying {dir}"))?;
+    for key in &r.removed {
+        println!(
+            "removed {:?} {}: does not match its digest",
+            key.kind, key.digest
+        );
+    }
+    println!(
+        "{dir}: checked {} objects ({}), removed {}",
+        r.checked,
+        ByteSize(r.bytes),
+        r.removed.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
+    let config = args.load()?;
+    let dir = config.cache.dir.display().to_string();
+    let s = ops::stats(&config.cache.dir, top).with_context(|| format!("reading {dir}"))?;
+    println!("cache: {dir}");
+    println!("blobs: {} ({})", s.blobs.0, ByteSize(s.blobs.1));
+    println!("manifests: {} ({})", s.manifests.0, ByteSize(s.manifests.1));
+    let age = |ms: Option<u64>| match ms {
+        Some(ms) => format!(
+            "{}s ago",
+            regcache::cache::unix_millis().saturating_sub(ms) / 1000
+        ),
+        None => "-".into(),
+    };
+    println!("oldest access: {}", age(s.oldest_access));
+    println!("newest access: {}", age(s.newest_access));
+    for (upstream, n) in &s.tags {
+        println!("tags of {upstream}: {n}");
+    }
+    for (repo, bytes) in &s.top_repositories {
+        println!("repository {repo}: {}", ByteSize(*bytes));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -52,6 +52,10 @@ pub const UPSTREAM_RESUMES: &str = "regcache_upstream_resumes_total";
 pub const STALE_SERVES: &str = "regcache_stale_serves_total";
 pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
+pub const DISK_OBJECTS: &str = "regcache_disk_objects";
+pub const DISK_BYTES: &str = "regcache_disk_bytes";
+pub const EVICTIONS: &str = "regcache_evictions_total";
+pub const OFFLINE_MISSES: &str = "regcache_offline_misses_total";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +111,10 @@ pub struct Metrics {
     pub stale_serves: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
+    pub disk_objects: IntGauge,
+    pub disk_bytes: IntGauge,
+    pub evictions: IntCounterVec,
+    pub offline_misses: IntCounterVec,
 }
 
 impl Metrics {
@@ -174,6 +182,16 @@ impl Metrics {
             "Blob downloads cut mid-way and resumed with a Range request, by result (resumed, refused).",
             &["upstream", "result"],
         );
+        let evictions = counter_vec(
+            EVICTIONS,
+            "Objects removed from the disk store by reason (budget, lifecycle, corruption).",
+            &["reason"],
+        );
+        let offline_misses = counter_vec(
+            OFFLINE_MISSES,
+            "Requests that needed an upstream marked offline (answered 404 or 503).",
+            &["upstream"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -213,6 +231,11 @@ impl Metrics {
             "Pulls left in the window, as the upstream last reported (Docker Hub's ratelimit-remaining).",
             &["upstream"],
         );
+        let disk_objects = gauge(
+            DISK_OBJECTS,
+            "Objects (blobs and manifests) in the disk store.",
+        );
+        let disk_bytes = gauge(DISK_BYTES, "Bytes of the objects in the disk store.");
         Metrics {
             registry,
             upstream_ratelimit_limit,
@@ -233,6 +256,10 @@ impl Metrics {
             memory_bytes,
             limit_rejections,
             connections,
+            disk_objects,
+            disk_bytes,
+            evictions,
+            offline_misses,
         }
     }
 

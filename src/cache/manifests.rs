@@ -1,6 +1,6 @@
 //! Manifests: by digest from the cache when held, by tag through the tag's freshness.
 //!
-//! A tag within its TTL is answered locally. After it, a `HEAD` upstream (which Docker Hub
+//! A tag within its TTL (or, offline, any known tag) is answered locally. After it, a `HEAD` upstream (which Docker Hub
 //! does not count as a pull) revalidates it, and a `GET` goes upstream only for a digest
 //! regcache does not hold. Every manifest is verified against its digest before it is stored.
 
@@ -11,6 +11,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 
 use super::memory::{Entry, Key};
+use super::store::{unix_millis, ObjectKey};
 use super::tags::TagEntry;
 use super::Cache;
 use crate::error::{Error, Result, UpstreamError};
@@ -96,8 +97,10 @@ impl Cache {
             .get(store, upstream, &target.name, tag, ttl)
             .await
             .filter(|entry| accept.accepts(&entry.media_type));
+        // Offline, a known tag is served whatever its age: upstream cannot be asked.
+        let offline = target.upstream.config().offline;
         if let Some(entry) = &known {
-            if entry.is_fresh() {
+            if entry.is_fresh() || offline {
                 if let Some(found) = self.stored_manifest(&entry.digest).await {
                     return Ok(found);
                 }
@@ -205,10 +208,12 @@ impl Cache {
     async fn stored_manifest(&self, digest: &Digest) -> Option<Manifest> {
         let key = Key::Manifest(digest.clone());
         if let Some(entry) = self.ctx.memory.get(&key) {
+            let now = unix_millis();
+            self.ctx.disk.index.touch(&ObjectKey::manifest(digest), now);
             return Some(manifest(digest, entry, Outcome::MemoryHit));
         }
-        let (store, d) = (self.ctx.store.clone(), digest.clone());
-        let (media_type, bytes) = match tokio::task::spawn_blocking(move || store.read_manifest(&d))
+        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
+        let (media_type, bytes) = match tokio::task::spawn_blocking(move || disk.read_manifest(&d))
             .await
         {
             Ok(Ok(found)) => found?,
@@ -326,7 +331,7 @@ impl Cache {
             .or_else(|| oci::media_type_of_manifest(&bytes))
             .unwrap_or_else(|| oci::media::OCI_MANIFEST.to_string())
             .into();
-        self.put_manifest(&actual, &media_type, &bytes);
+        self.put_manifest(&actual, &media_type, &bytes, upstream.name());
         Ok(Manifest {
             len: bytes.len() as u64,
             digest: actual,
@@ -338,19 +343,21 @@ impl Cache {
     }
 
     /// Stores a verified manifest: in memory now, on disk in the background.
-    fn put_manifest(&self, digest: &Digest, media_type: &Arc<str>, bytes: &Bytes) {
+    fn put_manifest(&self, digest: &Digest, media_type: &Arc<str>, bytes: &Bytes, origin: &str) {
         let entry = Entry {
             bytes: bytes.clone(),
             media_type: Some(media_type.clone()),
         };
         self.ctx.memory.insert(Key::Manifest(digest.clone()), entry);
-        let (store, metrics) = (self.ctx.store.clone(), self.ctx.metrics.clone());
+        let disk = self.ctx.disk.clone();
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.write_manifest(&d, &m, &b) {
-                metrics.cache_write_errors.inc();
-                tracing::warn!(digest = %d, error = %e, "writing a manifest to disk failed");
+        let origin = origin.to_string();
+        tokio::task::spawn_blocking(move || match disk.store.write_manifest(&d, &m, &b) {
+            Ok(()) => {
+                let size = (m.len() + 1 + b.len()) as u64;
+                drop(disk.published(ObjectKey::manifest(&d), size, &origin));
             }
+            Err(e) => disk.note_write_error("writing a manifest", &e),
         });
     }
 }

@@ -2,11 +2,21 @@
 //! freshness. Handlers ask it for a blob or a manifest; it answers from memory, disk, or
 //! upstream (through `upstream`), and stores only what it verified.
 //!
-//! The cache never causes a failure: a disk error is logged, counted and served as a miss.
+//! The disk tier is bounded: `index` records every object's size and last access, `disk`
+//! evicts the least recently used past the budget, `persist` keeps recency across restarts.
+//! `ops` holds the operator commands (gc, verify, stats).
+//!
+//! The cache never causes a failure: a disk error is logged, counted and served as a miss;
+//! a damaged file is removed and fetched again.
 
+mod disk;
 mod fill;
+mod index;
+pub mod lifecycle;
 mod manifests;
 mod memory;
+pub mod ops;
+mod persist;
 mod reader;
 mod store;
 mod tags;
@@ -16,10 +26,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use disk::{Disk, Limits, Reason, Swept};
 pub use fill::{Fill, Phase, Progress};
+pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
+pub use persist::{read_snapshot, walk, Found};
 pub use reader::BlobReader;
-pub use store::{Store, LAYOUT_VERSION};
+pub use store::{
+    parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, LAYOUT_VERSION,
+};
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
@@ -27,6 +42,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::oci::Digest;
 use crate::upstream::Target;
 use fill::{FillContext, Fills, Joined};
+use lifecycle::Rules;
 use memory::{Entry, Key, Memory};
 use tags::Tags;
 
@@ -42,7 +58,7 @@ pub struct Cache {
 /// Where a blob's bytes will come from.
 pub enum BlobSource {
     Memory(Bytes),
-    Disk { file: Arc<File>, len: u64 },
+    Disk { file: Arc<File>, len: u64, pin: Pin },
     Fill { fill: Arc<Fill>, started: bool },
 }
 
@@ -67,14 +83,20 @@ impl BlobSource {
 }
 
 impl Cache {
-    /// Opens the store under the configured directory, removing leftovers of a crash.
-    pub fn open(config: &CacheConfig, metrics: Metrics) -> std::io::Result<Cache> {
+    /// Opens the store under the configured directory, removing leftovers of a crash, and
+    /// starts loading the disk index in the background (lookups work meanwhile).
+    /// Must be called within a tokio runtime.
+    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Cache> {
         let store = Arc::new(Store::open(&config.dir)?);
+        let limits = Limits::new(config, store.root())?;
+        let disk = Arc::new(Disk::new(store.clone(), limits, rules, metrics.clone()));
+        disk.start(config.index_flush);
         Ok(Cache {
             ctx: FillContext {
                 store,
                 memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
                 metrics,
+                disk,
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
@@ -83,6 +105,16 @@ impl Cache {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.ctx.store
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.ctx.disk
+    }
+
+    /// Saves access recency; called at shutdown.
+    pub async fn flush(&self) {
+        let disk = self.ctx.disk.clone();
+        let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;
     }
 
     /// The blob's bytes: from memory, from disk, or from a fill (joined or started).
@@ -103,17 +135,21 @@ impl Cache {
         ))
     }
 
-    /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit.
+    /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit;
+    /// a damaged file is removed and reported as a miss, so it is fetched again.
     pub async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
         let key = Key::Blob(digest.clone());
         if let Some(entry) = self.ctx.memory.get(&key) {
+            self.ctx
+                .disk
+                .index
+                .touch(&ObjectKey::blob(digest), unix_millis());
             return Some(BlobSource::Memory(entry.bytes));
         }
-        let (store, d) = (self.ctx.store.clone(), digest.clone());
-        let opened = tokio::task::spawn_blocking(move || store.open_blob(&d)).await;
-        let (file, len) = match opened {
-            Ok(Ok(Some(found))) => found,
-            Ok(Ok(None)) => return None,
+        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
+        let opened = tokio::task::spawn_blocking(move || disk.open_blob(&d)).await;
+        let (file, len, pin) = match opened {
+            Ok(Ok(found)) => found.found()?,
             Ok(Err(e)) => {
                 tracing::warn!(%digest, error = %e, "reading the disk store failed; treating as a miss");
                 return None;
@@ -121,7 +157,7 @@ impl Cache {
             Err(_) => return None,
         };
         if self.ctx.memory.admits(len) {
-            // A small blob that fails its check is gone from disk: a miss.
+            drop(pin);
             let bytes = self.read_small(digest).await?;
             let entry = Entry {
                 bytes: bytes.clone(),
@@ -133,27 +169,25 @@ impl Cache {
         Some(BlobSource::Disk {
             file: Arc::new(file),
             len,
+            pin,
         })
     }
 
+    /// Whole object in hand: check it, so a damaged file is never served from memory.
     async fn read_small(&self, digest: &Digest) -> Option<Bytes> {
-        let (store, d) = (self.ctx.store.clone(), digest.clone());
-        let bytes = tokio::task::spawn_blocking(move || store.read_blob(&d))
+        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || disk.read_verified_blob(&d))
             .await
             .ok()?
-            .ok()??;
-        // Whole object in hand: check it, so a damaged file is never served from memory.
-        if Digest::of(digest.algorithm(), &bytes) == *digest {
-            return Some(bytes);
-        }
-        tracing::warn!(%digest, "cached blob does not match its digest; removed");
-        let path = self.ctx.store.blob_path(digest);
-        let _ = tokio::fs::remove_file(path).await;
-        None
+            .ok()?
+            .found()
     }
 
-    /// Updates the memory gauges; called when metrics are scraped.
+    /// Updates the memory and disk gauges; called when metrics are scraped.
     pub fn report_usage(&self) {
+        let (objects, bytes) = self.ctx.disk.index.usage();
+        self.ctx.metrics.disk_objects.set(objects as i64);
+        self.ctx.metrics.disk_bytes.set(bytes as i64);
         let (objects, bytes) = self.ctx.memory.usage();
         self.ctx.metrics.memory_objects.set(objects as i64);
         self.ctx.metrics.memory_bytes.set(bytes as i64);

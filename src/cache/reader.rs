@@ -1,5 +1,5 @@
-//! Reading a blob's bytes for a response: from a stored file, or from a fill's temp file
-//! as far as the fill has written it.
+//! Reading a blob's bytes for a response: from a stored file (pinned against eviction), or
+//! from a fill as far as it got (its temp file, or its in-memory relay after a disk fault).
 //!
 //! A reader of a fill never sends the last byte of its response before the fill is verified:
 //! if the digest turns out wrong, the client's response ends as an error, never as a clean,
@@ -14,45 +14,61 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, Stream};
 use tokio::sync::watch;
 
-use super::fill::{Phase, Progress};
+use super::fill::{At, Fill, Phase, Progress};
+use super::index::Pin;
 
 /// Bytes read per step: large enough that a hot 512 MiB blob is a few thousand reads.
 const CHUNK: u64 = 512 << 10;
 
 /// Where the bytes of one response come from.
 pub struct BlobReader {
-    file: Arc<File>,
+    source: Source,
     /// Next offset to send, and one past the last (exclusive).
     offset: u64,
     end: u64,
     /// Set while the file is still being filled.
     fill: Option<watch::Receiver<Progress>>,
+    /// Keeps a stored object from eviction until the response is done.
+    _pin: Option<Pin>,
+}
+
+enum Source {
+    File(Arc<File>),
+    Fill(Arc<Fill>),
 }
 
 impl BlobReader {
     /// Reads `start..end` of a complete, verified file.
     pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobReader {
         BlobReader {
-            file,
+            source: Source::File(file),
             offset: start,
             end,
             fill: None,
+            _pin: None,
         }
     }
 
-    /// Reads `start..end` of a file that a fill is writing. `end` may be `u64::MAX` when
+    /// Holds `pin` for as long as the response streams.
+    pub fn holding(mut self, pin: Pin) -> BlobReader {
+        self._pin = Some(pin);
+        self
+    }
+
+    /// Reads `start..end` of what a fill is receiving. `end` may be `u64::MAX` when
     /// upstream sent no length: the stream then ends where the fill does.
     pub fn filling(
-        file: Arc<File>,
+        fill: Arc<Fill>,
         progress: watch::Receiver<Progress>,
         start: u64,
         end: u64,
     ) -> BlobReader {
         BlobReader {
-            file,
+            source: Source::Fill(fill),
             offset: start,
             end,
             fill: Some(progress),
+            _pin: None,
         }
     }
 
@@ -79,8 +95,23 @@ impl BlobReader {
                 None => return Ok(None),
             },
         };
-        let len = (limit - self.offset).min(CHUNK);
-        let (file, offset) = (self.file.clone(), self.offset);
+        let limit = limit.min(self.offset + CHUNK);
+        let (file, limit) = match &self.source {
+            Source::File(file) => (file.clone(), limit),
+            Source::Fill(fill) => match fill.at(self.offset, limit) {
+                At::File { file, end } => (file, end),
+                At::Memory(bytes) if !bytes.is_empty() => {
+                    self.offset += bytes.len() as u64;
+                    return Ok(Some(bytes));
+                }
+                At::Memory(_) | At::Behind => {
+                    return Err(io::Error::other(
+                        "the client fell behind a download the disk could not cache",
+                    ))
+                }
+            },
+        };
+        let (offset, len) = (self.offset, limit - self.offset);
         let bytes = tokio::task::spawn_blocking(move || read_at(&file, offset, len))
             .await
             .map_err(io::Error::other)??;
@@ -173,24 +204,32 @@ mod tests {
         assert_eq!(got, &data[10..20]);
     }
 
+    fn fill_with(data: &[u8]) -> Arc<Fill> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        let digest = crate::oci::Digest::of(crate::oci::Algorithm::Sha256, data);
+        Arc::new(Fill::new(digest, Some(f)))
+    }
+
     #[tokio::test]
     async fn a_fill_reader_holds_the_last_byte_until_done_and_fails_on_failure() {
-        let file = file_with(b"abcdef");
-        let (tx, rx) = watch::channel(Progress {
-            written: 6,
-            total: Some(6),
-            phase: Phase::Streaming,
+        let fill = fill_with(b"abcdef");
+        fill.update(|p| {
+            p.written = 6;
+            p.total = Some(6);
+            p.phase = Phase::Streaming;
         });
+        let rx = fill.subscribe();
         let mut stream =
-            Box::pin(BlobReader::filling(file.clone(), rx.clone(), 0, 6).into_stream());
+            Box::pin(BlobReader::filling(fill.clone(), rx.clone(), 0, 6).into_stream());
         assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"abcde");
         let error = crate::error::Error::local("test", io::Error::other("bad digest"));
-        tx.send_modify(|p| p.phase = Phase::Failed(Arc::new(error)));
+        fill.update(|p| p.phase = Phase::Failed(Arc::new(error)));
         assert!(stream.next().await.unwrap().is_err());
         assert!(stream.next().await.is_none());
 
-        tx.send_modify(|p| p.phase = Phase::Done);
-        let (got, err) = collect(BlobReader::filling(file, rx, 2, 6)).await;
+        fill.update(|p| p.phase = Phase::Done);
+        let (got, err) = collect(BlobReader::filling(fill, rx, 2, 6)).await;
         assert!(err.is_none());
         assert_eq!(got, b"cdef");
     }

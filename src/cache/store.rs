@@ -5,6 +5,7 @@
 //! v1/manifests/sha256/ab/<hex>      "<media type>\n" then the manifest bytes
 //! v1/tags/<upstream>/<repo>/_tags/<tag>   JSON tag record (`_tags` cannot be a repo component)
 //! v1/tmp/                           fills and writes in progress; emptied at startup
+//! v1/index                          sizes and last access of the objects (see `persist`)
 //! ```
 //!
 //! Everything enters by rename from `tmp/` after an fsync, so a crash leaves either the old
@@ -27,6 +28,65 @@ pub const LAYOUT_VERSION: &str = "v1";
 pub struct Store {
     root: PathBuf,
     next_temp: AtomicU64,
+}
+
+/// The two kinds of content-addressed objects, each under its own directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Blob,
+    Manifest,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 2] = [ObjectKind::Blob, ObjectKind::Manifest];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ObjectKind::Blob => "blobs",
+            ObjectKind::Manifest => "manifests",
+        }
+    }
+}
+
+/// One object of the store: what the disk index and eviction work on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub kind: ObjectKind,
+    pub digest: Digest,
+}
+
+impl ObjectKey {
+    pub fn blob(digest: &Digest) -> ObjectKey {
+        ObjectKey {
+            kind: ObjectKind::Blob,
+            digest: digest.clone(),
+        }
+    }
+
+    pub fn manifest(digest: &Digest) -> ObjectKey {
+        ObjectKey {
+            kind: ObjectKind::Manifest,
+            digest: digest.clone(),
+        }
+    }
+}
+
+/// What looking up a stored object found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<T> {
+    Found(T),
+    Missing,
+    /// The file did not match its digest (or was malformed) and has been removed.
+    Corrupt,
+}
+
+impl<T> Lookup<T> {
+    pub fn found(self) -> Option<T> {
+        match self {
+            Lookup::Found(t) => Some(t),
+            Lookup::Missing | Lookup::Corrupt => None,
+        }
+    }
 }
 
 /// What a tag pointed at when regcache last asked upstream.
@@ -56,31 +116,55 @@ impl Store {
         })
     }
 
+    /// Opens the store of a cache a daemon may be using: nothing is created or cleaned,
+    /// so a live fill's temp files are left alone (for the operator commands).
+    pub fn attach(dir: &Path) -> io::Result<Store> {
+        let root = dir.join(LAYOUT_VERSION);
+        if !root.join("blobs").is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} holds no regcache store", dir.display()),
+            ));
+        }
+        // Temp names carry the pid, so ours never collide with the daemon's.
+        Ok(Store {
+            root,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.object_path("blobs", digest)
+        self.object_path(ObjectKind::Blob, digest)
     }
 
     pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
-        self.object_path("manifests", digest)
+        self.object_path(ObjectKind::Manifest, digest)
     }
 
-    fn object_path(&self, kind: &str, digest: &Digest) -> PathBuf {
+    pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
+        self.object_path(key.kind, &key.digest)
+    }
+
+    fn object_path(&self, kind: ObjectKind, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
-            .join(kind)
+            .join(kind.dir_name())
             .join(digest.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
     }
 
+    /// Where the tag records of one upstream live.
+    pub fn tags_dir(&self, upstream: &str) -> PathBuf {
+        self.root.join("tags").join(upstream.replace(':', "_"))
+    }
+
     fn tag_path(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
-        self.root
-            .join("tags")
-            .join(upstream.replace(':', "_"))
+        self.tags_dir(upstream)
             .join(repo.as_str())
             .join("_tags")
             .join(tag.as_str())
@@ -109,8 +193,16 @@ impl Store {
         File::open(dir)?.sync_all()
     }
 
+    /// Removes a published object. Readers holding it open keep their bytes (unlink semantics).
+    pub fn remove(&self, key: &ObjectKey) -> io::Result<()> {
+        match fs::remove_file(self.path_of(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes `parts` to a temp file, syncs it and publishes it at `dest`.
-    fn write_atomic(&self, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    pub fn write_atomic(&self, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
         let (mut file, temp) = self.temp_file()?;
         let result = parts
             .iter()
@@ -155,24 +247,20 @@ impl Store {
     }
 
     /// A cached manifest and its media type. A record that does not hash to its digest
-    /// (a damaged disk) is removed and reported as absent.
-    pub fn read_manifest(&self, digest: &Digest) -> io::Result<Option<(String, Bytes)>> {
+    /// (a damaged disk) is removed and reported as corrupt.
+    pub fn read_manifest(&self, digest: &Digest) -> io::Result<Lookup<(String, Bytes)>> {
         let path = self.manifest_path(digest);
-        let Some(mut data) = read_optional(&path)? else {
-            return Ok(None);
+        let Some(data) = read_optional(&path)? else {
+            return Ok(Lookup::Missing);
         };
-        let Some(newline) = data.iter().position(|&b| b == b'\n') else {
-            let _ = fs::remove_file(&path);
-            return Ok(None);
-        };
-        let body = Bytes::from(data.split_off(newline + 1));
-        let media_type = String::from_utf8_lossy(&data[..newline]).into_owned();
-        if Digest::of(digest.algorithm(), &body) != *digest {
-            tracing::warn!(%digest, "cached manifest does not match its digest; removed");
-            let _ = fs::remove_file(&path);
-            return Ok(None);
+        match parse_manifest(digest, data) {
+            Some(found) => Ok(Lookup::Found(found)),
+            None => {
+                tracing::warn!(%digest, "cached manifest does not match its digest; removed");
+                let _ = fs::remove_file(&path);
+                Ok(Lookup::Corrupt)
+            }
         }
-        Ok(Some((media_type, body)))
     }
 
     pub fn read_tag(
@@ -200,12 +288,27 @@ impl Store {
     }
 }
 
+/// Splits a manifest record into media type and body, if the body hashes to `digest`.
+pub fn parse_manifest(digest: &Digest, mut data: Vec<u8>) -> Option<(String, Bytes)> {
+    let newline = data.iter().position(|&b| b == b'\n')?;
+    let body = Bytes::from(data.split_off(newline + 1));
+    let media_type = String::from_utf8_lossy(&data[..newline]).into_owned();
+    (Digest::of(digest.algorithm(), &body) == *digest).then_some((media_type, body))
+}
+
 fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     match fs::read(path) {
         Ok(data) => Ok(Some(data)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Unix milliseconds: the clock of the disk index (seconds would tie too often).
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn unix_now() -> u64 {
@@ -228,7 +331,7 @@ mod tests {
         store
             .write_manifest(&digest, "application/x", body)
             .unwrap();
-        let (media_type, read) = store.read_manifest(&digest).unwrap().unwrap();
+        let (media_type, read) = store.read_manifest(&digest).unwrap().found().unwrap();
         assert_eq!(
             (media_type.as_str(), &read[..]),
             ("application/x", &body[..])
@@ -237,7 +340,7 @@ mod tests {
         let path = store.manifest_path(&digest);
         assert!(path.starts_with(dir.path().join("v1/manifests/sha256")));
         fs::write(&path, b"application/x\n{}").unwrap();
-        assert_eq!(store.read_manifest(&digest).unwrap(), None);
+        assert_eq!(store.read_manifest(&digest).unwrap(), Lookup::Corrupt);
         assert!(!path.exists());
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, DiskBudget};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};
 
@@ -158,12 +158,18 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
     );
     let admin_text = ov.admin_listen.clone().or(raw.admin_listen);
     let admin_listen = admin_text.and_then(|t| parse_addr("admin_listen", &t, problems));
+    let cache = raw.cache.validate(ov, problems);
+    let mut upstreams = upstream::validate_all(raw.upstreams, ov, problems);
+    // The global switch wins: an air-gapped host must not reach any upstream.
+    for u in &mut upstreams {
+        u.offline |= cache.offline;
+    }
     Config {
         listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 5000).into()),
         admin_listen,
         server: raw.server.validate(problems),
-        cache: raw.cache.validate(ov, problems),
-        upstreams: upstream::validate_all(raw.upstreams, ov, problems),
+        cache,
+        upstreams,
     }
 }
 
@@ -275,6 +281,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.cache.memory_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn watermarks_and_offline_are_validated() {
+        let err = parse(
+            "[cache]\ndisk_bytes = \"nope\"\nhigh_watermark = 0.5\nlow_watermark = 0.7\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["cache.disk_bytes", "cache.low_watermark"]);
+        let c = parse(
+            "[cache]\ndisk_bytes = \"10GiB\"\noffline = true\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.disk_budget, DiskBudget::Bytes(10 << 30));
+        assert!(
+            c.upstreams[0].offline,
+            "the global switch applies to every upstream"
+        );
+        let c = parse("[[upstream]]\nurl = \"http://127.0.0.1:1\"\noffline = true\n").unwrap();
+        assert!(!c.cache.offline && c.upstreams[0].offline);
+        assert_eq!(c.cache.disk_budget, DiskBudget::Percent(80.0));
     }
 
     #[test]

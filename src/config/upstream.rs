@@ -35,6 +35,10 @@ pub(super) struct RawUpstream {
     max_retry_after_secs: Option<u64>,
     max_concurrent_requests: Option<usize>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    offline: bool,
+    expire_after_days: Option<u64>,
+    max_tags_per_repo: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +68,12 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: usize,
     /// Extra trusted roots for this upstream's TLS, as read from `ca_file` (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// Never contact this upstream: serve what is cached, whatever its age.
+    pub offline: bool,
+    /// Objects fetched from this upstream and not pulled for this long are removed.
+    pub expire_after: Option<Duration>,
+    /// Tags kept per repository (the most recently confirmed); older tag records go.
+    pub max_tags_per_repo: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -102,6 +112,9 @@ impl RawUpstream {
             max_retry_after_secs: None,
             max_concurrent_requests: None,
             ca_file: None,
+            offline: false,
+            expire_after_days: None,
+            max_tags_per_repo: None,
         }
     }
 }
@@ -327,6 +340,20 @@ impl RawUpstream {
         let ca_pem = self
             .ca_file
             .and_then(|path| read_ca_file(&path, &key("ca_file"), problems));
+        let mut at_least_one = |v: Option<u64>, k: &str| {
+            if v == Some(0) {
+                problems.add(
+                    key(k),
+                    "0",
+                    "must be at least 1; leave the key out for no limit",
+                );
+            }
+            v.filter(|&v| v > 0)
+        };
+        let expire_after = at_least_one(self.expire_after_days, "expire_after_days")
+            .map(|days| Duration::from_secs(days.saturating_mul(86_400)));
+        let max_tags_per_repo = at_least_one(self.max_tags_per_repo, "max_tags_per_repo")
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         Some(UpstreamConfig {
             library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
@@ -344,6 +371,9 @@ impl RawUpstream {
             max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(10)),
             max_concurrent_requests: max_concurrent_requests.max(1),
             ca_pem,
+            offline: self.offline,
+            expire_after,
+            max_tags_per_repo,
         })
     }
 }

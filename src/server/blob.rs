@@ -45,18 +45,23 @@ pub async fn get(
             Some(bytes.len() as u64),
             Box::new(move |s: Span| full(bytes.slice(s.start as usize..s.end as usize))),
         ),
-        BlobSource::Disk { file, len } => (
+        BlobSource::Disk { file, len, pin } => (
             Some(len),
-            Box::new(move |s: Span| stream(BlobReader::stored(file, s.start, s.end).into_stream())),
+            Box::new(move |s: Span| {
+                stream(
+                    BlobReader::stored(file, s.start, s.end)
+                        .holding(pin)
+                        .into_stream(),
+                )
+            }),
         ),
         BlobSource::Fill { fill, .. } => {
             let mut progress = fill.subscribe();
             let total = fill_length(&mut progress, range.is_some()).await?;
-            let file = fill.file.clone();
             (
                 total,
                 Box::new(move |s: Span| {
-                    stream(BlobReader::filling(file, progress, s.start, s.end).into_stream())
+                    stream(BlobReader::filling(fill, progress, s.start, s.end).into_stream())
                 }),
             )
         }

@@ -42,6 +42,17 @@ fn log(error: &Error, status: StatusCode) {
         Source::Upstream if error.is_not_found() => {
             tracing::debug!(%status, error = %error, "not found upstream")
         }
+        Source::Upstream
+            if matches!(
+                error,
+                Error::Upstream {
+                    cause: UpstreamError::Offline { .. },
+                    ..
+                }
+            ) =>
+        {
+            tracing::debug!(%status, error = %error, "offline miss")
+        }
         Source::Upstream => match error {
             Error::Upstream {
                 cause: UpstreamError::DigestMismatch { .. },

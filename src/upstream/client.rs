@@ -1,8 +1,9 @@
 //! One upstream registry: its HTTP client and the requests regcache sends it.
 //!
-//! Every request goes through [`Upstream::send`], which waits for one of the upstream's
-//! request permits, adds credentials, answers one auth challenge, retries what may be
-//! retried (see `retry`), counts the request, and turns every non-2xx answer into an
+//! Every request goes through [`Upstream::send`], which refuses at once when the upstream
+//! is offline, waits for one of the upstream's request permits, adds credentials, answers
+//! one auth challenge, retries what may be retried (see `retry`), counts the request, and
+//! turns every non-2xx answer into an
 //! [`UpstreamError`] so callers only ever see success or a classified failure.
 
 use std::ops::{Deref, DerefMut};
@@ -169,6 +170,18 @@ impl Upstream {
         accept: Option<&str>,
         range_from: Option<u64>,
     ) -> Result<Answer> {
+        if self.config.offline {
+            self.metrics
+                .offline_misses
+                .with_label_values(&[self.name()])
+                .inc();
+            // `blobs/<digest>` and `manifests/<digest>`; tags cannot hold a ':'.
+            let by_digest = path.starts_with("blobs/")
+                || path
+                    .strip_prefix("manifests/")
+                    .is_some_and(|r| r.contains(':'));
+            return Err(self.error(UpstreamError::Offline { by_digest }));
+        }
         let url = format!("{}/v2/{}/{}", self.base, name, path);
         let scope = oci::scope_for_pull(name);
         let mut challenged = false;

@@ -26,15 +26,31 @@ impl Proxy {
     /// `extra` is TOML for the single `[[upstream]]` table (e.g. `tag_ttl_secs = 0`);
     /// `dir` reuses a cache directory (a restart).
     pub async fn start_with(upstream: &str, extra: &str, dir: Option<&Path>) -> Proxy {
-        Proxy::start_full(upstream, "", extra, dir).await
+        Proxy::start_full(upstream, "", "", extra, dir).await
     }
 
     /// `server` is TOML for the `[server]` table (limits, TLS files).
     pub async fn start_server(upstream: &str, server: &str) -> Proxy {
-        Proxy::start_full(upstream, server, "", None).await
+        Proxy::start_full(upstream, server, "", "", None).await
     }
 
-    async fn start_full(upstream: &str, server: &str, extra: &str, dir: Option<&Path>) -> Proxy {
+    /// Like `start_with`, with `cache` as the body of the `[cache]` table.
+    pub async fn start_config(
+        upstream: &str,
+        cache: &str,
+        extra: &str,
+        dir: Option<&Path>,
+    ) -> Proxy {
+        Proxy::start_full(upstream, "", cache, extra, dir).await
+    }
+
+    async fn start_full(
+        upstream: &str,
+        server: &str,
+        cache: &str,
+        extra: &str,
+        dir: Option<&Path>,
+    ) -> Proxy {
         let temp = match dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().unwrap()),
@@ -42,8 +58,10 @@ impl Proxy {
         let cache_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
-        let text = format!("[server]\n{server}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n");
-        Proxy::start_config(&text, cache_dir, temp).await
+        let text = format!(
+            "[server]\n{server}\n[cache]\n{cache}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"
+        );
+        Proxy::start_text(&text, cache_dir, temp).await
     }
 
     /// A proxy running `config` (TOML, typically several `[[upstream]]` tables) with its
@@ -56,10 +74,10 @@ impl Proxy {
         let cache_dir = dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
-        Proxy::start_config(config, cache_dir, temp).await
+        Proxy::start_text(config, cache_dir, temp).await
     }
 
-    async fn start_config(text: &str, cache_dir: PathBuf, temp: Option<TempDir>) -> Proxy {
+    async fn start_text(text: &str, cache_dir: PathBuf, temp: Option<TempDir>) -> Proxy {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),

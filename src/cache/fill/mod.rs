@@ -5,56 +5,33 @@
 //! up to the published offset, so no client waits for the whole download, a slow client
 //! holds back nobody, and memory stays flat. The file is renamed into the store only after
 //! the digest matched; the fill runs to the end even if every client has left.
+//!
+//! When the disk refuses a write (full, failing), the temp file is removed at once and the
+//! rest of the body goes through a bounded in-memory relay: the attached clients still get
+//! the verified blob, it is just not cached. The next fill tries the disk again.
+
+mod copy;
+mod state;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use http::header::CONTENT_RANGE;
 use http::{Method, StatusCode};
-use tokio::sync::watch;
 
+pub use state::{At, Fill, Phase, Progress};
+
+use super::disk::Disk;
 use super::memory::{Entry, Key, Memory};
-use super::store::Store;
+use super::store::{ObjectKey, Store};
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
 use crate::oci::{self, Digest};
 use crate::upstream::{classify, Answer, Kind, Target};
-
-#[derive(Clone, Debug)]
-pub enum Phase {
-    /// Waiting for upstream's headers.
-    Connecting,
-    Streaming,
-    /// Verified and published in the store.
-    Done,
-    Failed(Arc<Error>),
-}
-
-#[derive(Clone, Debug)]
-pub struct Progress {
-    /// Bytes in the temp file so far; readers may read up to here.
-    pub written: u64,
-    /// Upstream's Content-Length, once its headers arrived.
-    pub total: Option<u64>,
-    pub phase: Phase,
-}
-
-/// A fill in progress, shared by its task and every reader.
-pub struct Fill {
-    pub digest: Digest,
-    pub file: Arc<File>,
-    progress: watch::Sender<Progress>,
-}
-
-impl Fill {
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
-    }
-}
+use copy::{copy, CopyError};
 
 /// The fills in progress, by digest.
 #[derive(Default)]
@@ -78,6 +55,7 @@ pub struct FillContext {
     pub store: Arc<Store>,
     pub memory: Memory,
     pub metrics: Metrics,
+    pub disk: Arc<Disk>,
 }
 
 impl Fills {
@@ -99,20 +77,16 @@ impl Fills {
         if ctx.store.has_blob(digest) {
             return Ok(Joined::Stored);
         }
-        let (file, temp) = ctx
-            .store
-            .temp_file()
-            .map_err(|e| Error::local("creating a temp file for a fill", e))?;
-        let (progress, _) = watch::channel(Progress {
-            written: 0,
-            total: None,
-            phase: Phase::Connecting,
-        });
-        let fill = Arc::new(Fill {
-            digest: digest.clone(),
-            file: Arc::new(file),
-            progress,
-        });
+        // No temp file (a full or read-only disk) still serves the blob, through the relay.
+        let (file, temp) = match ctx.store.temp_file() {
+            Ok((file, temp)) => (Some(file), Some(temp)),
+            Err(e) => {
+                ctx.disk
+                    .note_write_error("creating a temp file for a fill", &e);
+                (None, None)
+            }
+        };
+        let fill = Arc::new(Fill::new(digest.clone(), file));
         active.insert(digest.clone(), fill.clone());
         drop(active);
         ctx.metrics.fills_in_flight.inc();
@@ -135,10 +109,17 @@ impl Fills {
 }
 
 /// Drives one fill to its end and tells every reader how it ended.
-async fn run(ctx: FillContext, fills: Arc<Fills>, fill: Arc<Fill>, temp: PathBuf, target: Target) {
-    let result = download(&ctx, &fill, &temp, &target).await;
+async fn run(
+    ctx: FillContext,
+    fills: Arc<Fills>,
+    fill: Arc<Fill>,
+    temp: Option<PathBuf>,
+    target: Target,
+) {
+    let result = download(&ctx, &fill, temp.as_deref(), &target).await;
     let label = match &result {
-        Ok(()) => "cached",
+        Ok(true) => "cached",
+        Ok(false) => "uncached",
         Err(Error::Upstream {
             cause: UpstreamError::DigestMismatch { .. } | UpstreamError::Truncated { .. },
             ..
@@ -147,7 +128,7 @@ async fn run(ctx: FillContext, fills: Arc<Fills>, fill: Arc<Fill>, temp: PathBuf
     };
     ctx.metrics.fills.with_label_values(&[label]).inc();
     match result {
-        Ok(()) => fill.progress.send_modify(|p| p.phase = Phase::Done),
+        Ok(_) => fill.update(|p| p.phase = Phase::Done),
         Err(e) => {
             if label == "mismatch" {
                 ctx.metrics
@@ -158,9 +139,10 @@ async fn run(ctx: FillContext, fills: Arc<Fills>, fill: Arc<Fill>, temp: PathBuf
             } else if !e.is_not_found() {
                 tracing::warn!(digest = %fill.digest, error = %e, "blob fill failed");
             }
-            let _ = tokio::fs::remove_file(&temp).await;
-            fill.progress
-                .send_modify(|p| p.phase = Phase::Failed(Arc::new(e)));
+            if let Some(temp) = &temp {
+                let _ = tokio::fs::remove_file(temp).await;
+            }
+            fill.update(|p| p.phase = Phase::Failed(Arc::new(e)));
         }
     }
     // Only now: a request that misses this map must find the blob in the store.
@@ -172,58 +154,139 @@ async fn run(ctx: FillContext, fills: Arc<Fills>, fill: Arc<Fill>, temp: PathBuf
     ctx.metrics.fills_in_flight.dec();
 }
 
+/// Downloads, verifies and (when the disk allowed it) publishes the blob.
+/// `Ok(false)`: verified and served, but not cached.
 async fn download(
     ctx: &FillContext,
     fill: &Arc<Fill>,
-    temp: &Path,
+    temp: Option<&Path>,
     target: &Target,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    let upstream = target.upstream.clone();
     let path = format!("blobs/{}", fill.digest);
     let response = target
         .upstream
         .send(Method::GET, Kind::Blob, &target.name, &path, None)
         .await?;
     let total = response.content_length();
-    fill.progress.send_modify(|p| {
+    fill.update(|p| {
         p.total = total;
         p.phase = Phase::Streaming;
     });
     let handle = tokio::runtime::Handle::current();
-    let (writer, target_for_writer) = (fill.clone(), target.clone());
+    let (writer, disk, temp_path) = (fill.clone(), ctx.disk.clone(), temp.map(Path::to_path_buf));
+    let (resume_target, resume_target_digest) = (target.clone(), fill.digest.clone());
     // Hashing and file writes block; keep them off the async workers.
-    let (written, actual) = tokio::task::spawn_blocking(move || {
-        write_all(&handle, response, &writer, &target_for_writer, total)
+    let copied = tokio::task::spawn_blocking(move || {
+        let mut response = response;
+        let (mut received, mut resumes) = (0u64, 0);
+        // A body cut mid-way is resumed with `Range: bytes=N-` from where it stopped, when
+        // upstream answers 206 from exactly there; the hash goes on across the seam.
+        let mut next = || loop {
+            match handle.block_on(response.chunk()) {
+                Ok(chunk) => {
+                    received += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                    return Ok(chunk);
+                }
+                Err(e) if resumes < resume_target.upstream.config().retries => {
+                    resumes += 1;
+                    let digest = &resume_target_digest;
+                    match handle.block_on(resume(&resume_target, digest, received, total)) {
+                        Some(rest) => response = rest,
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut on_error = |e: &std::io::Error| {
+            disk.note_write_error("writing a fill to disk", e);
+            // Nothing half-written stays: readers keep the open file, the name goes now.
+            if let Some(temp) = &temp_path {
+                let _ = std::fs::remove_file(temp);
+            }
+        };
+        let file = writer.file.clone();
+        let mut file_ref: Option<&File> = file.as_deref();
+        let sink = file_ref.as_mut().map(|f| f as &mut dyn Write);
+        copy(&mut next, &writer, sink, &mut on_error)
     })
     .await
-    .map_err(|e| Error::local("fill task", std::io::Error::other(e)))??;
+    .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;
+    let (written, actual) = match copied {
+        Ok(done) => done,
+        Err(CopyError::Body(e)) => {
+            return Err(upstream.error(match total {
+                Some(expected) if e.is_body() || e.is_decode() => UpstreamError::Truncated {
+                    got: fill.subscribe().borrow().written,
+                    expected,
+                },
+                _ => classify(&e),
+            }))
+        }
+    };
     target.upstream.count_bytes(written);
+    if let Some(expected) = total.filter(|&t| t != written) {
+        return Err(upstream.error(UpstreamError::Truncated {
+            got: written,
+            expected,
+        }));
+    }
     if actual != fill.digest {
         return Err(target.upstream.error(UpstreamError::DigestMismatch {
             expected: fill.digest.clone(),
             actual,
         }));
     }
-    let (store, file, temp, digest) = (
-        ctx.store.clone(),
+    let (Some(temp), false) = (temp, fill.relaying()) else {
+        return Ok(false);
+    };
+    publish(ctx, fill, temp, written, target.upstream.name()).await
+}
+
+/// Moves a verified fill into the store. A failure here still serves the readers (they
+/// hold the file open) and only costs the cache entry.
+async fn publish(
+    ctx: &FillContext,
+    fill: &Arc<Fill>,
+    temp: &Path,
+    written: u64,
+    origin: &str,
+) -> Result<bool, Error> {
+    let origin = origin.to_string();
+    let (disk, file, temp, digest) = (
+        ctx.disk.clone(),
         fill.file.clone(),
         temp.to_path_buf(),
         fill.digest.clone(),
     );
     let small = ctx.memory.admits(written);
-    let cached = tokio::task::spawn_blocking(move || {
-        file.sync_all()?;
-        store.publish(&temp, &store.blob_path(&digest))?;
-        if small {
-            return store.read_blob(&digest);
+    let published = tokio::task::spawn_blocking(move || {
+        let store = &disk.store;
+        let result = file
+            .as_ref()
+            .map_or(Ok(()), |f| f.sync_all())
+            .and_then(|_| store.publish(&temp, &store.blob_path(&digest)));
+        if let Err(e) = result {
+            disk.note_write_error("publishing a verified blob", &e);
+            let _ = std::fs::remove_file(&temp);
+            return None;
         }
-        Ok(None)
+        let key = ObjectKey::blob(&digest);
+        let pin = Some(disk.published(key, written, &origin));
+        let bytes = if small {
+            store.read_blob(&digest).ok().flatten()
+        } else {
+            None
+        };
+        Some((pin, bytes))
     })
     .await
-    .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?
-    .map_err(|e| {
-        ctx.metrics.cache_write_errors.inc();
-        Error::local("publishing a verified blob", e)
-    })?;
+    .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;
+    let Some((pin, cached)) = published else {
+        return Ok(false);
+    };
+    *fill.held.lock().expect("held lock") = pin;
     if let Some(bytes) = cached {
         let entry = Entry {
             bytes,
@@ -231,74 +294,7 @@ async fn download(
         };
         ctx.memory.insert(Key::Blob(fill.digest.clone()), entry);
     }
-    Ok(())
-}
-
-/// Readers are woken at least this often while bytes arrive, and for no less data,
-/// so a fast upstream does not wake every reader for every small chunk.
-const PUBLISH_BYTES: u64 = 256 << 10;
-const PUBLISH_EVERY: Duration = Duration::from_millis(20);
-
-/// Copies upstream's body into the fill's file, hashing as it goes. Runs on a blocking thread.
-///
-/// A body cut mid-way (or silent past the idle timeout) is resumed with `Range: bytes=N-`
-/// from where it stopped, up to `retries` times, when upstream answers 206 from exactly
-/// there; the hash simply goes on, so the digest check still covers every byte.
-fn write_all(
-    handle: &tokio::runtime::Handle,
-    mut response: Answer,
-    fill: &Fill,
-    target: &Target,
-    total: Option<u64>,
-) -> Result<(u64, Digest), Error> {
-    let upstream = &target.upstream;
-    let mut hasher = fill.digest.hasher();
-    let mut file: &File = &fill.file;
-    let mut written = 0u64;
-    let mut resumes = 0;
-    let mut published = (0u64, Instant::now());
-    loop {
-        let chunk = match handle.block_on(response.chunk()) {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                let cut = match total {
-                    Some(expected) if e.is_body() || e.is_decode() => UpstreamError::Truncated {
-                        got: written,
-                        expected,
-                    },
-                    _ => classify(&e),
-                };
-                if resumes >= upstream.config().retries {
-                    return Err(upstream.error(cut));
-                }
-                resumes += 1;
-                match handle.block_on(resume(target, &fill.digest, written, total)) {
-                    Some(rest) => {
-                        response = rest;
-                        continue;
-                    }
-                    None => return Err(upstream.error(cut)),
-                }
-            }
-        };
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .map_err(|e| Error::local("writing a fill to disk", e))?;
-        written += chunk.len() as u64;
-        if written - published.0 >= PUBLISH_BYTES || published.1.elapsed() >= PUBLISH_EVERY {
-            fill.progress.send_modify(|p| p.written = written);
-            published = (written, Instant::now());
-        }
-    }
-    fill.progress.send_modify(|p| p.written = written);
-    if let Some(expected) = total.filter(|&t| t != written) {
-        return Err(upstream.error(UpstreamError::Truncated {
-            got: written,
-            expected,
-        }));
-    }
-    Ok((written, hasher.finish()))
+    Ok(true)
 }
 
 /// Asks upstream for the rest of a blob from byte `from`. `None` unless it answered 206

@@ -1,0 +1,345 @@
+//! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction, lifecycle
+//! sweeps, corruption handling, and the background task that loads the index, saves
+//! recency and runs the sweeps.
+//!
+//! Eviction removes only published objects that nobody has pinned; a fill's temp file is
+//! not in the index until it is published, so it is never a candidate. Functions that
+//! touch files block and say so; the async callers wrap them in `spawn_blocking`.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::index::{Index, Meta, Pin};
+use super::lifecycle::{self, Rules};
+use super::persist;
+use super::store::{unix_millis, Lookup, ObjectKey, Store};
+use crate::config::{CacheConfig, DiskBudget};
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+
+/// The budget in bytes and the two marks derived from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub budget: u64,
+    pub high: u64,
+    pub low: u64,
+}
+
+impl Limits {
+    /// Resolves a percentage budget against the filesystem holding `dir` (blocks).
+    pub fn new(config: &CacheConfig, dir: &Path) -> io::Result<Limits> {
+        let budget = match config.disk_budget {
+            DiskBudget::Bytes(bytes) => bytes,
+            DiskBudget::Percent(pct) => {
+                let fs = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+                let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+                (total as f64 * pct / 100.0) as u64
+            }
+        };
+        Ok(Limits {
+            budget,
+            high: (budget as f64 * config.high_watermark) as u64,
+            low: (budget as f64 * config.low_watermark) as u64,
+        })
+    }
+}
+
+/// Why objects left the store: the `reason` label of the evictions metric.
+#[derive(Clone, Copy, Debug)]
+pub enum Reason {
+    Budget,
+    Lifecycle,
+    Corruption,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Budget => "budget",
+            Reason::Lifecycle => "lifecycle",
+            Reason::Corruption => "corruption",
+        }
+    }
+}
+
+/// How often the daemon applies the lifecycle rules (also once after startup).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// What one lifecycle sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub objects: u64,
+    pub bytes: u64,
+    pub tags: u64,
+}
+
+pub struct Disk {
+    pub store: Arc<Store>,
+    pub index: Arc<Index>,
+    pub limits: Limits,
+    rules: Rules,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    /// False until the startup walk has filled the index: eviction waits for it.
+    ready: AtomicBool,
+    /// Set while disk writes fail, so the failure is logged once, not per fill.
+    failing: AtomicBool,
+}
+
+impl Disk {
+    pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
+        Disk {
+            store,
+            index: Arc::default(),
+            limits,
+            rules,
+            metrics,
+            wake: Arc::default(),
+            ready: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Records an object published from `origin` (an upstream name), pinned for the
+    /// caller; wakes eviction when the store passed the high mark.
+    pub fn published(&self, key: ObjectKey, size: u64, origin: &str) -> Pin {
+        let pin = self
+            .index
+            .insert_pinned(key, size, unix_millis(), Some(origin));
+        self.note_write_ok();
+        if self.over_high() {
+            self.wake.notify_one();
+        }
+        pin
+    }
+
+    fn over_high(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.index.usage().1 > self.limits.high
+    }
+
+    /// Opens a stored blob for reading, pinned, after checking its length against the
+    /// published size. Blocks.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Lookup<(File, u64, Pin)>> {
+        let key = ObjectKey::blob(digest);
+        let Some((file, len)) = self.store.open_blob(digest)? else {
+            self.index.remove(&key);
+            return Ok(Lookup::Missing);
+        };
+        match self.index.pin(&key, len, unix_millis()) {
+            Ok(pin) => Ok(Lookup::Found((file, len, pin))),
+            Err(recorded) => {
+                tracing::warn!(%digest, recorded, on_disk = len, "cached blob has the wrong size; removed");
+                self.discard_corrupt(&key);
+                Ok(Lookup::Corrupt)
+            }
+        }
+    }
+
+    /// Reads a whole stored blob and checks its digest; a damaged one is removed. Blocks.
+    pub fn read_verified_blob(&self, digest: &Digest) -> io::Result<Lookup<Bytes>> {
+        let Some(bytes) = self.store.read_blob(digest)? else {
+            self.index.remove(&ObjectKey::blob(digest));
+            return Ok(Lookup::Missing);
+        };
+        if Digest::of(digest.algorithm(), &bytes) != *digest {
+            tracing::warn!(%digest, "cached blob does not match its digest; removed");
+            self.discard_corrupt(&ObjectKey::blob(digest));
+            return Ok(Lookup::Corrupt);
+        }
+        Ok(Lookup::Found(bytes))
+    }
+
+    /// Reads a stored manifest (checked against its digest by the store). Blocks.
+    pub fn read_manifest(&self, digest: &Digest) -> io::Result<Option<(String, Bytes)>> {
+        let key = ObjectKey::manifest(digest);
+        match self.store.read_manifest(digest)? {
+            Lookup::Found((media_type, body)) => {
+                let size = (media_type.len() + 1 + body.len()) as u64;
+                if self.index.pin(&key, size, unix_millis()).is_err() {
+                    // The bytes hashed right; the record was stale. Trust the file.
+                    self.index.insert(key, size, unix_millis(), None);
+                }
+                Ok(Some((media_type, body)))
+            }
+            Lookup::Missing => {
+                self.index.remove(&key);
+                Ok(None)
+            }
+            Lookup::Corrupt => {
+                self.discard_corrupt(&key);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes a damaged object and counts it. Blocks.
+    pub fn discard_corrupt(&self, key: &ObjectKey) {
+        self.index.remove(key);
+        if let Err(e) = self.store.remove(key) {
+            tracing::warn!(digest = %key.digest, error = %e, "removing a damaged object failed");
+        }
+        self.count(Reason::Corruption, 1);
+    }
+
+    pub fn count(&self, reason: Reason, n: u64) {
+        self.metrics
+            .evictions
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
+    }
+
+    /// Removes least-recently-used objects until the store is under the low watermark,
+    /// if it is over the high one (or `force`). Returns (objects, bytes) removed. Blocks.
+    pub fn evict(&self, force: bool) -> (u64, u64) {
+        let (_, bytes) = self.index.usage();
+        if bytes <= self.limits.high && !force {
+            return (0, 0);
+        }
+        let victims = self.index.take_victims(self.limits.low);
+        let freed = self.remove_all(&victims);
+        if !victims.is_empty() {
+            self.count(Reason::Budget, victims.len() as u64);
+            tracing::info!(
+                objects = victims.len(),
+                bytes = freed,
+                budget = self.limits.budget,
+                "evicted least recently used objects"
+            );
+        }
+        (victims.len() as u64, freed)
+    }
+
+    fn remove_all(&self, taken: &[(ObjectKey, Meta)]) -> u64 {
+        let mut freed = 0;
+        for (key, meta) in taken {
+            if let Err(e) = self.store.remove(key) {
+                tracing::warn!(digest = %key.digest, error = %e, "removing an object failed");
+            }
+            freed += meta.size;
+        }
+        freed
+    }
+
+    /// Applies the lifecycle rules: expired objects and surplus tag records go. Blocks.
+    pub fn sweep(&self) -> Swept {
+        let mut swept = Swept::default();
+        if self.rules.is_empty() {
+            return swept;
+        }
+        let max_age = |origin: &str| self.rules.max_age_ms(origin);
+        let expired = self.index.take_expired(unix_millis(), &max_age);
+        swept.objects = expired.len() as u64;
+        swept.bytes = self.remove_all(&expired);
+        self.count(Reason::Lifecycle, swept.objects);
+        for (upstream, max) in self.rules.tag_limits() {
+            match lifecycle::trim_tags(&self.store, upstream, max) {
+                Ok(n) => swept.tags += n,
+                Err(e) => tracing::warn!(upstream, error = %e, "trimming tag records failed"),
+            }
+        }
+        if swept != Swept::default() {
+            tracing::info!(
+                objects = swept.objects,
+                bytes = swept.bytes,
+                tags = swept.tags,
+                "lifecycle rules applied"
+            );
+        }
+        swept
+    }
+
+    /// Writes the recency snapshot if anything changed (or `force`). Blocks.
+    pub fn flush(&self, force: bool) {
+        let Some(records) = self.index.snapshot(force) else {
+            return;
+        };
+        if let Err(e) = persist::write_snapshot(&self.store, &records) {
+            self.index.mark_dirty();
+            tracing::warn!(error = %e, "writing the cache index failed; recency stays in memory");
+        }
+    }
+
+    /// A disk write failed: count it, and log only the first of a run of failures.
+    pub fn note_write_error(&self, what: &str, error: &io::Error) {
+        self.metrics.cache_write_errors.inc();
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, what, "disk write failed; serving from upstream without caching until writes succeed");
+        } else {
+            tracing::debug!(%error, what, "disk write failed");
+        }
+    }
+
+    fn note_write_ok(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("disk writes succeed again; caching resumed");
+        }
+    }
+
+    /// Loads the index from the store, then evicts when asked, saves recency every
+    /// `flush_every` and sweeps every hour. The task ends once the cache is dropped.
+    pub fn start(self: &Arc<Self>, flush_every: Duration) {
+        let weak: Weak<Disk> = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            if let Some(disk) = weak.upgrade() {
+                let _ = tokio::task::spawn_blocking(move || {
+                    disk.load();
+                    disk.sweep();
+                })
+                .await;
+            }
+            let mut tick = tokio::time::interval(flush_every);
+            tick.tick().await;
+            let mut swept = Instant::now();
+            loop {
+                let woken = tokio::select! {
+                    _ = wake.notified() => true,
+                    _ = tick.tick() => false,
+                };
+                let Some(disk) = weak.upgrade() else { return };
+                let sweep = !woken && swept.elapsed() >= SWEEP_EVERY;
+                if sweep {
+                    swept = Instant::now();
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    if sweep {
+                        disk.sweep();
+                    }
+                    disk.evict(false);
+                    if !woken {
+                        disk.flush(false);
+                    }
+                })
+                .await;
+            }
+        });
+    }
+
+    /// Fills the index from a walk of the store. Blocks.
+    pub fn load(&self) {
+        match persist::load(&self.store, &self.index) {
+            Ok(loaded) => {
+                self.count(Reason::Corruption, loaded.corrupt.len() as u64);
+                let (objects, bytes) = self.index.usage();
+                tracing::info!(
+                    objects,
+                    bytes,
+                    budget = self.limits.budget,
+                    "disk index loaded"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "walking the store failed; the index is partial"),
+        }
+        self.ready.store(true, Ordering::Relaxed);
+        if self.over_high() {
+            self.wake.notify_one();
+        }
+    }
+}

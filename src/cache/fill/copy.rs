@@ -1,0 +1,132 @@
+//! The copy loop of a fill: upstream's body into the temp file while hashing it, and on to
+//! the relay once the disk refuses a write. Runs on a blocking thread.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::state::Fill;
+use crate::oci::Digest;
+
+/// Readers are woken at least this often while bytes arrive, and for no less data,
+/// so a fast upstream does not wake every reader for every small chunk.
+pub(super) const PUBLISH_BYTES: u64 = 256 << 10;
+pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
+/// Why a copy stopped early. A failing disk is not a reason: the copy goes on in memory.
+pub(super) enum CopyError<E> {
+    Body(E),
+}
+
+/// Copies the body into `sink` (the fill's file) while hashing it, and publishes progress.
+/// After the first write error the rest goes through the fill's relay; `on_sink_error`
+/// hears of that error once. Runs on a blocking thread.
+pub(super) fn copy<E>(
+    next: &mut dyn FnMut() -> Result<Option<Bytes>, E>,
+    fill: &Fill,
+    mut sink: Option<&mut dyn Write>,
+    on_sink_error: &mut dyn FnMut(&std::io::Error),
+) -> Result<(u64, Digest), CopyError<E>> {
+    let mut hasher = fill.digest.hasher();
+    let mut written = 0u64;
+    let mut published = (0u64, Instant::now());
+    if fill.relaying() {
+        sink = None;
+    }
+    while let Some(chunk) = next().map_err(CopyError::Body)? {
+        hasher.update(&chunk);
+        if let Some(s) = sink.as_mut() {
+            if let Err(e) = s.write_all(&chunk) {
+                fill.start_relay(written);
+                on_sink_error(&e);
+                sink = None;
+            }
+        }
+        let len = chunk.len() as u64;
+        if sink.is_none() {
+            fill.push_relay(chunk);
+        }
+        written += len;
+        if written - published.0 >= PUBLISH_BYTES || published.1.elapsed() >= PUBLISH_EVERY {
+            fill.update(|p| p.written = written);
+            published = (written, Instant::now());
+        }
+    }
+    fill.update(|p| p.written = written);
+    Ok((written, hasher.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::fill::{At, Phase};
+    use crate::cache::BlobReader;
+    use crate::oci::Algorithm;
+    use futures_util::StreamExt;
+    use std::fs::File;
+    use std::sync::Arc;
+
+    /// A disk that fills up after `left` bytes.
+    struct FullAfter<'a> {
+        file: &'a File,
+        left: usize,
+    }
+
+    impl Write for FullAfter<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = self.file.write(&buf[..buf.len().min(self.left)])?;
+            self.left -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disk_write_error_moves_the_fill_to_the_relay_and_readers_get_every_byte() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let file = tempfile::tempfile().unwrap();
+        let fill = Arc::new(Fill::new(digest.clone(), Some(file.try_clone().unwrap())));
+        let mut chunks = data.chunks(100_000).map(Bytes::copy_from_slice);
+        let mut next = || Ok::<_, ()>(chunks.next());
+        let mut sink = FullAfter {
+            file: &file,
+            left: 1_050_000,
+        };
+        let mut errors = 0;
+        let copied = copy(&mut next, &fill, Some(&mut sink), &mut |_| errors += 1);
+        let Ok((written, actual)) = copied else {
+            panic!("a disk error must not stop the copy")
+        };
+        assert_eq!((written, &actual, errors), (3_000_000, &digest, 1));
+        assert!(fill.relaying());
+        fill.update(|p| p.phase = Phase::Done);
+
+        let reader = BlobReader::filling(fill.clone(), fill.subscribe(), 0, written);
+        let mut stream = std::pin::pin!(reader.into_stream());
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(got == data, "the file's part then the relay's, in order");
+    }
+
+    #[tokio::test]
+    async fn a_fill_without_a_temp_file_relays_from_the_start() {
+        let data = b"small blob".to_vec();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let fill = Arc::new(Fill::new(digest, None));
+        let mut once = Some(Bytes::from(data.clone()));
+        let mut next = || Ok::<_, ()>(once.take());
+        let copied = copy(&mut next, &fill, None, &mut |_| panic!("no sink, no error"));
+        assert!(copied.is_ok());
+        assert!(matches!(fill.at(0, 4), At::Memory(b) if &b[..] == b"smal"));
+    }
+}

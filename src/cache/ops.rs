@@ -1,0 +1,250 @@
+//! Operator commands on a cache directory: `gc`, `verify` and `stats`.
+//!
+//! Safe while a daemon uses the same directory: the store is attached, not opened (the
+//! daemon's temp files are never touched), only published objects are removed (a reader
+//! holding one open keeps its bytes), and the daemon's recency snapshot is read, never
+//! written. The daemon notices a removed object at its next lookup and fetches it again.
+//! Everything here blocks; the CLI calls it outside any runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::disk::{Disk, Limits, Swept};
+use super::lifecycle::tag_records;
+use super::lifecycle::Rules;
+use super::persist::{read_snapshot, walk};
+use super::store::{parse_manifest, ObjectKey, ObjectKind, Store};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub budget: u64,
+    pub objects_before: u64,
+    pub bytes_before: u64,
+    pub removed: u64,
+    pub freed: u64,
+    /// Objects whose length differed from the size recorded when they were published.
+    pub corrupt: u64,
+    /// What the lifecycle rules removed (before the budget was applied).
+    pub swept: Swept,
+}
+
+/// Applies the lifecycle rules and then the disk budget now: over the high watermark,
+/// least recently used objects go until the store is under the low one.
+pub fn gc(config: &Config) -> io::Result<GcReport> {
+    let store = std::sync::Arc::new(Store::attach(&config.cache.dir)?);
+    let limits = Limits::new(&config.cache, store.root())?;
+    let rules = Rules::new(&config.upstreams);
+    let disk = Disk::new(store, limits, rules, Metrics::new());
+    let loaded = super::persist::load(&disk.store, &disk.index)?;
+    let (objects_before, bytes_before) = disk.index.usage();
+    let swept = disk.sweep();
+    let (removed, freed) = disk.evict(false);
+    Ok(GcReport {
+        budget: limits.budget,
+        objects_before,
+        bytes_before,
+        removed,
+        freed,
+        corrupt: loaded.corrupt.len() as u64,
+        swept,
+    })
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub bytes: u64,
+    /// Objects that did not hash to their name; removed.
+    pub removed: Vec<ObjectKey>,
+}
+
+/// Re-hashes every object and removes those that do not match their digest.
+pub fn verify(dir: &Path) -> io::Result<VerifyReport> {
+    let store = Store::attach(dir)?;
+    let mut report = VerifyReport::default();
+    for found in walk(&store)? {
+        let path = store.path_of(&found.key);
+        let good = match found.key.kind {
+            ObjectKind::Blob => hash_file(&path, &found.key.digest)?,
+            ObjectKind::Manifest => match read_if_present(&path)? {
+                Some(data) => Some(parse_manifest(&found.key.digest, data).is_some()),
+                None => None,
+            },
+        };
+        match good {
+            None => continue, // removed meanwhile (eviction by the daemon)
+            Some(true) => {}
+            Some(false) => {
+                store.remove(&found.key)?;
+                report.removed.push(found.key);
+            }
+        }
+        report.checked += 1;
+        report.bytes += found.len;
+    }
+    Ok(report)
+}
+
+/// `None` when the file is gone; else whether it hashes to `digest`.
+fn hash_file(path: &Path, digest: &Digest) -> io::Result<Option<bool>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut hasher = digest.hasher();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(Some(hasher.finish() == *digest))
+}
+
+fn read_if_present(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// (objects, bytes) by kind.
+    pub blobs: (u64, u64),
+    pub manifests: (u64, u64),
+    /// Unix milliseconds of the least and most recent access known.
+    pub oldest_access: Option<u64>,
+    pub newest_access: Option<u64>,
+    /// Tag records by upstream.
+    pub tags: Vec<(String, u64)>,
+    /// Repositories by the bytes of the cached objects their tags reach, largest first.
+    pub top_repositories: Vec<(String, u64)>,
+}
+
+/// Sizes, counts and recency of a cache, and which repositories take its space.
+pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
+    let store = Store::attach(dir)?;
+    let recorded = read_snapshot(&store);
+    let mut stats = Stats::default();
+    let mut sizes = HashMap::new();
+    for found in walk(&store)? {
+        let access = recorded
+            .get(&found.key)
+            .map_or(found.modified, |r| r.last_access);
+        stats.oldest_access = Some(stats.oldest_access.map_or(access, |a| a.min(access)));
+        stats.newest_access = Some(stats.newest_access.map_or(access, |a| a.max(access)));
+        let slot = match found.key.kind {
+            ObjectKind::Blob => &mut stats.blobs,
+            ObjectKind::Manifest => &mut stats.manifests,
+        };
+        slot.0 += 1;
+        slot.1 += found.len;
+        sizes.insert(found.key.clone(), found.len);
+    }
+    let mut by_repo: HashMap<String, HashSet<ObjectKey>> = HashMap::new();
+    let mut tags: HashMap<String, u64> = HashMap::new();
+    for (upstream, repo, record) in tag_records(&store)? {
+        *tags.entry(upstream.clone()).or_default() += 1;
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            continue;
+        };
+        let reached = by_repo.entry(format!("{upstream}/{repo}")).or_default();
+        reach(&store, &digest, reached, 2);
+    }
+    stats.tags = tags.into_iter().collect();
+    stats.tags.sort();
+    let mut repos: Vec<(String, u64)> = by_repo
+        .into_iter()
+        .map(|(repo, keys)| {
+            let bytes = keys.iter().filter_map(|k| sizes.get(k)).sum();
+            (repo, bytes)
+        })
+        .collect();
+    repos.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    repos.truncate(top);
+    stats.top_repositories = repos;
+    Ok(stats)
+}
+
+/// Adds a manifest and what it references (config, layers, and for an index its
+/// manifests, `depth` levels down) to `reached`.
+fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth: u8) {
+    reached.insert(ObjectKey::manifest(digest));
+    let Ok(Some(data)) = read_if_present(&store.manifest_path(digest)) else {
+        return;
+    };
+    let Some((_, body)) = parse_manifest(digest, data) else {
+        return;
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return;
+    };
+    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
+    if let Some(config) = json.get("config").and_then(digest_of) {
+        reached.insert(ObjectKey::blob(&config));
+    }
+    for layer in json["layers"].as_array().into_iter().flatten() {
+        if let Some(d) = digest_of(layer) {
+            reached.insert(ObjectKey::blob(&d));
+        }
+    }
+    if depth > 0 {
+        for child in json["manifests"].as_array().into_iter().flatten() {
+            if let Some(d) = digest_of(child) {
+                reach(store, &d, reached, depth - 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::oci::Algorithm;
+
+    fn publish(store: &Store, data: &[u8]) -> ObjectKey {
+        let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
+        store.write_atomic(&store.path_of(&key), &[data]).unwrap();
+        key
+    }
+
+    #[test]
+    fn verify_removes_what_does_not_hash_and_gc_applies_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys: Vec<ObjectKey> = (0..4u8).map(|n| publish(&store, &[n; 1000])).collect();
+        fs::write(store.path_of(&keys[3]), [9u8; 1000]).unwrap();
+        // A live fill's temp file must survive every command.
+        let (_, temp) = store.temp_file().unwrap();
+
+        let report = verify(dir.path()).unwrap();
+        assert_eq!((report.checked, report.bytes), (4, 4000));
+        assert_eq!(report.removed, std::slice::from_ref(&keys[3]));
+        assert!(!store.path_of(&keys[3]).exists());
+
+        let text = "[cache]\ndisk_bytes = \"2500B\"\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\n";
+        let ov = Overrides {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let config = Config::parse(text, "test", &ov).unwrap();
+        let report = gc(&config).unwrap();
+        // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
+        assert_eq!((report.removed, report.freed), (1, 1000));
+        assert!(temp.exists());
+
+        let stats = stats(dir.path(), 5).unwrap();
+        assert_eq!(stats.blobs, (2, 2000));
+        assert!(stats.oldest_access <= stats.newest_access);
+    }
+}

@@ -1,0 +1,222 @@
+//! Loading and saving the disk index: a walk of the store at startup, and a compact
+//! snapshot of each object's published size and last access at `<dir>/v1/index`.
+//!
+//! The snapshot is rewritten whole (temp file, fsync, rename) every `index_flush_secs` when
+//! something changed, and at shutdown: one sequential write per interval, however many hits,
+//! where touching file times would cost a metadata write per object (and atime is often
+//! off). A crash loses at most one interval of recency, never an object. All functions
+//! here block: call them from `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::time::UNIX_EPOCH;
+
+use super::index::{Index, Meta};
+use super::store::{ObjectKey, ObjectKind, Store};
+use crate::oci::Digest;
+
+const HEADER: &str = "regcache-index 1";
+const SNAPSHOT: &str = "index";
+
+/// An object file found by a walk of the store.
+#[derive(Debug)]
+pub struct Found {
+    pub key: ObjectKey,
+    pub len: u64,
+    /// Unix milliseconds of the file's last modification (its publish).
+    pub modified: u64,
+}
+
+/// What the last snapshot recorded about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub size: u64,
+    pub last_access: u64,
+    pub origin: Option<String>,
+}
+
+/// Records by object, from the last snapshot.
+pub type Recorded = HashMap<ObjectKey, Record>;
+
+/// Every object file in the store (temp files are not objects and are not listed).
+pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    for kind in ObjectKind::ALL {
+        let dir = store.root().join(kind.dir_name());
+        for algorithm in read_dir(&dir)? {
+            let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
+            for prefix in read_dir(&algorithm.path())? {
+                for file in read_dir(&prefix.path())? {
+                    let name = file.file_name().to_string_lossy().into_owned();
+                    let Ok(digest) = format!("{algorithm_name}:{name}").parse::<Digest>() else {
+                        continue;
+                    };
+                    let Ok(meta) = file.metadata() else { continue };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as u64);
+                    found.push(Found {
+                        key: ObjectKey { kind, digest },
+                        len: meta.len(),
+                        modified,
+                    });
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn read_dir(dir: &std::path::Path) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The last snapshot's records; empty when there is none or it is unreadable.
+pub fn read_snapshot(store: &Store) -> Recorded {
+    let Ok(text) = fs::read_to_string(store.root().join(SNAPSHOT)) else {
+        return Recorded::new();
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Recorded::new();
+    }
+    // A damaged line loses one object's recency, nothing more.
+    lines.filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<(ObjectKey, Record)> {
+    let mut fields = line.split(' ');
+    let kind = match fields.next()? {
+        "b" => ObjectKind::Blob,
+        "m" => ObjectKind::Manifest,
+        _ => return None,
+    };
+    let digest = fields.next()?.parse().ok()?;
+    let record = Record {
+        size: fields.next()?.parse().ok()?,
+        last_access: fields.next()?.parse().ok()?,
+        origin: fields.next().filter(|o| !o.is_empty()).map(str::to_string),
+    };
+    Some((ObjectKey { kind, digest }, record))
+}
+
+pub fn write_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Result<()> {
+    let mut text = String::with_capacity(32 + records.len() * 96);
+    text.push_str(HEADER);
+    text.push('\n');
+    for (key, meta) in records {
+        let kind = match key.kind {
+            ObjectKind::Blob => 'b',
+            ObjectKind::Manifest => 'm',
+        };
+        let _ = write!(
+            text,
+            "{kind} {} {} {}",
+            key.digest, meta.size, meta.last_access
+        );
+        // Upstream names are validated to hold no spaces.
+        if let Some(origin) = &meta.origin {
+            let _ = write!(text, " {origin}");
+        }
+        text.push('\n');
+    }
+    store.write_atomic(&store.root().join(SNAPSHOT), &[text.as_bytes()])
+}
+
+/// What loading the index found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: u64,
+    /// Objects whose file length differed from their recorded size; removed.
+    pub corrupt: Vec<ObjectKey>,
+}
+
+/// Fills `index` from a walk of the store, with recency (and published sizes) from the
+/// snapshot. A file shorter or longer than its recorded size is removed as corrupt.
+pub fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
+    let recorded = read_snapshot(store);
+    let mut loaded = Loaded::default();
+    for found in walk(store)? {
+        let record = recorded.get(&found.key);
+        let size = record.map_or(found.len, |r| r.size);
+        if size != found.len {
+            tracing::warn!(digest = %found.key.digest, recorded = size, on_disk = found.len,
+                "cached object changed size on disk; removed");
+            store.remove(&found.key)?;
+            loaded.corrupt.push(found.key);
+            continue;
+        }
+        let access = record.map_or(found.modified, |r| r.last_access);
+        let origin = record.and_then(|r| r.origin.as_deref());
+        index.insert_if_absent(found.key, found.len, access, origin);
+        loaded.objects += 1;
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+    use std::sync::Arc;
+
+    fn publish(store: &Store, data: &[u8]) -> ObjectKey {
+        let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
+        store.write_atomic(&store.path_of(&key), &[data]).unwrap();
+        key
+    }
+
+    #[test]
+    fn recency_survives_a_restart_and_truncation_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (publish(&store, b"aaaa"), publish(&store, b"bbbbbbbb"));
+        let index = Arc::new(Index::default());
+        load(&store, &index).unwrap();
+        assert_eq!(index.usage(), (2, 12));
+        index.touch(&a, 42);
+        write_snapshot(&store, &index.snapshot(false).unwrap()).unwrap();
+        assert!(index.snapshot(false).is_none(), "nothing changed since");
+
+        // Damage b behind the index's back, then "restart".
+        fs::write(store.path_of(&b), b"bb").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let index = Index::default();
+        let loaded = load(&store, &index).unwrap();
+        assert_eq!(loaded.corrupt, std::slice::from_ref(&b));
+        assert!(!store.path_of(&b).exists());
+        assert_eq!(index.get(&a).unwrap().last_access, 42);
+        assert_eq!(index.usage(), (1, 4));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_ignored_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = publish(&store, b"a");
+        let line = format!("{HEADER}\nb {} 1 7 hub\nx y\nb sha256:zz 1 2\n", a.digest);
+        fs::write(store.root().join(SNAPSHOT), line).unwrap();
+        let record = Record {
+            size: 1,
+            last_access: 7,
+            origin: Some("hub".into()),
+        };
+        assert_eq!(read_snapshot(&store).get(&a), Some(&record));
+        assert_eq!(read_snapshot(&store).len(), 1);
+    }
+}
