@@ -49,13 +49,15 @@ fn bench(c: &mut Criterion) {
                 [[upstream]]\nurl = \"http://127.0.0.1:9\"\n";
     let config = Config::parse(text, "bench", &overrides).unwrap();
     let rules = Rules::new(&config.upstreams);
-    let cache = Cache::open(&config.cache, rules, Metrics::new()).unwrap();
-    let small = store_blob(&cache, &[1u8; 16 << 10]);
-    let large = store_blob(&cache, &vec![2u8; 8 << 20]);
+    // Opening the cache starts its background index work, which needs a runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    let _entered = runtime.enter();
+    let cache = Cache::open(&config.cache, rules, Metrics::new()).unwrap();
+    let small = store_blob(&cache, &[1u8; 16 << 10]);
+    let large = store_blob(&cache, &vec![2u8; 8 << 20]);
 
     let mut group = c.benchmark_group("cache");
     group.throughput(Throughput::Elements(1));
