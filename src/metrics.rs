@@ -18,6 +18,7 @@ pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
 pub const LIMIT_REJECTIONS: &str = "regcache_limit_rejections_total";
 pub const CONNECTIONS: &str = "regcache_connections";
+pub const AUTH_FAILURES: &str = "regcache_auth_failures_total";
 
 /// Which `[server]` limit ended or refused a connection: the `limit` label of
 /// [`LIMIT_REJECTIONS`].
@@ -95,6 +96,7 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     pub limit_rejections: IntCounterVec,
     pub connections: IntGauge,
+    pub auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +149,11 @@ impl Metrics {
             "Connections refused or closed because a [server] limit triggered, by limit.",
             &["limit"],
         );
+        let auth_failures = counter_vec(
+            AUTH_FAILURES,
+            "Requests refused by [server.auth], by reason (address, missing, malformed, rejected).",
+            &["reason"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -184,6 +191,7 @@ impl Metrics {
             memory_bytes,
             limit_rejections,
             connections,
+            auth_failures,
         }
     }
 
