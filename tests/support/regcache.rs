@@ -30,6 +30,15 @@ impl Regcache {
     /// (which may hold a previous run's cache). Panics with the log if it is not
     /// answering `GET /v2/` with 200 within ~20 s.
     pub fn start(upstream_url: &str, cache_dir: &Path) -> Regcache {
+        Regcache::start_with_config(upstream_url, cache_dir, None)
+    }
+
+    /// As [`Regcache::start`], with `--config FILE` under the command-line flags.
+    pub fn start_with_config(
+        upstream_url: &str,
+        cache_dir: &Path,
+        config: Option<&Path>,
+    ) -> Regcache {
         let log_path = cache_dir.with_extension("log");
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).expect("create log dir");
@@ -44,6 +53,9 @@ impl Regcache {
                 .arg("--cache-dir")
                 .arg(cache_dir)
                 .env("RUST_LOG", "info");
+            if let Some(config) = config {
+                cmd.arg("--config").arg(config);
+            }
             let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
             let child = Some(spawn_logged(&mut cmd, &log_path));
             let log_path = log_path.clone();
@@ -98,6 +110,32 @@ impl Regcache {
     /// Everything regcache printed so far, across restarts on the same cache dir.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (a graceful stop) without waiting.
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("regcache is running").to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or None if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Kills regcache and waits for it. Idempotent; also done on drop.
