@@ -12,6 +12,7 @@ use crate::cache::lifecycle::Rules;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::server::auth::{Access, AuthFileError};
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, Serving, State};
 use crate::upstream::Upstreams;
@@ -26,6 +27,8 @@ pub enum AppError {
     Client(#[from] reqwest::Error),
     #[error("server.tls_cert_file / server.tls_key_file: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Auth(#[from] AuthFileError),
     #[error("cannot use the socket passed by systemd: {0}")]
     Activated(io::Error),
 }
@@ -86,10 +89,12 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
             source,
         })?;
     let upstreams = Upstreams::new(config, &metrics)?;
+    let access = Access::load(&config.server.auth)?;
     Ok(Arc::new(State {
         cache,
         upstreams,
         metrics,
+        access,
     }))
 }
 
@@ -102,9 +107,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let state = state(config)?;
     let tls = config.server.tls.as_ref().map(Tls::load).transpose()?;
-    if let Some(tls) = &tls {
-        spawn_reload_on_hangup(tls.clone());
-    }
+    spawn_reload_on_hangup(tls.clone(), state.clone());
     let serving = Serving {
         limits: config.server.clone(),
         tls,
@@ -140,6 +143,13 @@ pub async fn run(
             "http"
         };
         tracing::info!(%addr, scheme, upstream = %upstream.url, cache = %config.cache.dir.display(), "regcache listening");
+        if let Some(warning) = config
+            .server
+            .auth
+            .exposure_warning(addr, serving.tls.is_some())
+        {
+            tracing::warn!("{warning}");
+        }
     }
     crate::systemd::notify_ready();
     crate::systemd::spawn_watchdog();
@@ -164,22 +174,36 @@ pub async fn run(
     Ok(())
 }
 
-/// Reloads the certificate on SIGHUP; open connections keep the one they started with.
-fn spawn_reload_on_hangup(tls: Tls) {
+/// Reloads the certificate and the client credential files on SIGHUP; open connections
+/// keep the certificate they started with.
+fn spawn_reload_on_hangup(tls: Option<Tls>, state: Arc<State>) {
+    if tls.is_none() && !state.access.is_enabled() {
+        return;
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP; the certificate will not reload");
+            tracing::warn!(error = %e, "cannot watch SIGHUP; certificates and credentials will not reload");
             return;
         }
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match tls.reload().await {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the current one")
+            if let Some(tls) = &tls {
+                match tls.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the current one")
+                    }
+                }
+            }
+            if state.access.is_enabled() {
+                match state.access.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: client credentials reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: credential reload failed; keeping the current ones")
+                    }
                 }
             }
         }

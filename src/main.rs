@@ -102,7 +102,19 @@ fn main() -> ExitCode {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Config::load(Some(file), &Overrides::default()) {
-        Ok(_) => {
+        Ok(config) => {
+            let auth = &config.server.auth;
+            if let Err(e) = regcache::server::auth::Secrets::read(auth) {
+                println!("problem(s) in the credential files of {}:", file.display());
+                for problem in &e.0 {
+                    println!("  - {problem}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Some(warning) = auth.exposure_warning(config.listen, config.server.tls.is_some())
+            {
+                println!("warning: {warning}");
+            }
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -20,6 +20,7 @@ pub const CACHE_OBJECTS: &str = "regcache_memory_objects";
 pub const CACHE_BYTES: &str = "regcache_memory_bytes";
 pub const LIMIT_REJECTIONS: &str = "regcache_limit_rejections_total";
 pub const CONNECTIONS: &str = "regcache_connections";
+pub const AUTH_FAILURES: &str = "regcache_auth_failures_total";
 
 /// Which `[server]` limit ended or refused a connection: the `limit` label of
 /// [`LIMIT_REJECTIONS`].
@@ -115,6 +116,7 @@ pub struct Metrics {
     pub disk_bytes: IntGauge,
     pub evictions: IntCounterVec,
     pub offline_misses: IntCounterVec,
+    pub auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -192,6 +194,11 @@ impl Metrics {
             "Requests that needed an upstream marked offline (answered 404 or 503).",
             &["upstream"],
         );
+        let auth_failures = counter_vec(
+            AUTH_FAILURES,
+            "Requests refused by [server.auth], by reason (address, missing, malformed, rejected).",
+            &["reason"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -260,6 +267,7 @@ impl Metrics {
             disk_bytes,
             evictions,
             offline_misses,
+            auth_failures,
         }
     }
 

@@ -3,7 +3,10 @@
 #
 # Installs what the end-to-end tests drive when it is missing (Debian's
 # docker-registry as the upstream, skopeo as the client), then checks formatting,
-# runs clippy with warnings as errors, and runs every test. Works from any cwd.
+# runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
+# soak of the real binary, and, when
+# cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
+# REGCACHE_FUZZ=0 skips the fuzz run. Works from any cwd.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,3 +27,10 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --test soak -- --ignored --nocapture
+
+if [[ ${REGCACHE_FUZZ:-1} != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then
+    FUZZ_SECONDS=${FUZZ_SECONDS:-20} fuzz/run.sh
+else
+    echo "run.sh: cargo-fuzz is not installed (cargo install cargo-fuzz); fuzzing skipped"
+fi

@@ -4,6 +4,7 @@
 //! Every problem found is reported at once, each naming the key, the value and the fix,
 //! so `regcache check-config` can print them all. Nothing here does network I/O.
 
+mod auth;
 mod cache;
 mod server;
 mod upstream;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use auth::AuthConfig;
 pub use cache::{CacheConfig, DiskBudget};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};

@@ -1,5 +1,6 @@
 //! `[server]`: how the listeners treat clients: connection and header limits, timeouts
-//! for idle and slow clients, the shutdown grace period, and TLS certificate files.
+//! for idle and slow clients, the shutdown grace period, TLS certificate files, and
+//! (in `[server.auth]`, see `auth`) who may connect.
 //!
 //! Every limit has a safe default so an operator who writes nothing still gets a mirror
 //! that one misbehaving client cannot exhaust.
@@ -10,6 +11,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use super::auth::{AuthConfig, RawAuth};
 use super::Problems;
 
 /// hyper cannot buffer less than this for an HTTP/1.1 request head.
@@ -27,6 +29,8 @@ pub(super) struct RawServer {
     shutdown_grace_secs: Option<u64>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    auth: RawAuth,
 }
 
 /// Validated `[server]` settings.
@@ -47,6 +51,7 @@ pub struct ServerConfig {
     /// How long transfers in flight may go on after shutdown was asked for.
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
+    pub auth: AuthConfig,
 }
 
 /// PEM files of the serving certificate chain and its private key.
@@ -125,6 +130,7 @@ impl RawServer {
             send_timeout,
             shutdown_grace,
             tls,
+            auth: self.auth.validate(problems),
         }
     }
 }

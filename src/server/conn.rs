@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::body::Body;
 use super::guard::{Activity, Guarded, Tracked};
-use super::Serving;
+use super::{Peer, Serving};
 use crate::metrics::Limit;
 
 /// What every connection of one listener shares.
@@ -63,11 +63,11 @@ pub async fn serve_connection<F, Fut>(
     let limits = &shared.serving.limits;
     let io = Guarded::new(stream, activity.clone(), limits.send_timeout);
     match &shared.serving.tls {
-        None => drive(io, &shared, handler, closing, &activity).await,
+        None => drive(io, peer, &shared, handler, closing, &activity).await,
         Some(tls) => {
             let handshake = tls.acceptor.accept(io);
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                Ok(Ok(io)) => drive(io, &shared, handler, closing, &activity).await,
+                Ok(Ok(io)) => drive(io, peer, &shared, handler, closing, &activity).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
                     metrics.limit_hit(Limit::TlsHandshakeTimeout);
@@ -81,6 +81,7 @@ pub async fn serve_connection<F, Fut>(
 
 async fn drive<I, F, Fut>(
     io: I,
+    peer: SocketAddr,
     shared: &Shared,
     handler: F,
     mut closing: watch::Receiver<bool>,
@@ -93,7 +94,8 @@ async fn drive<I, F, Fut>(
     let limits = &shared.serving.limits;
     let metrics = &shared.serving.metrics;
     let service_activity = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
         let guard = service_activity.start_request();
         let handler = handler.clone();
         async move {

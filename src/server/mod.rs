@@ -1,8 +1,10 @@
 //! Serving: the accept loop (HTTP/1.1 and h2, over TLS or clear text), the registry API
 //! service, and the admin endpoints. Handlers live one per file; errors leave through
-//! `respond`. The `[server]` limits are enforced here and in `conn` and `guard`.
+//! `respond`. The `[server]` limits are enforced here and in `conn` and `guard`;
+//! `[server.auth]` in `auth`.
 
 mod admin;
+pub mod auth;
 mod blob;
 pub mod body;
 mod conn;
@@ -14,6 +16,7 @@ mod service;
 pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +40,12 @@ pub struct State {
     pub cache: Cache,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
+    pub access: auth::Access,
 }
+
+/// The client's address, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
 
 /// How one listener treats its clients.
 #[derive(Clone)]

@@ -1,8 +1,9 @@
 //! The one place where an error becomes a response, a log line and a metric.
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
+use super::auth;
 use super::body::{full, Body};
 use crate::error::{Error, Source, UpstreamError};
 use crate::metrics::Metrics;
@@ -12,6 +13,8 @@ pub const API_VERSION: &str = "docker-distribution-api-version";
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// Answers `error` with an OCI error body. `missing` is the code a bare 404 gets.
+/// A 401 is always this mirror's own refusal (upstream's become 403), so it carries
+/// the challenge that makes clients send their credentials.
 pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<Body> {
     let (status, code) = error.status_and_code(missing);
     log(error, status);
@@ -19,7 +22,13 @@ pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<B
         .errors
         .with_label_values(&[error.source_kind().as_str(), status.as_str()])
         .inc();
-    oci_error(status, code, &error.client_message())
+    let mut response = oci_error(status, code, &error.client_message());
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    }
+    response
 }
 
 /// An OCI error response built directly (for answers that are not failures of ours).

@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
 use super::body::{full, Body, Counted};
 use super::respond::{self, API_VERSION};
-use super::{blob, manifest, passthrough, State};
+use super::{blob, manifest, passthrough, Peer, State};
 use crate::error::Result;
 use crate::metrics::Outcome;
 use crate::oci::{self, ErrorCode, RepoName, Route, RouteError};
@@ -54,9 +54,12 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
             Ok(Route::Manifest { .. }) => ErrorCode::ManifestUnknown,
             _ => ErrorCode::NameUnknown,
         };
-        let result = match route {
-            Ok(route) => dispatch(&state, &parts, route).await,
-            Err(e) => Err(route_error(e)),
+        let result = match admit(&state, &parts).await {
+            Err(e) => Err(e),
+            Ok(()) => match route {
+                Ok(route) => dispatch(&state, &parts, route).await,
+                Err(e) => Err(route_error(e)),
+            },
         };
         let (mut response, outcome) = match result {
             Ok(reply) => {
@@ -90,6 +93,25 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
     }
     .instrument(span)
     .await
+}
+
+/// Applies `[server.auth]` before anything else, `/v2/` included (clients probe it to
+/// learn whether to send credentials).
+async fn admit(state: &State, parts: &Parts) -> Result<()> {
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+    let authorization = parts.headers.get(AUTHORIZATION);
+    state
+        .access
+        .check(peer, authorization)
+        .await
+        .map_err(|denial| {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[denial.reason()])
+                .inc();
+            denial.into_error()
+        })
 }
 
 async fn dispatch(state: &State, parts: &Parts, route: Route) -> Result<Reply> {

@@ -317,10 +317,26 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
+        if is_tls(s) {
+            text.push_str("TLS handshake failed: ");
+        }
         text.push_str(&s.to_string());
         source = s.source();
     }
     text
+}
+
+/// rustls's messages ("invalid peer certificate: UnknownIssuer") do not say TLS, and
+/// its errors arrive inside an `io::Error`, whose `source()` skips them.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<tokio_rustls::rustls::Error>() {
+        return true;
+    }
+    // io::Error(Other) -> io::Error(InvalidData) -> rustls::Error, as reqwest wraps it.
+    let wrapped = e.downcast_ref::<std::io::Error>();
+    wrapped
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_tls(inner))
 }
 
 /// Reads a non-2xx answer into an error, keeping upstream's OCI error code when it sent one.

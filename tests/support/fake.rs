@@ -78,6 +78,7 @@ pub struct FakeRegistry {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     gate: Arc<Semaphore>,
+    tls: bool,
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -86,11 +87,35 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
+        FakeRegistry::serve(None).await
+    }
+
+    /// The same fake over TLS with a self-signed certificate for 127.0.0.1 that no
+    /// client trusts: [`FakeRegistry::url`] is `https://`.
+    pub async fn start_untrusted_tls() -> FakeRegistry {
+        use tokio_rustls::rustls::crypto::ring;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = CertificateDer::from(made.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        FakeRegistry::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let fake = FakeRegistry {
             addr: listener.local_addr().unwrap(),
             state: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
+            tls: tls.is_some(),
         };
         let server = fake.clone();
         tokio::spawn(async move {
@@ -99,14 +124,29 @@ impl FakeRegistry {
                     return;
                 };
                 let fake = server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let fake = fake.clone();
                         async move { Ok::<_, Infallible>(fake.answer(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -114,7 +154,13 @@ impl FakeRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// `https://` to this plain-HTTP fake: a TLS client meets a server that does not speak it.
+    pub fn wrong_scheme_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     pub fn add_blob(&self, bytes: impl Into<Bytes>) -> String {
@@ -478,4 +524,35 @@ fn unauthorized(challenge: &str) -> Response<Body> {
         .headers_mut()
         .insert("www-authenticate", challenge.parse().unwrap());
     response
+}
+
+/// An upstream that accepts connections and never says a word: every connection is
+/// held open, silent, until the value is dropped.
+pub struct Silent {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Silent { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -45,6 +45,20 @@ impl Regcache {
         Regcache::launch(cache_dir, &["--config", &config_arg])
     }
 
+    /// As [`Regcache::start`], with `--config FILE` under the command-line flags.
+    pub fn start_with_config_file(
+        upstream_url: &str,
+        cache_dir: &Path,
+        config: Option<&Path>,
+    ) -> Regcache {
+        let mut args = vec!["--upstream".to_string(), upstream_url.to_string()];
+        if let Some(config) = config {
+            args.extend(["--config".to_string(), config.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Regcache::launch(cache_dir, &args)
+    }
+
     fn launch(cache_dir: &Path, args: &[&str]) -> Regcache {
         let log_path = cache_dir.with_extension("log");
         if let Some(parent) = log_path.parent() {
@@ -114,6 +128,32 @@ impl Regcache {
     /// Everything regcache printed so far, across restarts on the same cache dir.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (a graceful stop) without waiting.
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("regcache is running").to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or None if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Kills regcache and waits for it. Idempotent; also done on drop.

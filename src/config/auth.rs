@@ -1,0 +1,157 @@
+//! `[server.auth]`: who may use the mirror: an IP allow list and the files holding client
+//! credentials (htpasswd bcrypt users, static bearer tokens).
+//!
+//! Only the keys are validated here; the files are read and checked by `server::auth`,
+//! which `check-config` also runs. Also the exposure check: a listener reachable from
+//! other hosts with no authentication and no allow list is an open proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::Problems;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    htpasswd_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
+    allow_ips: Option<Vec<String>>,
+}
+
+/// Validated `[server.auth]` settings. The default lets everyone in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// htpasswd file of `user:bcrypt-hash` lines (Basic auth).
+    pub htpasswd_file: Option<PathBuf>,
+    /// One static bearer token per line; `#` starts a comment.
+    pub tokens_file: Option<PathBuf>,
+    /// Client networks allowed in; empty allows every address.
+    pub allow_ips: Vec<IpNet>,
+}
+
+impl AuthConfig {
+    /// True when clients must present credentials.
+    pub fn requires_credentials(&self) -> bool {
+        self.htpasswd_file.is_some() || self.tokens_file.is_some()
+    }
+
+    /// A warning when a listener on `addr` lets anyone on the network in, or takes
+    /// credentials over clear text from other hosts. `None` when nothing is wrong.
+    pub fn exposure_warning(&self, addr: SocketAddr, tls: bool) -> Option<String> {
+        if addr.ip().is_loopback() {
+            return None;
+        }
+        if !self.requires_credentials() && self.allow_ips.is_empty() {
+            return Some(format!(
+                "listen = {addr} is reachable from other hosts with no authentication and \
+                 no allow list: anyone who can connect may pull through this mirror; set \
+                 server.auth.htpasswd_file, server.auth.tokens_file or server.auth.allow_ips"
+            ));
+        }
+        if self.requires_credentials() && !tls {
+            return Some(format!(
+                "listen = {addr} takes client credentials over clear text; set \
+                 server.tls_cert_file and server.tls_key_file"
+            ));
+        }
+        None
+    }
+}
+
+impl RawAuth {
+    pub(super) fn validate(self, problems: &mut Problems) -> AuthConfig {
+        let mut allow_ips = Vec::new();
+        for (i, text) in self.allow_ips.unwrap_or_default().iter().enumerate() {
+            match parse_network(text) {
+                Some(net) => allow_ips.push(net),
+                None => problems.add(
+                    format!("server.auth.allow_ips[{i}]"),
+                    text,
+                    "must be an address or a CIDR network, e.g. 10.0.0.0/8 or fd00::/8",
+                ),
+            }
+        }
+        for (key, path) in [
+            ("htpasswd_file", &self.htpasswd_file),
+            ("tokens_file", &self.tokens_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                problems.add(
+                    format!("server.auth.{key}"),
+                    "\"\"",
+                    "must be a file path; leave the key out to disable it",
+                );
+            }
+        }
+        AuthConfig {
+            htpasswd_file: self.htpasswd_file,
+            tokens_file: self.tokens_file,
+            allow_ips,
+        }
+    }
+}
+
+/// `10.0.0.0/8`, or a bare address meaning just that host.
+fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (AuthConfig, Vec<String>) {
+        let raw: RawAuth = toml::from_str(text).unwrap();
+        let mut problems = Problems::default();
+        let config = raw.validate(&mut problems);
+        (config, problems.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn networks_and_bare_addresses_parse() {
+        let (c, problems) = parse(r#"allow_ips = ["10.1.2.3/8", "192.168.1.7", "fd00::/8"]"#);
+        assert!(problems.is_empty(), "{problems:?}");
+        let shown: Vec<String> = c.allow_ips.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+    }
+
+    #[test]
+    fn a_bad_network_names_its_index() {
+        let (_, problems) = parse(r#"allow_ips = ["10.0.0.0/8", "10.0.0.0/33"]"#);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("server.auth.allow_ips[1] = 10.0.0.0/33"));
+    }
+
+    #[test]
+    fn only_open_non_loopback_listeners_warn() {
+        let open = AuthConfig::default();
+        let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        assert!(open.exposure_warning(lo, false).is_none());
+        assert!(open
+            .exposure_warning(any, true)
+            .unwrap()
+            .contains("no authentication"));
+        let listed = AuthConfig {
+            allow_ips: vec!["10.0.0.0/8".parse().unwrap()],
+            ..AuthConfig::default()
+        };
+        assert!(listed.exposure_warning(any, false).is_none());
+        let users = AuthConfig {
+            htpasswd_file: Some("users".into()),
+            ..AuthConfig::default()
+        };
+        assert!(users
+            .exposure_warning(any, false)
+            .unwrap()
+            .contains("clear text"));
+        assert!(users.exposure_warning(any, true).is_none());
+    }
+}
