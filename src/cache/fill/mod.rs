@@ -13,14 +13,17 @@
 mod copy;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::CONTENT_RANGE;
 use http::{Method, StatusCode};
+use tokio::sync::mpsc;
 
 pub use state::{At, Fill, Phase, Progress};
 
@@ -173,30 +176,28 @@ async fn download(
         p.total = total;
         p.phase = Phase::Streaming;
     });
-    let handle = tokio::runtime::Handle::current();
+    // The network side stays async and hands over batches of chunks, so the blocking side
+    // (hash, disk write) wakes once per batch rather than once per small chunk.
+    let (batches, mut received) = mpsc::channel(PUMP_DEPTH);
+    tokio::spawn(pump(
+        response,
+        batches,
+        target.clone(),
+        fill.digest.clone(),
+        total,
+    ));
     let (writer, disk, temp_path) = (fill.clone(), ctx.disk.clone(), temp.map(Path::to_path_buf));
-    let (resume_target, resume_target_digest) = (target.clone(), fill.digest.clone());
     // Hashing and file writes block; keep them off the async workers.
     let copied = tokio::task::spawn_blocking(move || {
-        let mut response = response;
-        let (mut received, mut resumes) = (0u64, 0);
-        // A body cut mid-way is resumed with `Range: bytes=N-` from where it stopped, when
-        // upstream answers 206 from exactly there; the hash goes on across the seam.
+        let mut pending = VecDeque::new();
         let mut next = || loop {
-            match handle.block_on(response.chunk()) {
-                Ok(chunk) => {
-                    received += chunk.as_ref().map_or(0, |c| c.len() as u64);
-                    return Ok(chunk);
-                }
-                Err(e) if resumes < resume_target.upstream.config().retries => {
-                    resumes += 1;
-                    let digest = &resume_target_digest;
-                    match handle.block_on(resume(&resume_target, digest, received, total)) {
-                        Some(rest) => response = rest,
-                        None => return Err(e),
-                    }
-                }
-                Err(e) => return Err(e),
+            if let Some(chunk) = pending.pop_front() {
+                return Ok(Some(chunk));
+            }
+            match received.blocking_recv() {
+                Some(Ok(batch)) => pending.extend(batch),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
             }
         };
         let mut on_error = |e: &std::io::Error| {
@@ -295,6 +296,77 @@ async fn publish(
         ctx.memory.insert(Key::Blob(fill.digest.clone()), entry);
     }
     Ok(true)
+}
+
+/// Batches handed from the network side to the writer: at most this many wait.
+const PUMP_DEPTH: usize = 8;
+/// A batch goes out once it holds this much, or as soon as upstream has nothing ready.
+const PUMP_BATCH: usize = 256 << 10;
+
+type Batch = Result<Vec<Bytes>, reqwest::Error>;
+
+/// Reads upstream's body and sends it on in batches. A body cut mid-way is resumed with
+/// `Range: bytes=N-` from where it stopped, when upstream answers 206 from exactly there;
+/// the writer's hash goes on across the seam.
+async fn pump(
+    mut response: Answer,
+    out: mpsc::Sender<Batch>,
+    target: Target,
+    digest: Digest,
+    total: Option<u64>,
+) {
+    let (mut received, mut resumes) = (0u64, 0);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
+    loop {
+        // Wait for the first chunk of a batch; take the rest only while it is ready.
+        let polled = if batch.is_empty() {
+            Some(response.chunk().await)
+        } else {
+            response.chunk().now_or_never()
+        };
+        let ended = matches!(polled, Some(Ok(None)));
+        let flush = match polled {
+            Some(Ok(Some(chunk))) => {
+                received += chunk.len() as u64;
+                batched += chunk.len();
+                batch.push(chunk);
+                batched >= PUMP_BATCH
+            }
+            None | Some(Ok(None)) => true,
+            Some(Err(e)) => {
+                if !batch.is_empty() && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    return;
+                }
+                batched = 0;
+                let retries = target.upstream.config().retries;
+                let rest = match resumes < retries {
+                    true => resume(&target, &digest, received, total).await,
+                    false => None,
+                };
+                resumes += 1;
+                match rest {
+                    Some(rest) => {
+                        response = rest;
+                        continue;
+                    }
+                    None => {
+                        let _ = out.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        if flush && !batch.is_empty() {
+            batched = 0;
+            if out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+    }
 }
 
 /// Asks upstream for the rest of a blob from byte `from`. `None` unless it answered 206
