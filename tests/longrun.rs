@@ -239,6 +239,20 @@ async fn a_blob_being_read_is_not_evicted_until_its_reader_is_done() {
     }
     assert!(got == a_bytes, "the reader got every byte");
     drop(held);
+    // The server lets go of its stream (and the pin) a moment after the client has every
+    // byte; the served-bytes count is recorded exactly then.
+    let released = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy
+        .metric("regcache_served_bytes_total{source=\"disk\"}")
+        .await
+        < (24 * MIB) as f64
+    {
+        assert!(
+            std::time::Instant::now() < released,
+            "the stream of A was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Released: the next publish evicts A, the least recently used.
     fetch(&url(&c)).await;

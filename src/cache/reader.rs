@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use super::fill::{At, Fill, Phase, Progress};
 use super::index::Pin;
 
-/// Bytes read per step: large enough that a hot 512 MiB blob is a few thousand reads.
-const CHUNK: u64 = 512 << 10;
+/// Bytes read per step. Each open response holds about one step in hyper's write queue, so
+/// this times the number of streams is most of the memory of a busy mirror (256 KiB x 32
+/// streams = 8 MiB); a 512 MiB blob is still only 2048 reads.
+const CHUNK: u64 = 256 << 10;
 
 /// Where the bytes of one response come from.
 pub struct BlobReader {
