@@ -58,6 +58,9 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("token service: {0}")]
     Token(String),
+    /// A credential helper or the ECR API could not give credentials.
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 // A fill's failure reaches every client of that fill, so errors must be copyable.
@@ -186,7 +189,10 @@ impl Error {
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Truncated { .. }
                 | UpstreamError::Invalid(_)
-                | UpstreamError::Token(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+                | UpstreamError::Token(_)
+                | UpstreamError::Credentials(_) => {
+                    (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+                }
             },
         }
     }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use cache::CacheConfig;
 pub use server::{ServerConfig, TlsFiles};
-pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};
+pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
 
 /// The config used when no file is given: Docker Hub on 127.0.0.1:5000.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/regcache.toml");

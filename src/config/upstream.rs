@@ -35,6 +35,25 @@ pub(super) struct RawUpstream {
     max_retry_after_secs: Option<u64>,
     max_concurrent_requests: Option<usize>,
     ca_file: Option<PathBuf>,
+    ecr: Option<RawEcr>,
+    credential_helper: Option<String>,
+    credential_helper_ttl_secs: Option<u64>,
+}
+
+/// `ecr = { region = "..", endpoint_url = ".." }`: the password comes from ECR.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEcr {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+/// An Amazon ECR upstream: `AWS:<token>` from `GetAuthorizationToken` in `region`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EcrConfig {
+    pub region: String,
+    /// The ECR API endpoint, when not AWS's own (tests, VPC endpoints).
+    pub endpoint_url: Option<Url>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,9 +83,15 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: usize,
     /// Extra trusted roots for this upstream's TLS, as read from `ca_file` (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// Set for an Amazon ECR upstream, whose password comes from the ECR API.
+    pub ecr: Option<EcrConfig>,
+    /// A Docker credential helper (`docker-credential-<name>`) that gives the credentials.
+    pub credential_helper: Option<String>,
+    /// How long the helper's answer is used before it is asked again.
+    pub credential_helper_ttl: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -102,6 +127,9 @@ impl RawUpstream {
             max_retry_after_secs: None,
             max_concurrent_requests: None,
             ca_file: None,
+            ecr: None,
+            credential_helper: None,
+            credential_helper_ttl_secs: None,
         }
     }
 }
@@ -213,6 +241,67 @@ fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u
     }
 }
 
+/// Checks `ecr = {..}`; the region defaults to the one in `<account>.dkr.ecr.<region>.amazonaws.com`.
+fn validate_ecr(raw: RawEcr, host: &str, key: &str, problems: &mut Problems) -> Option<EcrConfig> {
+    if !cfg!(feature = "ecr") {
+        problems.add(
+            key,
+            host,
+            "this regcache was built without the `ecr` feature; rebuild with \
+             `cargo build --features ecr` or remove the ecr table",
+        );
+        return None;
+    }
+    let region = match raw.region.or_else(|| ecr_region(host)) {
+        Some(region) if !region.is_empty() => region,
+        _ => {
+            problems.add(
+                format!("{key}.region"),
+                "",
+                format!(
+                    "cannot be read from the URL host {host:?} (not <account>.dkr.ecr.<region>.amazonaws.com); \
+                     set it, e.g. ecr = {{ region = \"eu-west-1\" }}"
+                ),
+            );
+            return None;
+        }
+    };
+    let endpoint_url = match raw.endpoint_url {
+        None => None,
+        Some(text) => match Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                problems.add(
+                    format!("{key}.endpoint_url"),
+                    &text,
+                    "must be an http:// or https:// URL, e.g. https://api.ecr.eu-west-1.amazonaws.com",
+                );
+                return None;
+            }
+        },
+    };
+    Some(EcrConfig {
+        region,
+        endpoint_url,
+    })
+}
+
+/// `eu-west-1` from `123456789012.dkr.ecr.eu-west-1.amazonaws.com` (or `.amazonaws.com.cn`).
+fn ecr_region(host: &str) -> Option<String> {
+    let (_, rest) = host.split_once(".dkr.ecr.")?;
+    let (region, _) = rest.split_once(".amazonaws.com")?;
+    (!region.is_empty() && !region.contains('.')).then(|| region.to_string())
+}
+
+/// A helper's name becomes part of a program name: keep it to a plain file name.
+fn valid_helper_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.starts_with('.')
+}
+
 /// The names clients use for Docker Hub.
 pub const DOCKER_HUB_NAMES: [&str; 3] = ["docker.io", "index.docker.io", DOCKER_HUB_HOST];
 
@@ -308,6 +397,11 @@ impl RawUpstream {
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
+        let credential_helper_ttl = secs(
+            self.credential_helper_ttl_secs,
+            300,
+            "credential_helper_ttl_secs",
+        );
         let retries = self.retries.unwrap_or(3);
         if retries > MAX_RETRIES {
             problems.add(
@@ -327,6 +421,38 @@ impl RawUpstream {
         let ca_pem = self
             .ca_file
             .and_then(|path| read_ca_file(&path, &key("ca_file"), problems));
+        let ecr = self
+            .ecr
+            .and_then(|raw| validate_ecr(raw, &host, &key("ecr"), problems));
+        if ecr.is_some() && credentials.is_some() {
+            problems.add(
+                key("username"),
+                "",
+                "an ECR upstream gets its password from AWS; remove username and password, \
+                 or remove the ecr table to use them as they are",
+            );
+        }
+        let credential_helper = self.credential_helper.filter(|name| {
+            let valid = valid_helper_name(name);
+            if !valid {
+                problems.add(
+                    key("credential_helper"),
+                    name,
+                    "name the helper as in docker-credential-<name>, e.g. \"ecr-login\" \
+                     (letters, digits, '-', '_' and '.' only)",
+                );
+            }
+            valid
+        });
+        if let Some(helper) = &credential_helper {
+            if credentials.is_some() || ecr.is_some() {
+                problems.add(
+                    key("credential_helper"),
+                    helper,
+                    "give one source of credentials: a helper, username/password, or ecr",
+                );
+            }
+        }
         Some(UpstreamConfig {
             library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
@@ -344,6 +470,9 @@ impl RawUpstream {
             max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(10)),
             max_concurrent_requests: max_concurrent_requests.max(1),
             ca_pem,
+            ecr,
+            credential_helper,
+            credential_helper_ttl,
         })
     }
 }
@@ -403,6 +532,64 @@ mod tests {
         assert!(found[1].starts_with("upstream[0].max_concurrent_requests = 0: "));
         assert!(found[2].contains("holds no PEM certificate"));
         assert!(found[3].starts_with("upstream[1].ca_file = /nonexistent/ca.pem: cannot be read"));
+    }
+
+    #[test]
+    fn ecr_region_comes_from_the_host() {
+        assert_eq!(
+            super::ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com").as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            super::ecr_region("1.dkr.ecr.cn-north-1.amazonaws.com.cn").as_deref(),
+            Some("cn-north-1")
+        );
+        assert_eq!(super::ecr_region("ghcr.io"), None);
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://1.dkr.ecr.us-east-2.amazonaws.com\"\necr = {}\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let ecr = c.upstreams[0].ecr.as_ref().unwrap();
+        assert_eq!(ecr.region, "us-east-2");
+        assert_eq!(ecr.endpoint_url, None);
+    }
+
+    #[test]
+    fn credential_sources_are_checked() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            url = "https://registry.internal"
+            ecr = { endpoint_url = "ftp://x" }
+            [[upstream]]
+            url = "https://1.dkr.ecr.eu-west-1.amazonaws.com"
+            ecr = { endpoint_url = "ftp://x" }
+            [[upstream]]
+            name = "ecr-2"
+            url = "https://1.dkr.ecr.eu-west-1.amazonaws.com"
+            ecr = {}
+            username = "AWS"
+            password = "pw"
+            [[upstream]]
+            url = "https://ghcr.io"
+            credential_helper = "../evil"
+            [[upstream]]
+            url = "https://quay.io"
+            credential_helper = "pass"
+            username = "me"
+            password = "pw"
+            credential_helper_ttl_secs = 0
+            "#,
+        );
+        assert_eq!(found.len(), 6, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].ecr.region: cannot be read"));
+        assert!(found[1].starts_with("upstream[1].ecr.endpoint_url = ftp://x: "));
+        assert!(found[2].starts_with("upstream[2].username: an ECR upstream"));
+        assert!(found[3].starts_with("upstream[3].credential_helper = ../evil: "));
+        assert!(found[4].starts_with("upstream[4].credential_helper_ttl_secs = 0: "));
+        assert!(found[5].starts_with("upstream[4].credential_helper = pass: give one source"));
     }
 
     #[test]

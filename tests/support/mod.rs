@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod fake_ecr;
 pub mod images;
 pub mod proxy;
 pub mod regcache;
