@@ -7,3 +7,5 @@ pub mod images;
 pub mod proxy;
 pub mod regcache;
 pub mod registry;
+pub mod skopeo;
+pub mod token_issuer;
