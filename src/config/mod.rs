@@ -5,6 +5,7 @@
 //! so `regcache check-config` can print them all. Nothing here does network I/O.
 
 mod cache;
+mod credentials;
 mod server;
 mod upstream;
 

@@ -1,13 +1,14 @@
 //! `[[upstream]]`: the registries regcache mirrors, their credentials and timeouts.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
+pub use super::credentials::{Credentials, EcrConfig};
+use super::credentials::{RawEcr, RawSources, Sources};
 use super::{Overrides, Problems};
 
 /// The Docker Hub registry host; single-component names get `library/` there.
@@ -38,22 +39,6 @@ pub(super) struct RawUpstream {
     ecr: Option<RawEcr>,
     credential_helper: Option<String>,
     credential_helper_ttl_secs: Option<u64>,
-}
-
-/// `ecr = { region = "..", endpoint_url = ".." }`: the password comes from ECR.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawEcr {
-    region: Option<String>,
-    endpoint_url: Option<String>,
-}
-
-/// An Amazon ECR upstream: `AWS:<token>` from `GetAuthorizationToken` in `region`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EcrConfig {
-    pub region: String,
-    /// The ECR API endpoint, when not AWS's own (tests, VPC endpoints).
-    pub endpoint_url: Option<Url>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,22 +74,6 @@ pub struct UpstreamConfig {
     pub credential_helper: Option<String>,
     /// How long the helper's answer is used before it is asked again.
     pub credential_helper_ttl: Duration,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    // Never print the secret, even in debug logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
 }
 
 impl RawUpstream {
@@ -241,67 +210,6 @@ fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u
     }
 }
 
-/// Checks `ecr = {..}`; the region defaults to the one in `<account>.dkr.ecr.<region>.amazonaws.com`.
-fn validate_ecr(raw: RawEcr, host: &str, key: &str, problems: &mut Problems) -> Option<EcrConfig> {
-    if !cfg!(feature = "ecr") {
-        problems.add(
-            key,
-            host,
-            "this regcache was built without the `ecr` feature; rebuild with \
-             `cargo build --features ecr` or remove the ecr table",
-        );
-        return None;
-    }
-    let region = match raw.region.or_else(|| ecr_region(host)) {
-        Some(region) if !region.is_empty() => region,
-        _ => {
-            problems.add(
-                format!("{key}.region"),
-                "",
-                format!(
-                    "cannot be read from the URL host {host:?} (not <account>.dkr.ecr.<region>.amazonaws.com); \
-                     set it, e.g. ecr = {{ region = \"eu-west-1\" }}"
-                ),
-            );
-            return None;
-        }
-    };
-    let endpoint_url = match raw.endpoint_url {
-        None => None,
-        Some(text) => match Url::parse(&text) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            _ => {
-                problems.add(
-                    format!("{key}.endpoint_url"),
-                    &text,
-                    "must be an http:// or https:// URL, e.g. https://api.ecr.eu-west-1.amazonaws.com",
-                );
-                return None;
-            }
-        },
-    };
-    Some(EcrConfig {
-        region,
-        endpoint_url,
-    })
-}
-
-/// `eu-west-1` from `123456789012.dkr.ecr.eu-west-1.amazonaws.com` (or `.amazonaws.com.cn`).
-fn ecr_region(host: &str) -> Option<String> {
-    let (_, rest) = host.split_once(".dkr.ecr.")?;
-    let (region, _) = rest.split_once(".amazonaws.com")?;
-    (!region.is_empty() && !region.contains('.')).then(|| region.to_string())
-}
-
-/// A helper's name becomes part of a program name: keep it to a plain file name.
-fn valid_helper_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !name.starts_with('.')
-}
-
 /// The names clients use for Docker Hub.
 pub const DOCKER_HUB_NAMES: [&str; 3] = ["docker.io", "index.docker.io", DOCKER_HUB_HOST];
 
@@ -356,18 +264,17 @@ impl RawUpstream {
                 aliases.push(alias);
             }
         }
-        let credentials = match (self.username, self.password) {
-            (Some(username), Some(password)) => Some(Credentials { username, password }),
-            (None, None) => None,
-            _ => {
-                problems.add(
-                    key("username"),
-                    "",
-                    "username and password must be given together",
-                );
-                None
-            }
-        };
+        let sources = Sources::validate(
+            RawSources {
+                username: self.username,
+                password: self.password,
+                ecr: self.ecr,
+                credential_helper: self.credential_helper,
+            },
+            &host,
+            &key,
+            problems,
+        );
         if self.docker_config == Some(false) && self.docker_config_file.is_some() {
             problems.add(
                 key("docker_config_file"),
@@ -421,38 +328,6 @@ impl RawUpstream {
         let ca_pem = self
             .ca_file
             .and_then(|path| read_ca_file(&path, &key("ca_file"), problems));
-        let ecr = self
-            .ecr
-            .and_then(|raw| validate_ecr(raw, &host, &key("ecr"), problems));
-        if ecr.is_some() && credentials.is_some() {
-            problems.add(
-                key("username"),
-                "",
-                "an ECR upstream gets its password from AWS; remove username and password, \
-                 or remove the ecr table to use them as they are",
-            );
-        }
-        let credential_helper = self.credential_helper.filter(|name| {
-            let valid = valid_helper_name(name);
-            if !valid {
-                problems.add(
-                    key("credential_helper"),
-                    name,
-                    "name the helper as in docker-credential-<name>, e.g. \"ecr-login\" \
-                     (letters, digits, '-', '_' and '.' only)",
-                );
-            }
-            valid
-        });
-        if let Some(helper) = &credential_helper {
-            if credentials.is_some() || ecr.is_some() {
-                problems.add(
-                    key("credential_helper"),
-                    helper,
-                    "give one source of credentials: a helper, username/password, or ecr",
-                );
-            }
-        }
         Some(UpstreamConfig {
             library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
             default: self.default || single,
@@ -461,7 +336,7 @@ impl RawUpstream {
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
             stale_if_error: Duration::from_secs(self.stale_if_error_secs.unwrap_or(86_400)),
-            credentials,
+            credentials: sources.credentials,
             docker_config: self.docker_config.unwrap_or(true),
             docker_config_file,
             connect_timeout,
@@ -470,8 +345,8 @@ impl RawUpstream {
             max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(10)),
             max_concurrent_requests: max_concurrent_requests.max(1),
             ca_pem,
-            ecr,
-            credential_helper,
+            ecr: sources.ecr,
+            credential_helper: sources.credential_helper,
             credential_helper_ttl,
         })
     }
@@ -537,14 +412,16 @@ mod tests {
     #[test]
     fn ecr_region_comes_from_the_host() {
         assert_eq!(
-            super::ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com").as_deref(),
+            super::super::credentials::ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+                .as_deref(),
             Some("eu-west-1")
         );
         assert_eq!(
-            super::ecr_region("1.dkr.ecr.cn-north-1.amazonaws.com.cn").as_deref(),
+            super::super::credentials::ecr_region("1.dkr.ecr.cn-north-1.amazonaws.com.cn")
+                .as_deref(),
             Some("cn-north-1")
         );
-        assert_eq!(super::ecr_region("ghcr.io"), None);
+        assert_eq!(super::super::credentials::ecr_region("ghcr.io"), None);
         let c = Config::parse(
             "[[upstream]]\nurl = \"https://1.dkr.ecr.us-east-2.amazonaws.com\"\necr = {}\n",
             "test",
@@ -588,8 +465,8 @@ mod tests {
         assert!(found[1].starts_with("upstream[1].ecr.endpoint_url = ftp://x: "));
         assert!(found[2].starts_with("upstream[2].username: an ECR upstream"));
         assert!(found[3].starts_with("upstream[3].credential_helper = ../evil: "));
-        assert!(found[4].starts_with("upstream[4].credential_helper_ttl_secs = 0: "));
-        assert!(found[5].starts_with("upstream[4].credential_helper = pass: give one source"));
+        assert!(found[4].starts_with("upstream[4].credential_helper = pass: give one source"));
+        assert!(found[5].starts_with("upstream[4].credential_helper_ttl_secs = 0: "));
     }
 
     #[test]
