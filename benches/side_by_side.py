@@ -2,10 +2,11 @@
 """Side-by-side load benchmark of regcache against its peers, everything on 127.0.0.1.
 
 One run starts Debian's docker-registry as the upstream, pushes generated images to it
-over the registry HTTP API, puts the caches in front of it (regcache, docker-registry in
-proxy mode, nginx with proxy_cache, and nginx serving the big layer from disk with
+over the registry HTTP API, puts the caches in front of it (regcache, docker-registry
+in proxy mode, nginx with proxy_cache, and nginx serving the big layer from disk with
 sendfile as the practical ceiling), measures them in rotating turns and prints one
-markdown table per section on stdout. Progress goes to stderr.
+markdown table per section on stdout. Progress goes to stderr. Each target talks to
+its own registry process on the shared storage, so what each fetched is counted apart.
 
 Python 3.11 stdlib only; the load comes from wrk (GET), oha (HEAD), curl and skopeo.
 Every load loop is bounded in count and time, and everything started is stopped (by
@@ -15,6 +16,7 @@ process group) and every temp dir removed at the end, also on Ctrl-C or an excep
 """
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -23,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -93,7 +96,6 @@ def ensure_tools():
 
 
 def free_port():
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -155,6 +157,17 @@ class Proc:
                 if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
                     found.append(int(entry))
         return found
+
+    def cpu_secs(self):
+        """User + system CPU seconds of the live processes of the group."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self):
         total = 0
@@ -224,11 +237,16 @@ class Images:
 
 
 class Upstream:
-    """Debian's docker-registry with filesystem storage and its access log on."""
+    """Debian's docker-registry with filesystem storage and its access log on.
 
-    def __init__(self, work):
-        self.dir = work / "upstream"
-        self.dir.mkdir()
+    Each target gets its own `twin`: another registry process on the same storage with
+    its own port and log, so what a target fetched (even a background fill finishing
+    after its turn) is never counted against the next target."""
+
+    def __init__(self, work, name="upstream", data=None):
+        self.dir = work / "upstreams" / name
+        self.dir.mkdir(parents=True)
+        self.data = data or self.dir / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = self.dir / "config.yml"
@@ -239,30 +257,40 @@ log:
     disabled: false
 storage:
   filesystem:
-    rootdirectory: {self.dir}/data
+    rootdirectory: {self.data}
+  maintenance:
+    uploadpurging:
+      enabled: false
 http:
   addr: 127.0.0.1:{self.port}
   secret: side-by-side-bench
 """)
         self.log_path = self.dir / "registry.log"
-        self.proc = Proc("upstream docker-registry", ["docker-registry", "serve", str(config)],
+        self.proc = Proc(f"docker-registry ({name})", ["docker-registry", "serve", str(config)],
                          self.log_path)
         self.proc.wait_ready(self.url + "/v2/")
+
+    def twin(self, name):
+        return Upstream(self.dir.parent.parent, name, self.data)
 
     def log_offset(self):
         return self.log_path.stat().st_size
 
-    def blob_gets_since(self, offset, digest):
-        """(count, bytes) of GETs of `digest` logged after `offset`. The access log is
-        Apache combined format, one line written after each response: `... "GET /path
-        HTTP/1.1" 200 <bytes sent> ...`. Waits (<= 5 s) for the log to stop growing."""
-        last, deadline = -1, time.monotonic() + 5
+    def wait_quiet(self, quiet=0.3, limit=5.0):
+        """Waits (<= limit s) until the access log has not grown for `quiet` s: the
+        registry writes a line just after each response, so a client can finish first."""
+        last, deadline = -1, time.monotonic() + limit
         while time.monotonic() < deadline:
             size = self.log_offset()
             if size == last:
-                break
+                return
             last = size
-            time.sleep(0.3)
+            time.sleep(quiet)
+
+    def blob_gets_since(self, offset, digest):
+        """(count, bytes) of GETs of `digest` logged after `offset`. The access log is
+        Apache combined format: `... "GET /path HTTP/1.1" 200 <bytes sent> ...`."""
+        self.wait_quiet()
         with open(self.log_path, "rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
@@ -395,9 +423,9 @@ class Target:
     caches = True  # False: nothing to empty (the upstream itself, nginx-sendfile)
 
     def __init__(self, work, upstream):
-        self.work, self.upstream, self.proc, self.generation = work, upstream, None, 0
-        self.dir = work / self.name
-        self.dir.mkdir()
+        self.upstream, self.proc, self.generation = upstream, None, 0
+        self.dir = work / "targets" / self.name
+        self.dir.mkdir(parents=True)
 
     @property
     def url(self):
@@ -424,14 +452,25 @@ class Target:
 
 class Regcache(Target):
     name = "regcache"
+    warnings = []
+    binary = REGCACHE  # run() points this at a copy made right after the build
 
     def spawn(self):
         self.admin_port = free_port()
-        argv = [str(REGCACHE), "serve", "--listen", f"127.0.0.1:{self.port}",
+        argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--upstream", self.upstream.url, "--cache-dir", str(self.state / "cache")]
         return Proc(self.name, argv, self.state / "regcache.log",
                     env=dict(os.environ, RUST_LOG="warn"))
+
+    def stop(self):
+        """Also keeps what it logged (RUST_LOG=warn: warnings and errors only), for the
+        summary at the end; the log itself goes with the cache dir."""
+        if self.proc:
+            self.proc.stop()
+            text = (self.state / "regcache.log").read_text(errors="replace")
+            self.warnings += [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+            self.proc = None
 
     def upstream_bytes_metric(self):
         """regcache's own count of upstream bytes since it started (for cross-checks)."""
@@ -608,6 +647,8 @@ class Results:
 
 
 def fmt_num(x):
+    if x == int(x):
+        return str(int(x))
     if abs(x) >= 100:
         return f"{x:.0f}"
     if abs(x) >= 10:
@@ -670,7 +711,6 @@ def rotated(targets, r):
 class Ctx:
     s: Settings
     res: Results
-    up: Upstream
     img: Images
     targets: dict  # name -> Target
     work: Path
@@ -690,20 +730,23 @@ def sec_hot_blob(ctx):
     for t in targets:  # one full GET puts the blob in each cache
         curl_get(t.url + path, big.size)
     time.sleep(1)  # let a cache that commits after the response finish before we count
-    offset, top = ctx.up.log_offset(), max(s.concurrencies)
+    offsets, top = {t: t.upstream.log_offset() for t in targets}, max(s.concurrencies)
     for r in range(s.rounds):
         for t in rotated(targets, r):
             for c in s.concurrencies:
                 log(f"hot-blob round {r + 1}: {t.name}, {c} clients")
-                with PeakRss(t.proc) if c == top else NoSampler() as rss:
+                cpu0 = t.proc.cpu_secs()
+                with PeakRss(t.proc) if c == top else contextlib.nullcontext() as rss:
                     w = wrk(t.url + path, c, s.hot_secs)
                 ctx.res.add("hot-blob", (None, t.name), c, w["bytes"] / w["secs"] / MiB)
-                if c == top:
+                if c == top:  # the server's own cost, less sensitive to a busy machine
                     ctx.res.add("hot-blob", (None, t.name), "rss", rss.peak / MiB)
+                    ctx.res.add("hot-blob", (None, t.name), "cpu",
+                                (t.proc.cpu_secs() - cpu0) / (w["bytes"] / (1 << 30)))
                 if w["errors"]:
                     ctx.res.notes.append(("hot-blob", f"{t.name}, {c} clients, round {r + 1}: "
                                           f"{w['errors']} wrk errors"))
-    gets, _ = ctx.up.blob_gets_since(offset, big.digest)
+    gets = sum(t.upstream.blob_gets_since(o, big.digest)[0] for t, o in offsets.items())
     ctx.res.notes.append(("hot-blob", f"upstream blob GETs during the measurement: {gets} "
                           "(0 means every byte came from the caches)"))
     cols = [(f"{c} client{'s' if c > 1 else ''} MiB/s", c) for c in s.concurrencies]
@@ -711,17 +754,8 @@ def sec_hot_blob(ctx):
                   f"Hot blob: cached {big.size // MiB} MiB layer, aggregate MiB/s "
                   f"(wrk, {s.hot_secs} s per run; higher is better)",
                   [(None, t.name) for t in targets],
-                  cols + [(f"peak RSS at {top} (MiB)", "rss")])
-
-
-class NoSampler:
-    peak = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
+                  cols + [(f"peak RSS at {top} (MiB)", "rss"),
+                          (f"server CPU s per GiB at {top}", "cpu")])
 
 
 def sec_manifests(ctx):
@@ -743,14 +777,17 @@ def sec_manifests(ctx):
         for t in rotated(targets, r):
             for method, ref in cases:
                 log(f"manifests round {r + 1}: {t.name}, {method} by {ref}")
-                url = t.url + paths[ref]
+                url, cpu0 = t.url + paths[ref], t.proc.cpu_secs()
                 if method == "GET":
                     w = wrk(url, 16, s.manifest_secs, headers)
-                    rps, errors = w["requests"] / w["secs"], w["errors"]
+                    rps, errors, n = w["requests"] / w["secs"], w["errors"], w["requests"]
                 else:
                     o = oha_head(url, 16, s.manifest_secs, headers)
-                    rps, errors = o["rps"], o["errors"]
+                    rps, errors, n = o["rps"], o["errors"], o["rps"] * s.manifest_secs
                 ctx.res.add("manifests", (None, t.name), f"{method} {ref}", rps)
+                if (method, ref) == ("GET", "digest"):
+                    ctx.res.add("manifests", (None, t.name), "cpu",
+                                (t.proc.cpu_secs() - cpu0) / max(n, 1) * 1e6)
                 if errors:
                     ctx.res.notes.append(("manifests", f"{t.name} {method} by {ref}, round "
                                           f"{r + 1}: {errors} errors or non-2xx answers"))
@@ -758,7 +795,8 @@ def sec_manifests(ctx):
                   f"Hot manifests: requests/s, 16 connections, {s.manifest_secs} s per run "
                   "(GET: wrk, HEAD: oha; higher is better)",
                   [(None, t.name) for t in targets],
-                  [(f"{m} by {ref}", f"{m} {ref}") for m, ref in cases])
+                  [(f"{m} by {ref}", f"{m} {ref}") for m, ref in cases]
+                  + [("server CPU µs per GET by digest", "cpu")])
 
 
 def sec_cold(ctx):
@@ -770,18 +808,30 @@ def sec_cold(ctx):
             log(f"cold round {r + 1}: {t.name}")
             if t.caches:
                 t.restart_empty()
-            offset = ctx.up.log_offset()
+            offset, cpu0 = t.upstream.log_offset(), t.proc.cpu_secs()
             c = curl_get(t.url + path, big.size)
-            _, upstream_bytes = ctx.up.blob_gets_since(offset, big.digest)
+            cpu = (t.proc.cpu_secs() - cpu0) / (big.size / (1 << 30))
+            upstream_bytes = settle_and_count(t, offset, big)[1]
             for col, value in (("ttfb", c["ttfb"] * 1000), ("mibs", c["speed"] / MiB),
-                               ("total", c["total"]), ("up", upstream_bytes / MiB)):
+                               ("total", c["total"]), ("up", upstream_bytes / MiB),
+                               ("cpu", cpu)):
                 ctx.res.add("cold", (None, t.name), col, value)
     print_section(ctx.res, "cold",
                   f"Cold blob: one client, uncached {big.size // MiB} MiB layer (curl; "
                   "the upstream row is the registry itself, file in page cache)",
                   [(None, t.name) for t in targets],
                   [("TTFB ms", "ttfb"), ("MiB/s", "mibs"), ("total s", "total"),
-                   ("upstream MiB", "up")])
+                   ("upstream MiB", "up"), ("server CPU s per GiB", "cpu")])
+
+
+def settle_and_count(t, offset, big):
+    """(GETs, bytes) of the big blob that target `t`'s upstream served since `offset`.
+    A caching target is stopped first (after its upstream went quiet for a second), so a
+    fill still running in the background is counted here, as far as it got."""
+    if t.caches:
+        t.upstream.wait_quiet(quiet=1.0, limit=30)
+        t.stop()
+    return t.upstream.blob_gets_since(offset, big.digest)
 
 
 def sec_herd(ctx):
@@ -794,7 +844,7 @@ def sec_herd(ctx):
         for t in rotated(targets, r):
             log(f"herd round {r + 1}: {t.name}, {n} clients")
             t.restart_empty()
-            offset = ctx.up.log_offset()
+            offset = t.upstream.log_offset()
             t0 = time.monotonic()
             clients = [subprocess.Popen(curl_argv(t.url + path), stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True) for _ in range(n)]
@@ -809,13 +859,13 @@ def sec_herd(ctx):
             wall = time.monotonic() - t0
             done = [parse_curl(o) if o.strip() else {"code": 0, "size": 0} for o, _ in outs]
             ok = sum(1 for d in done if d["code"] == 200 and d["size"] == big.size)
-            gets, up_bytes = ctx.up.blob_gets_since(offset, big.digest)
+            metric = t.upstream_bytes_metric() if isinstance(t, Regcache) else None
+            gets, up_bytes = settle_and_count(t, offset, big)
             key = (None, t.name)
             for col, value in (("last", wall), ("up", up_bytes / MiB), ("gets", gets),
                                ("ok", ok)):
                 ctx.res.add("herd", key, col, value)
-            if isinstance(t, Regcache):
-                metric = t.upstream_bytes_metric()
+            if metric is not None:
                 if abs(metric - up_bytes) > 0.01 * big.size:
                     ctx.res.notes.append(("herd", f"round {r + 1}: regcache_upstream_bytes_total "
                                           f"says {metric / MiB:.1f} MiB, the upstream's access "
@@ -880,6 +930,17 @@ def first_line(argv):
         return "?"
 
 
+def version(argv):
+    """A tool's version without the banner around it."""
+    line = first_line(argv)
+    m = re.search(r"\d+\.\d+(\.\d+)?", line)
+    return f"{argv[0]} {m[0]}" if m else f"{argv[0]} ?"
+
+
+def loadavg():
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def print_header(s):
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
@@ -890,10 +951,11 @@ def print_header(s):
 - date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}
 - machine: {os.cpu_count()} CPUs ({cpu[1] if cpu else '?'}), {mem_kb / 1024 / 1024:.1f} GiB \
 memory, Linux {os.uname().release}; clients and servers share the CPUs, all on 127.0.0.1
-- command: `python3 benches/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`
-- regcache {rev}; {first_line(['nginx', '-v'])}; {first_line(['docker-registry', '--version'])}; \
-{first_line(['wrk', '-v'])}; {first_line(['oha', '--version'])}; \
-{first_line(['curl', '--version'])[:12]}; {first_line(['skopeo', '--version'])}
+- command: `{' '.join(['python3', 'benches/' + Path(sys.argv[0]).name, *sys.argv[1:]])}`
+- regcache {rev}; {'; '.join(version([tool, flag]) for tool, flag in (
+    ('nginx', '-v'), ('docker-registry', '--version'), ('wrk', '-v'), ('oha', '--version'),
+    ('curl', '--version'), ('skopeo', '--version')))}
+- load average at the start: {loadavg()} (anything else running skews the numbers)
 - {s.rounds} round(s), targets rotated each round; cells are median (min..max) over rounds;
   big layer {s.blob_bytes // MiB} MiB, multi 5 x {s.multi_layer_bytes // MiB} MiB
 """, flush=True)
@@ -915,20 +977,46 @@ def parse_args():
 
 
 def run(s, work):
+    # A copy, so a rebuild by someone else during the run cannot swap the binary
+    # between two restarts.
+    Regcache.binary = work / "regcache"
+    shutil.copy2(REGCACHE, Regcache.binary)
     up = Upstream(work)
     images = load_images(up, work, s)
-    targets = {"regcache": Regcache(work, up), "registry-proxy": RegistryProxy(work, up),
-               "nginx-cache": NginxCache(work, up),
-               "nginx-sendfile": NginxSendfile(work, up, images.big), "upstream": Direct(work, up)}
+    targets = {"regcache": Regcache(work, up.twin("regcache")),
+               "registry-proxy": RegistryProxy(work, up.twin("registry-proxy")),
+               "nginx-cache": NginxCache(work, up.twin("nginx-cache")),
+               "nginx-sendfile": NginxSendfile(work, up, images.big),
+               "upstream": Direct(work, up.twin("direct"))}
     for t in targets.values():
         t.start()
     log("all targets answer on /v2/: " + ", ".join(f"{n} {t.url}" for n, t in targets.items()))
-    ctx = Ctx(s, Results(), up, images, targets, work)
-    for name in SECTIONS:
-        if name in s.only:
-            t0 = time.monotonic()
-            SECTION_FUNCS[name](ctx)
-            log(f"{name} took {time.monotonic() - t0:.0f} s")
+    ctx = Ctx(s, Results(), images, targets, work)
+    try:
+        for name in SECTIONS:
+            if name in s.only:
+                log(f"{name}: load average {loadavg()}")
+                t0 = time.monotonic()
+                SECTION_FUNCS[name](ctx)
+                log(f"{name} took {time.monotonic() - t0:.0f} s")
+    finally:
+        targets["regcache"].stop()
+        print_regcache_log(Regcache.warnings)
+
+
+def print_regcache_log(lines):
+    """What regcache logged at warn level or above over the whole run, for bug hunting."""
+    # Group by the message, without the timestamp that starts each line.
+    kinds = {}
+    for line in lines:
+        key = re.sub(r"^\S+\s+", "", line.strip())[:200]
+        if key:
+            kinds[key] = kinds.get(key, 0) + 1
+    print(f"### regcache log\n\n{len(lines)} line(s) at warn level or above over the run; "
+          f"load average at the end: {loadavg()}.")
+    for key, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"- {n} x `{key}`")
+    print(flush=True)
 
 
 def main():

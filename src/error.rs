@@ -61,6 +61,9 @@ pub enum UpstreamError {
     /// The upstream is configured offline and what was asked is not cached.
     #[error("is offline (offline = true) and this is not in the cache")]
     Offline { by_digest: bool },
+    /// A credential helper or the ECR API could not give credentials.
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 // A fill's failure reaches every client of that fill, so errors must be copyable.
@@ -198,7 +201,10 @@ impl Error {
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Truncated { .. }
                 | UpstreamError::Invalid(_)
-                | UpstreamError::Token(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+                | UpstreamError::Token(_)
+                | UpstreamError::Credentials(_) => {
+                    (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+                }
             },
         }
     }

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cache;
+mod credentials;
 mod server;
 mod upstream;
 
@@ -18,7 +19,7 @@ use serde::Deserialize;
 pub use auth::AuthConfig;
 pub use cache::{CacheConfig, DiskBudget};
 pub use server::{ServerConfig, TlsFiles};
-pub use upstream::{Credentials, UpstreamConfig, DOCKER_HUB_HOST};
+pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
 
 /// The config used when no file is given: Docker Hub on 127.0.0.1:5000.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/regcache.toml");

@@ -1,13 +1,14 @@
 //! `[[upstream]]`: the registries regcache mirrors, their credentials and timeouts.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
+pub use super::credentials::{Credentials, EcrConfig};
+use super::credentials::{RawEcr, RawSources, Sources};
 use super::{Overrides, Problems};
 
 /// The Docker Hub registry host; single-component names get `library/` there.
@@ -39,6 +40,9 @@ pub(super) struct RawUpstream {
     offline: bool,
     expire_after_days: Option<u64>,
     max_tags_per_repo: Option<u64>,
+    ecr: Option<RawEcr>,
+    credential_helper: Option<String>,
+    credential_helper_ttl_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,22 +78,12 @@ pub struct UpstreamConfig {
     pub expire_after: Option<Duration>,
     /// Tags kept per repository (the most recently confirmed); older tag records go.
     pub max_tags_per_repo: Option<usize>,
-}
-
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    // Never print the secret, even in debug logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    /// Set for an Amazon ECR upstream, whose password comes from the ECR API.
+    pub ecr: Option<EcrConfig>,
+    /// A Docker credential helper (`docker-credential-<name>`) that gives the credentials.
+    pub credential_helper: Option<String>,
+    /// How long the helper's answer is used before it is asked again.
+    pub credential_helper_ttl: Duration,
 }
 
 impl RawUpstream {
@@ -115,6 +109,9 @@ impl RawUpstream {
             offline: false,
             expire_after_days: None,
             max_tags_per_repo: None,
+            ecr: None,
+            credential_helper: None,
+            credential_helper_ttl_secs: None,
         }
     }
 }
@@ -280,18 +277,17 @@ impl RawUpstream {
                 aliases.push(alias);
             }
         }
-        let credentials = match (self.username, self.password) {
-            (Some(username), Some(password)) => Some(Credentials { username, password }),
-            (None, None) => None,
-            _ => {
-                problems.add(
-                    key("username"),
-                    "",
-                    "username and password must be given together",
-                );
-                None
-            }
-        };
+        let sources = Sources::validate(
+            RawSources {
+                username: self.username,
+                password: self.password,
+                ecr: self.ecr,
+                credential_helper: self.credential_helper,
+            },
+            &host,
+            &key,
+            problems,
+        );
         if self.docker_config == Some(false) && self.docker_config_file.is_some() {
             problems.add(
                 key("docker_config_file"),
@@ -321,6 +317,11 @@ impl RawUpstream {
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
+        let credential_helper_ttl = secs(
+            self.credential_helper_ttl_secs,
+            300,
+            "credential_helper_ttl_secs",
+        );
         let retries = self.retries.unwrap_or(3);
         if retries > MAX_RETRIES {
             problems.add(
@@ -362,7 +363,7 @@ impl RawUpstream {
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),
             stale_if_error: Duration::from_secs(self.stale_if_error_secs.unwrap_or(86_400)),
-            credentials,
+            credentials: sources.credentials,
             docker_config: self.docker_config.unwrap_or(true),
             docker_config_file,
             connect_timeout,
@@ -374,6 +375,9 @@ impl RawUpstream {
             offline: self.offline,
             expire_after,
             max_tags_per_repo,
+            ecr: sources.ecr,
+            credential_helper: sources.credential_helper,
+            credential_helper_ttl,
         })
     }
 }
@@ -433,6 +437,66 @@ mod tests {
         assert!(found[1].starts_with("upstream[0].max_concurrent_requests = 0: "));
         assert!(found[2].contains("holds no PEM certificate"));
         assert!(found[3].starts_with("upstream[1].ca_file = /nonexistent/ca.pem: cannot be read"));
+    }
+
+    #[test]
+    fn ecr_region_comes_from_the_host() {
+        assert_eq!(
+            super::super::credentials::ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+                .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            super::super::credentials::ecr_region("1.dkr.ecr.cn-north-1.amazonaws.com.cn")
+                .as_deref(),
+            Some("cn-north-1")
+        );
+        assert_eq!(super::super::credentials::ecr_region("ghcr.io"), None);
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://1.dkr.ecr.us-east-2.amazonaws.com\"\necr = {}\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let ecr = c.upstreams[0].ecr.as_ref().unwrap();
+        assert_eq!(ecr.region, "us-east-2");
+        assert_eq!(ecr.endpoint_url, None);
+    }
+
+    #[test]
+    fn credential_sources_are_checked() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            url = "https://registry.internal"
+            ecr = { endpoint_url = "ftp://x" }
+            [[upstream]]
+            url = "https://1.dkr.ecr.eu-west-1.amazonaws.com"
+            ecr = { endpoint_url = "ftp://x" }
+            [[upstream]]
+            name = "ecr-2"
+            url = "https://1.dkr.ecr.eu-west-1.amazonaws.com"
+            ecr = {}
+            username = "AWS"
+            password = "pw"
+            [[upstream]]
+            url = "https://ghcr.io"
+            credential_helper = "../evil"
+            [[upstream]]
+            url = "https://quay.io"
+            credential_helper = "pass"
+            username = "me"
+            password = "pw"
+            credential_helper_ttl_secs = 0
+            "#,
+        );
+        assert_eq!(found.len(), 6, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].ecr.region: cannot be read"));
+        assert!(found[1].starts_with("upstream[1].ecr.endpoint_url = ftp://x: "));
+        assert!(found[2].starts_with("upstream[2].username: an ECR upstream"));
+        assert!(found[3].starts_with("upstream[3].credential_helper = ../evil: "));
+        assert!(found[4].starts_with("upstream[4].credential_helper = pass: give one source"));
+        assert!(found[5].starts_with("upstream[4].credential_helper_ttl_secs = 0: "));
     }
 
     #[test]

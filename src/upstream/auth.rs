@@ -2,15 +2,21 @@
 //! (a 401 with `WWW-Authenticate: Bearer realm=..,service=..,scope=..`, then a token from
 //! the realm). Tokens are cached per scope until shortly before they expire, and concurrent
 //! requests for the same scope share one token fetch.
+//!
+//! The username and password come from a [`Source`]: fixed in the config, or fetched (a
+//! credential helper, Amazon ECR). A 401 to credentials that were sent drops them from
+//! their source, so the one retry of the request uses fresh ones.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, AUTHORIZATION};
+use http::StatusCode;
 use moka::future::Cache;
 use moka::Expiry;
 use serde::Deserialize;
 
+use super::credentials::Source;
 use crate::config::Credentials;
 use crate::error::UpstreamError;
 use crate::oci::Challenge;
@@ -47,7 +53,7 @@ enum Scheme {
 }
 
 pub struct Auth {
-    credentials: Option<Credentials>,
+    source: Source,
     scheme: RwLock<Scheme>,
     tokens: Cache<String, Token>,
 }
@@ -60,9 +66,9 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(credentials: Option<Credentials>) -> Auth {
+    pub fn new(source: Source) -> Auth {
         Auth {
-            credentials,
+            source,
             scheme: RwLock::new(Scheme::Unknown),
             tokens: Cache::builder()
                 .max_capacity(10_000)
@@ -76,17 +82,36 @@ impl Auth {
         &self,
         http: &reqwest::Client,
         scope: &str,
-    ) -> Result<Option<HeaderValue>, UpstreamError> {
+    ) -> Result<Option<Sent>, UpstreamError> {
         let scheme = self.scheme.read().expect("auth lock").clone();
         match scheme {
             Scheme::Unknown => Ok(None),
-            Scheme::Basic => Ok(self.basic()),
-            Scheme::Bearer(realm) => self.token(http, &realm, scope).await.map(Some),
+            Scheme::Basic => Ok(self.source.get().await?.map(|c| Sent {
+                value: basic_header(&c.credentials.username, &c.credentials.password),
+                basic_generation: Some(c.generation),
+            })),
+            Scheme::Bearer(realm) => {
+                let value = self.token(http, &realm, scope).await?;
+                Ok(Some(Sent {
+                    value,
+                    basic_generation: None,
+                }))
+            }
         }
     }
 
-    /// Learns from a 401's challenges. Returns true when a retry can now succeed.
-    pub async fn challenged(&self, challenges: &[Challenge], scope: &str) -> bool {
+    /// Learns from a 401's challenges to a request that carried `sent`. Returns true when
+    /// a retry can now succeed.
+    pub async fn challenged(
+        &self,
+        challenges: &[Challenge],
+        scope: &str,
+        sent: Option<&Sent>,
+    ) -> bool {
+        if let Some(generation) = sent.and_then(|s| s.basic_generation) {
+            // Those credentials were refused: an expired ECR token, a rotated password.
+            self.source.rejected(generation).await;
+        }
         for challenge in challenges {
             match challenge {
                 Challenge::Bearer { realm, service, .. } => {
@@ -98,7 +123,7 @@ impl Auth {
                     self.tokens.invalidate(scope).await;
                     return true;
                 }
-                Challenge::Basic { .. } if self.credentials.is_some() => {
+                Challenge::Basic { .. } if self.source.is_some() => {
                     *self.scheme.write().expect("auth lock") = Scheme::Basic;
                     return true;
                 }
@@ -108,25 +133,33 @@ impl Auth {
         false
     }
 
-    fn basic(&self) -> Option<HeaderValue> {
-        self.credentials
-            .as_ref()
-            .map(|c| basic_header(&c.username, &c.password))
-    }
-
     async fn token(
         &self,
         http: &reqwest::Client,
         realm: &Realm,
         scope: &str,
     ) -> Result<HeaderValue, UpstreamError> {
-        let fetch = fetch_token(http, realm, scope, self.credentials.as_ref());
+        let fetch = async {
+            let current = self.source.get().await?;
+            let result =
+                fetch_token(http, realm, scope, current.as_ref().map(|c| &c.credentials)).await;
+            if let (Err(UpstreamError::Refused { .. }), Some(c)) = (&result, &current) {
+                self.source.rejected(c.generation).await;
+            }
+            result
+        };
         self.tokens
             .try_get_with(scope.to_string(), fetch)
             .await
             .map(|t| t.header)
-            .map_err(|e: Arc<UpstreamError>| UpstreamError::Token(e.to_string()))
+            .map_err(|e: Arc<UpstreamError>| (*e).clone())
     }
+}
+
+/// The `Authorization` value sent with a request, and for Basic which credentials it held.
+pub struct Sent {
+    pub value: HeaderValue,
+    basic_generation: Option<u64>,
 }
 
 async fn fetch_token(
@@ -155,6 +188,10 @@ async fn fetch_token(
         .await
         .map_err(|e| UpstreamError::Token(format!("{}: {e}", url.host_str().unwrap_or(""))))?;
     let status = response.status();
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        // The token service refused the credentials (or their absence).
+        return Err(UpstreamError::Refused { status });
+    }
     if !status.is_success() {
         return Err(UpstreamError::Token(format!(
             "{} answered {status}",

@@ -18,6 +18,7 @@ use reqwest::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Auth;
+use super::credentials::Source;
 use super::ratelimit;
 use super::retry::{Decision, Policy};
 use crate::config::UpstreamConfig;
@@ -111,7 +112,7 @@ impl Upstream {
         let http = builder.build()?;
         Ok(Upstream {
             base: config.url.as_str().trim_end_matches('/').to_string(),
-            auth: Auth::new(config.credentials.clone()),
+            auth: Auth::new(Source::from_config(&config)),
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             policy: Policy {
                 retries: config.retries,
@@ -200,13 +201,13 @@ impl Upstream {
             if let Some(from) = range_from {
                 request = request.header(RANGE, format!("bytes={from}-"));
             }
-            if let Some(auth) = self
+            let sent = self
                 .auth
                 .header(&self.http, &scope)
                 .await
-                .map_err(|e| self.error(e))?
-            {
-                request = request.header(AUTHORIZATION, auth);
+                .map_err(|e| self.error(e))?;
+            if let Some(sent) = &sent {
+                request = request.header(AUTHORIZATION, sent.value.clone());
             }
             let result = request.send().await;
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
@@ -238,7 +239,11 @@ impl Upstream {
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 let challenges = challenges(response.headers());
-                if self.auth.challenged(&challenges, &scope).await {
+                if self
+                    .auth
+                    .challenged(&challenges, &scope, sent.as_ref())
+                    .await
+                {
                     challenged = true;
                     continue;
                 }

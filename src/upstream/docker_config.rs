@@ -3,9 +3,10 @@
 //!
 //! Used for an upstream whose config has no `username`/`password`, unless it says
 //! `docker_config = false`. The file is `docker_config_file`, else `$DOCKER_CONFIG/config.json`,
-//! else `~/.docker/config.json`. Entries kept in a credential store (`credsStore`,
-//! `credHelpers`) and `identitytoken`s are not read here. Parsing and matching are pure;
-//! only [`load`] touches the file system.
+//! else `~/.docker/config.json`. A credential helper named for the registry in
+//! `credHelpers`, or for all registries in `credsStore`, is returned by [`DockerConfig::helper_for`]
+//! for `helper` to run; `identitytoken`s are not read. Parsing and matching are pure; only
+//! [`load`] touches the file system.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,18 @@ use crate::config::Credentials;
 pub struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+/// Where the Docker config says an upstream's credentials are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Credentials(Credentials),
+    /// The name of a `docker-credential-<name>` helper.
+    Helper(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +98,40 @@ impl DockerConfig {
             .filter_map(|name| by_host.get(&name.to_ascii_lowercase()))
             .find_map(|entry| entry.credentials())
     }
+}
+
+impl DockerConfig {
+    /// Docker's order: a `credHelpers` entry for the registry, then `auths` credentials,
+    /// then the `credsStore` for everything else.
+    pub fn find(&self, names: &[&str]) -> Option<Found> {
+        let helpers: HashMap<String, &String> = self
+            .cred_helpers
+            .iter()
+            .map(|(key, helper)| (registry_host(key), helper))
+            .collect();
+        let helper = names
+            .iter()
+            .find_map(|name| helpers.get(&name.to_ascii_lowercase()));
+        if let Some(helper) = helper.filter(|h| plain_name(h)) {
+            return Some(Found::Helper(helper.to_string()));
+        }
+        if let Some(credentials) = self.credentials_for(names.iter().copied()) {
+            return Some(Found::Credentials(credentials));
+        }
+        self.creds_store
+            .as_ref()
+            .filter(|s| plain_name(s))
+            .map(|s| Found::Helper(s.clone()))
+    }
+}
+
+/// A helper name becomes part of a program name: no paths, nothing empty.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl AuthEntry {
@@ -164,6 +211,28 @@ mod tests {
         assert_eq!(creds(&["quay.io"]), None);
         assert_eq!(creds(&["bad.example"]), None);
         assert_eq!(creds(&["elsewhere.example"]), None);
+    }
+
+    #[test]
+    fn cred_helpers_come_first_then_auths_then_the_store() {
+        let config: DockerConfig = serde_json::from_str(
+            r#"{
+                "auths": {"ghcr.io": {"auth": "Z2g6dG9rZW4="}},
+                "credHelpers": {"1.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login", "ghcr.io": ""},
+                "credsStore": "pass"
+            }"#,
+        )
+        .unwrap();
+        let find = |name: &str| config.find(&[name]);
+        assert_eq!(
+            find("1.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(Found::Helper("ecr-login".into()))
+        );
+        assert!(matches!(find("ghcr.io"), Some(Found::Credentials(c)) if c.username == "gh"));
+        assert_eq!(find("quay.io"), Some(Found::Helper("pass".into())));
+        let without_store: DockerConfig =
+            serde_json::from_str(CONFIG.replace("desktop", "").as_str()).unwrap();
+        assert_eq!(without_store.find(&["quay.io"]), None);
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 mod auth;
 mod client;
+mod credentials;
 mod docker_config;
+#[cfg(feature = "ecr")]
+mod ecr;
+mod helper;
 mod ratelimit;
 mod retry;
 pub mod router;
@@ -62,11 +66,14 @@ impl Upstreams {
     }
 }
 
-/// Fills in credentials from the Docker CLI's config.json when the config gave none.
-/// Reads a small file once at startup; a broken file is a warning, never a failure.
+/// Fills in credentials (or a credential helper) from the Docker CLI's config.json when
+/// the config gave no source of credentials. Reads a small file once at startup; a broken
+/// file is a warning, never a failure.
 fn with_docker_credentials(config: &UpstreamConfig) -> UpstreamConfig {
     let mut config = config.clone();
-    if config.credentials.is_some() || !config.docker_config {
+    let has_source =
+        config.credentials.is_some() || config.credential_helper.is_some() || config.ecr.is_some();
+    if has_source || !config.docker_config {
         return config;
     }
     let Some(path) = config
@@ -84,12 +91,20 @@ fn with_docker_credentials(config: &UpstreamConfig) -> UpstreamConfig {
         }
     };
     let implied = config.implied_names();
-    let names = config
+    let names: Vec<&str> = config
         .explicit_names()
-        .chain(implied.iter().map(String::as_str));
-    config.credentials = file.credentials_for(names);
-    if let Some(c) = &config.credentials {
-        tracing::info!(upstream = %config.name, username = %c.username, file = %path.display(), "using credentials from the Docker config file");
+        .chain(implied.iter().map(String::as_str))
+        .collect();
+    match file.find(&names) {
+        Some(docker_config::Found::Credentials(c)) => {
+            tracing::info!(upstream = %config.name, username = %c.username, file = %path.display(), "using credentials from the Docker config file");
+            config.credentials = Some(c);
+        }
+        Some(docker_config::Found::Helper(helper)) => {
+            tracing::info!(upstream = %config.name, helper = %helper, file = %path.display(), "using the credential helper named in the Docker config file");
+            config.credential_helper = Some(helper);
+        }
+        None => {}
     }
     config
 }

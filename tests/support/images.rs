@@ -55,7 +55,17 @@ pub async fn push_oci_image(
     layer_sizes: &[usize],
     seed: u64,
 ) -> PushedImage {
-    let (image, _) = push_image(registry_url, repo, tag, &OCI, layer_sizes, seed, "amd64").await;
+    let (image, _) = push_image(
+        registry_url,
+        None,
+        repo,
+        tag,
+        &OCI,
+        layer_sizes,
+        seed,
+        "amd64",
+    )
+    .await;
     PushedImage {
         tag: tag.to_string(),
         ..image
@@ -70,7 +80,30 @@ pub async fn push_docker_image(
     layer_sizes: &[usize],
     seed: u64,
 ) -> PushedImage {
-    let (image, _) = push_image(registry_url, repo, tag, &DOCKER, layer_sizes, seed, "amd64").await;
+    push_docker_image_as(registry_url, None, repo, tag, layer_sizes, seed).await
+}
+
+/// Like `push_docker_image`, sending `authorization` (e.g. `Basic ..` or `Bearer ..`)
+/// with every request, for a registry with auth configured.
+pub async fn push_docker_image_as(
+    registry_url: &str,
+    authorization: Option<&str>,
+    repo: &str,
+    tag: &str,
+    layer_sizes: &[usize],
+    seed: u64,
+) -> PushedImage {
+    let (image, _) = push_image(
+        registry_url,
+        authorization,
+        repo,
+        tag,
+        &DOCKER,
+        layer_sizes,
+        seed,
+        "amd64",
+    )
+    .await;
     PushedImage {
         tag: tag.to_string(),
         ..image
@@ -85,7 +118,7 @@ pub async fn push_index(registry_url: &str, repo: &str, tag: &str, seed: u64) ->
         let child_seed = seed.wrapping_mul(31).wrapping_add(i as u64 + 1);
         let sizes = [64 * 1024, 3000 + i * 1000];
         let (child, size) =
-            push_image(registry_url, repo, "", &OCI, &sizes, child_seed, arch).await;
+            push_image(registry_url, None, repo, "", &OCI, &sizes, child_seed, arch).await;
         entries.push(json!({
             "mediaType": OCI_MANIFEST,
             "digest": child.manifest_digest,
@@ -96,7 +129,7 @@ pub async fn push_index(registry_url: &str, repo: &str, tag: &str, seed: u64) ->
     }
     let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries });
     let bytes = serde_json::to_vec(&index).expect("serialize index");
-    let manifest_digest = put_manifest(registry_url, repo, tag, OCI_INDEX, bytes).await;
+    let manifest_digest = put_manifest(registry_url, None, repo, tag, OCI_INDEX, bytes).await;
     PushedImage {
         repo: repo.to_string(),
         tag: tag.to_string(),
@@ -130,8 +163,10 @@ pub fn layer_tar(size: usize, seed: u64) -> Vec<u8> {
 
 /// Pushes one image's blobs and manifest; `reference` empty means push by digest.
 /// Returns the image and its manifest's length.
+#[allow(clippy::too_many_arguments)]
 async fn push_image(
     url: &str,
+    auth: Option<&str>,
     repo: &str,
     reference: &str,
     format: &Format,
@@ -144,7 +179,7 @@ async fn push_image(
         let tar = layer_tar(size, seed.wrapping_mul(1000).wrapping_add(i as u64));
         let digest = sha256_digest(&tar);
         let len = tar.len() as u64;
-        put_blob(url, repo, &digest, tar).await;
+        put_blob(url, auth, repo, &digest, tar).await;
         layers.push((digest, len));
     }
     let diff_ids: Vec<&str> = layers.iter().map(|(d, _)| d.as_str()).collect();
@@ -159,7 +194,7 @@ async fn push_image(
     let config = serde_json::to_vec(&config).expect("serialize config");
     let config_digest = sha256_digest(&config);
     let config_len = config.len() as u64;
-    put_blob(url, repo, &config_digest, config).await;
+    put_blob(url, auth, repo, &config_digest, config).await;
 
     let descriptor = |media_type: &str, (digest, size): &(String, u64)| json!({ "mediaType": media_type, "digest": digest, "size": size });
     let config_blob = (config_digest, config_len);
@@ -176,7 +211,8 @@ async fn push_image(
     } else {
         reference.into()
     };
-    let manifest_digest = put_manifest(url, repo, &reference, format.manifest, manifest).await;
+    let manifest_digest =
+        put_manifest(url, auth, repo, &reference, format.manifest, manifest).await;
     let mut blobs = vec![config_blob];
     blobs.extend(layers);
     let image = PushedImage {
@@ -190,16 +226,22 @@ async fn push_image(
     (image, manifest_len)
 }
 
-fn client() -> reqwest::Client {
+/// A client sending `authorization`, when given, with every request.
+fn client(authorization: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert("authorization", value.parse().expect("header value"));
+    }
     reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .build()
         .expect("reqwest client")
 }
 
 /// Monolithic upload: POST to open an upload, PUT the whole body with `digest=`.
-async fn put_blob(url: &str, repo: &str, digest: &str, body: Vec<u8>) {
-    let client = client();
+async fn put_blob(url: &str, auth: Option<&str>, repo: &str, digest: &str, body: Vec<u8>) {
+    let client = client(auth);
     let start = client
         .post(format!("{url}/v2/{repo}/blobs/uploads/"))
         .send()
@@ -237,13 +279,14 @@ async fn put_blob(url: &str, repo: &str, digest: &str, body: Vec<u8>) {
 /// PUTs a manifest and returns its digest, checked against the registry's answer.
 async fn put_manifest(
     url: &str,
+    auth: Option<&str>,
     repo: &str,
     reference: &str,
     media: &str,
     body: Vec<u8>,
 ) -> String {
     let digest = sha256_digest(&body);
-    let put = client()
+    let put = client(auth)
         .put(format!("{url}/v2/{repo}/manifests/{reference}"))
         .header("content-type", media)
         .body(body)

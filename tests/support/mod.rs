@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod fake_ecr;
 pub mod images;
 pub mod proxy;
 pub mod regcache;
 pub mod registry;
+pub mod skopeo;
+pub mod token_issuer;

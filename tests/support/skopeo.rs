@@ -1,0 +1,68 @@
+//! Runs `skopeo copy docker://<regcache>/<reference> dir:<out>` against a regcache on
+//! 127.0.0.1, without TLS, credentials or outgoing proxies, bounded in time.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use super::images::PushedImage;
+use super::registry::spawn_logged;
+
+const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Pulls `reference` from the registry API at `addr` into `<work>/<name>`; on failure
+/// returns skopeo's output.
+pub fn pull(addr: &str, reference: &str, work: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = work.join(name);
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        "--retry-times=0",
+    ])
+    .arg(format!("docker://{addr}/{reference}"))
+    .arg(format!("dir:{}", out.display()));
+    for var in ["http_proxy", "https_proxy", "all_proxy"] {
+        cmd.env_remove(var).env_remove(var.to_uppercase());
+    }
+    let log = work.join(format!("skopeo-{name}.log"));
+    let mut child = spawn_logged(&mut cmd, &log);
+    let deadline = Instant::now() + SKOPEO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for skopeo") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match status {
+        Some(s) if s.success() => Ok(out),
+        _ => Err(format!(
+            "skopeo ({status:?}): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )),
+    }
+}
+
+/// Checks that a `dir:` pull holds the pushed manifest and every blob, by sha256.
+pub fn check_pulled(dir: &Path, image: &PushedImage) {
+    let sha = |path: PathBuf| {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    };
+    assert_eq!(sha(dir.join("manifest.json")), image.manifest_digest);
+    for (digest, _) in &image.blobs {
+        let hex = digest.trim_start_matches("sha256:");
+        assert_eq!(&sha(dir.join(hex)), digest, "blob in {dir:?}");
+    }
+}
