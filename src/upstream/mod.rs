@@ -4,6 +4,7 @@
 mod auth;
 mod client;
 mod docker_config;
+pub mod policy;
 mod ratelimit;
 mod retry;
 pub mod router;
