@@ -7,9 +7,11 @@
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
 //!   single-flight fill that streams upstream bytes to every waiting client while hashing.
 //!   It keeps the disk under its budget (LRU eviction) and hosts the operator commands
-//!   (`cache::ops`: gc, verify, stats) that `main` exposes.
+//!   (`cache::ops`: gc, verify, stats) that `main` exposes. Held content is served for a
+//!   repository only once it is known to belong to it (`cache::membership`).
 //! - [`upstream`]: routes the request to an upstream (`ns=`, path prefix, Host, default)
-//!   and talks to it (auth, retries, concurrency cap, rate-limit gauges, error classes).
+//!   and talks to it (auth, retries, concurrency cap, rate-limit gauges, error classes);
+//!   `upstream::policy` holds each upstream's repository `allow`/`deny` patterns.
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
 //! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type), [`systemd`]

@@ -21,6 +21,8 @@ pub const CACHE_BYTES: &str = "regcache_memory_bytes";
 pub const LIMIT_REJECTIONS: &str = "regcache_limit_rejections_total";
 pub const CONNECTIONS: &str = "regcache_connections";
 pub const AUTH_FAILURES: &str = "regcache_auth_failures_total";
+pub const POLICY_DENIALS: &str = "regcache_policy_denials_total";
+pub const MEMBERSHIP_CHECKS: &str = "regcache_membership_checks_total";
 
 /// Which `[server]` limit ended or refused a connection: the `limit` label of
 /// [`LIMIT_REJECTIONS`].
@@ -117,6 +119,8 @@ pub struct Metrics {
     pub evictions: IntCounterVec,
     pub offline_misses: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub policy_denials: IntCounterVec,
+    pub membership_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -199,6 +203,16 @@ impl Metrics {
             "Requests refused by [server.auth], by reason (address, missing, malformed, rejected).",
             &["reason"],
         );
+        let policy_denials = counter_vec(
+            POLICY_DENIALS,
+            "Requests refused by an upstream's allow and deny patterns, by upstream and reason (deny, not_allowed).",
+            &["upstream", "reason"],
+        );
+        let membership_checks = counter_vec(
+            MEMBERSHIP_CHECKS,
+            "Cached content asked for through a repository regcache had not seen it in, checked upstream, by upstream and result (confirmed, refused, unavailable).",
+            &["upstream", "result"],
+        );
         let cache_write_errors = IntCounter::new(
             CACHE_WRITE_ERRORS,
             "Failed writes to the disk store (the request is still served).",
@@ -268,6 +282,8 @@ impl Metrics {
             evictions,
             offline_misses,
             auth_failures,
+            policy_denials,
+            membership_checks,
         }
     }
 

@@ -280,7 +280,10 @@ async fn a_restart_serves_what_was_cached_with_upstream_gone() {
     let digest = fake.add_manifest("app", "v1", OCI_MANIFEST, body.clone());
     let blob = fake.add_blob(vec![7u8; 10 << 20]);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_with(&fake.url(), "", Some(dir.path())).await;
+    // Named, so the restarted proxy's upstream (same name, now unreachable) is the same one
+    // the content was seen in: cached content is served per upstream and repository.
+    let named = "name = \"up\"";
+    let proxy = Proxy::start_with(&fake.url(), named, Some(dir.path())).await;
     get(&proxy.url("/v2/app/manifests/v1"), None)
         .await
         .bytes()
@@ -295,7 +298,7 @@ async fn a_restart_serves_what_was_cached_with_upstream_gone() {
     // Give the background disk writes a moment; they were spawned before the stop.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    let proxy = Proxy::start_with("http://127.0.0.1:9", "", Some(dir.path())).await;
+    let proxy = Proxy::start_with("http://127.0.0.1:9", named, Some(dir.path())).await;
     let response = get(&proxy.url(&format!("/v2/app/manifests/{digest}")), None).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.bytes().await.unwrap(), body);

@@ -57,6 +57,7 @@ impl Cache {
                 ),
             ));
         }
+        self.note_manifest(target, &found);
         Ok(found)
     }
 
@@ -68,6 +69,9 @@ impl Cache {
         want_body: bool,
     ) -> Result<Manifest> {
         if let Some(found) = self.stored_manifest(digest).await {
+            // Held, but perhaps from another repository: served only once it is this one's.
+            self.ensure_member(target, digest, Some(&accept.header_value()))
+                .await?;
             return Ok(found);
         }
         let path = format!("manifests/{digest}");

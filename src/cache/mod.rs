@@ -14,6 +14,7 @@ mod fill;
 mod index;
 pub mod lifecycle;
 mod manifests;
+mod membership;
 mod memory;
 pub mod ops;
 mod persist;
@@ -36,23 +37,31 @@ pub use store::{
     parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, LAYOUT_VERSION,
 };
 
+use http::Method;
+
 use crate::config::CacheConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::{Metrics, Outcome};
-use crate::oci::Digest;
-use crate::upstream::Target;
+use crate::oci::{Digest, ErrorCode};
+use crate::upstream::{Kind, Target};
 use fill::{FillContext, Fills, Joined};
 use lifecycle::Rules;
+use membership::Membership;
 use memory::{Entry, Key, Memory};
 use tags::Tags;
 
 /// How many tag answers are kept in memory (the rest are read from disk when asked).
 const TAG_ENTRIES: u64 = 100_000;
 
+/// How many (upstream, repository, digest) memberships are kept in memory (about 200
+/// bytes each); the rest are read back from disk when asked.
+const MEMBER_ENTRIES: u64 = 250_000;
+
 pub struct Cache {
     ctx: FillContext,
     fills: Arc<Fills>,
     tags: Tags,
+    members: Membership,
 }
 
 /// Where a blob's bytes will come from.
@@ -93,13 +102,14 @@ impl Cache {
         disk.start(config.index_flush);
         Ok(Cache {
             ctx: FillContext {
-                store,
+                store: store.clone(),
                 memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
                 metrics,
                 disk,
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
+            members: Membership::new(store, MEMBER_ENTRIES),
         })
     }
 
@@ -117,8 +127,108 @@ impl Cache {
         let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;
     }
 
-    /// The blob's bytes: from memory, from disk, or from a fill (joined or started).
+    /// The blob's bytes for `target`'s repository: from memory, from disk, or from a fill
+    /// (joined or started). Content regcache holds (or is fetching for another request) is
+    /// served only once it is known to belong to the repository (see [`Cache::ensure_member`]);
+    /// a fill this request started is upstream's own answer for the repository, recorded by
+    /// [`Cache::confirmed`] once upstream answered.
     pub async fn blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
+        let source = self.any_blob(digest, target).await?;
+        if !matches!(source, BlobSource::Fill { started: true, .. }) {
+            self.ensure_member(target, digest, None).await?;
+        }
+        Ok(source)
+    }
+
+    /// Records that upstream answered for `digest` under `target`'s repository.
+    pub fn confirmed(&self, target: &Target, digest: &Digest) {
+        self.members.record(
+            target.upstream.name(),
+            &target.name,
+            std::slice::from_ref(digest),
+        );
+    }
+
+    /// Whether the blob is held for this repository (memory lookup, then its record on
+    /// disk). False means a HEAD must answer from upstream.
+    pub async fn is_member(&self, target: &Target, digest: &Digest) -> bool {
+        self.members
+            .contains(target.upstream.name(), &target.name, digest)
+            .await
+    }
+
+    /// Succeeds when `digest` is known to belong to `target`'s repository, asking upstream
+    /// (a HEAD under that name) when regcache has not seen it there. `accept` is given for
+    /// manifests. A blob confirmed this way is recorded; a manifest is recorded by its caller
+    /// with what it references.
+    async fn ensure_member(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        accept: Option<&str>,
+    ) -> Result<()> {
+        let upstream = target.upstream.name();
+        if self.members.contains(upstream, &target.name, digest).await {
+            return Ok(());
+        }
+        let (kind, path, code, what) = match accept {
+            None => (
+                Kind::Blob,
+                format!("blobs/{digest}"),
+                ErrorCode::BlobUnknown,
+                "blob",
+            ),
+            Some(_) => (
+                Kind::Manifest,
+                format!("manifests/{digest}"),
+                ErrorCode::ManifestUnknown,
+                "manifest",
+            ),
+        };
+        let asked = target
+            .upstream
+            .send(Method::HEAD, kind, &target.name, &path, accept)
+            .await;
+        let count = |result: &str| {
+            self.ctx
+                .metrics
+                .membership_checks
+                .with_label_values(&[upstream, result])
+                .inc();
+        };
+        let name = &target.name;
+        match asked {
+            Ok(_) => {
+                count("confirmed");
+                if accept.is_none() {
+                    self.confirmed(target, digest);
+                }
+                Ok(())
+            }
+            Err(e) if says_no(&e) => {
+                count("refused");
+                tracing::debug!(%digest, repository = %name, error = %e, "upstream does not confirm a cached object for this repository");
+                Err(Error::not_found(
+                    code,
+                    format!("{what} unknown to repository {name} on upstream {upstream:?}"),
+                ))
+            }
+            Err(e) => {
+                count("unavailable");
+                Err(Error::not_found(
+                    code,
+                    format!(
+                        "{what} not known to belong to repository {name} on upstream {upstream:?}, \
+                         and upstream could not be asked to confirm it ({e}); pull it through a \
+                         manifest of {name}, or retry when upstream is reachable"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Any blob by digest, whichever repository it came from.
+    async fn any_blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
         for _ in 0..2 {
             if let Some(source) = self.stored_blob(digest).await {
                 return Ok(source);
@@ -183,6 +293,20 @@ impl Cache {
             .found()
     }
 
+    /// Records a manifest served for `target`'s repository together with what it references,
+    /// unless already known (one memory lookup on the hot path).
+    fn note_manifest(&self, target: &Target, manifest: &Manifest) {
+        let upstream = target.upstream.name();
+        let Some(bytes) = &manifest.bytes else { return };
+        if self.members.known(upstream, &target.name, &manifest.digest) {
+            return;
+        }
+        // The references first: the manifest's own record means "its children are recorded".
+        let mut digests = membership::references(bytes);
+        digests.push(manifest.digest.clone());
+        self.members.record(upstream, &target.name, &digests);
+    }
+
     /// Updates the memory and disk gauges; called when metrics are scraped.
     pub fn report_usage(&self) {
         let (objects, bytes) = self.ctx.disk.index.usage();
@@ -195,5 +319,19 @@ impl Cache {
             .metrics
             .fills_in_flight
             .set(self.fills.in_flight() as i64);
+    }
+}
+
+/// Upstream's definite "not here" (or "not for you") for the name asked, as opposed to
+/// upstream being unavailable.
+fn says_no(e: &Error) -> bool {
+    match e {
+        Error::Upstream { cause, .. } => match cause {
+            UpstreamError::Status { status, .. } | UpstreamError::Refused { status } => {
+                status.is_client_error()
+            }
+            _ => false,
+        },
+        _ => e.is_not_found(),
     }
 }

@@ -10,6 +10,7 @@ use url::Url;
 pub use super::credentials::{Credentials, EcrConfig};
 use super::credentials::{RawEcr, RawSources, Sources};
 use super::{Overrides, Problems};
+use crate::upstream::policy::{Pattern, Policy};
 
 /// The Docker Hub registry host; single-component names get `library/` there.
 pub const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
@@ -43,6 +44,10 @@ pub(super) struct RawUpstream {
     ecr: Option<RawEcr>,
     credential_helper: Option<String>,
     credential_helper_ttl_secs: Option<u64>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +89,8 @@ pub struct UpstreamConfig {
     pub credential_helper: Option<String>,
     /// How long the helper's answer is used before it is asked again.
     pub credential_helper_ttl: Duration,
+    /// Which repositories (as this upstream names them) the mirror serves.
+    pub policy: Policy,
 }
 
 impl RawUpstream {
@@ -112,6 +119,8 @@ impl RawUpstream {
             ecr: None,
             credential_helper: None,
             credential_helper_ttl_secs: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }
@@ -221,6 +230,32 @@ fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u
             None
         }
     }
+}
+
+/// Parses `allow` or `deny`. With `library_prefix`, every name has two components or more,
+/// so a one-component pattern could never match: that is a mistake worth naming.
+fn patterns(
+    texts: &[String],
+    key: &str,
+    library_prefix: bool,
+    problems: &mut Problems,
+) -> Vec<Pattern> {
+    let mut parsed = Vec::new();
+    for text in texts {
+        match Pattern::parse(text) {
+            Ok(p) if library_prefix && p.single_component() => problems.add(
+                key,
+                text,
+                format!(
+                    "can never match: this upstream names official images library/<name> \
+                     (library_prefix); write \"library/{text}\""
+                ),
+            ),
+            Ok(p) => parsed.push(p),
+            Err(e) => problems.add(key, text, e.to_string()),
+        }
+    }
+    parsed
 }
 
 /// The names clients use for Docker Hub.
@@ -355,8 +390,14 @@ impl RawUpstream {
             .map(|days| Duration::from_secs(days.saturating_mul(86_400)));
         let max_tags_per_repo = at_least_one(self.max_tags_per_repo, "max_tags_per_repo")
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let library_prefix = self.library_prefix.unwrap_or(is_docker_hub(&host));
+        let policy = Policy {
+            allow: patterns(&self.allow, &key("allow"), library_prefix, problems),
+            deny: patterns(&self.deny, &key("deny"), library_prefix, problems),
+        };
         Some(UpstreamConfig {
-            library_prefix: self.library_prefix.unwrap_or(is_docker_hub(&host)),
+            library_prefix,
+            policy,
             default: self.default || single,
             aliases,
             name,
@@ -520,5 +561,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.upstreams[0].implied_names(), ["127.0.0.1:5001"]);
+    }
+
+    #[test]
+    fn allow_and_deny_patterns_are_checked() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            url = "https://registry-1.docker.io"
+            allow = ["library/*", "nginx", "team/**"]
+            deny = ["Team/x", "a**"]
+            [[upstream]]
+            url = "https://ghcr.io"
+            allow = ["app", ""]
+            "#,
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].allow = nginx: can never match"));
+        assert!(found[0].contains("\"library/nginx\""));
+        assert!(found[1].starts_with("upstream[0].deny = Team/x: contains 'T'"));
+        assert!(found[2].starts_with("upstream[0].deny = a**: uses '**'"));
+        assert!(found[3].starts_with("upstream[1].allow"), "{found:#?}");
+        assert!(found[3].contains("is empty"), "{found:#?}");
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://ghcr.io\"\nallow = [\"app\", \"team/**\"]\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let policy = &c.upstreams[0].policy;
+        assert_eq!(policy.allow.len(), 2);
+        assert!(policy.deny.is_empty());
+        assert!(policy.check("team/x/y").is_ok());
+        assert!(policy.check("other").is_err());
     }
 }

@@ -58,6 +58,8 @@ pub async fn get(
         BlobSource::Fill { fill, .. } => {
             let mut progress = fill.subscribe();
             let total = fill_length(&mut progress, range.is_some()).await?;
+            // Upstream answered for this repository: the blob is its from now on.
+            state.cache.confirmed(target, digest);
             (
                 total,
                 Box::new(move |s: Span| {
@@ -135,9 +137,14 @@ async fn fill_length(
     }
 }
 
-/// HEAD never downloads a body: the length comes from the cache or from upstream's HEAD.
+/// HEAD never downloads a body: the length comes from the cache (for a blob known to belong
+/// to the repository) or from upstream's HEAD, which then confirms it for the repository.
 async fn head_blob(state: &State, target: &Target, digest: &Digest) -> Result<Reply> {
-    if let Some(source) = state.cache.stored_blob(digest).await {
+    let held = match state.cache.is_member(target, digest).await {
+        true => state.cache.stored_blob(digest).await,
+        false => None,
+    };
+    if let Some(source) = held {
         let mut builder = blob_response(digest);
         if let Some(len) = source.known_len() {
             builder = builder.header(CONTENT_LENGTH, len);
@@ -157,6 +164,7 @@ async fn head_blob(state: &State, target: &Target, digest: &Digest) -> Result<Re
             None,
         )
         .await?;
+    state.cache.confirmed(target, digest);
     let mut builder = blob_response(digest);
     // reqwest reports a HEAD answer's body size (0), not the header.
     let len = answer

@@ -153,6 +153,20 @@ fn target(state: &State, parts: &Parts, name: &RepoName) -> Result<Target> {
     let span = tracing::Span::current();
     span.record("upstream", target.upstream.name());
     span.record("via", target.via.as_str());
+    let policy = &target.upstream.config().policy;
+    if let Err(refusal) = policy.check(target.name.as_str()) {
+        state
+            .metrics
+            .policy_denials
+            .with_label_values(&[target.upstream.name(), refusal.reason()])
+            .inc();
+        let message = policy.explain(&refusal, target.upstream.name(), target.name.as_str());
+        return Err(crate::error::Error::client(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            message,
+        ));
+    }
     Ok(target)
 }
 

@@ -8,6 +8,7 @@ mod docker_config;
 #[cfg(feature = "ecr")]
 mod ecr;
 mod helper;
+pub mod policy;
 mod ratelimit;
 mod retry;
 pub mod router;

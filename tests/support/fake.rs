@@ -71,6 +71,8 @@ struct State {
     retry_after: Option<String>,
     /// Serve whole bodies, ignoring `Range` (by default `bytes=N-` gets a 206).
     ignore_ranges: bool,
+    /// digest -> the only repositories that have it (by default every repository does).
+    only_in: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -195,6 +197,16 @@ impl FakeRegistry {
         state.manifests.insert(digest.clone(), object);
         state.tags.insert((repo.into(), tag.into()), digest.clone());
         digest
+    }
+
+    /// From now on only `repos` have `digest` (blob or manifest); others get a 404.
+    pub fn only_in(&self, digest: &str, repos: &[&str]) {
+        let repos = repos.iter().map(|r| r.to_string()).collect();
+        self.state
+            .lock()
+            .unwrap()
+            .only_in
+            .insert(digest.into(), repos);
     }
 
     pub fn set_fault(&self, digest: &str, fault: Fault) {
@@ -328,6 +340,14 @@ impl FakeRegistry {
                     .map(|o| (digest.to_string(), o.clone())),
                 _ => None,
             };
+            let elsewhere = |digest: &str| {
+                let repo = parts.get(2).copied().unwrap_or_default();
+                state
+                    .only_in
+                    .get(digest)
+                    .is_some_and(|repos| !repos.iter().any(|r| r == repo))
+            };
+            let found = found.filter(|(digest, _)| !elsewhere(digest));
             match found {
                 Some((digest, object)) => {
                     let fault = state.faults.get(&digest).cloned().unwrap_or_default();
