@@ -1,0 +1,192 @@
+//! The air-gapped round trip with the real binary, Debian's `docker-registry` and skopeo:
+//! instance A prefetches images (through its API), `regcache export` writes them from A's
+//! cache directory as an OCI layout archive, `regcache import` loads that into a second
+//! directory, and instance B, whose upstream is unreachable, serves skopeo the same
+//! digests. skopeo also reads the archive itself, which shows other tools accept it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::images::{self, PushedImage};
+use support::regcache::Regcache;
+use support::registry::Registry;
+
+/// Upper bound for one command (prefetch, export, import, or a skopeo copy).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn config(upstream_url: &str) -> String {
+    format!("[[upstream]]\nname = \"origin\"\nurl = \"{upstream_url}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefetch_export_import_then_serve_with_upstream_unreachable() {
+    let mut registry = Registry::start();
+    let sizes = [3 * 1024 * 1024, 10 * 1024];
+    let single = images::push_oci_image(&registry.url(), "e2e/airgap", "v1", &sizes, 41).await;
+    let multi = images::push_index(&registry.url(), "e2e/airgap-multi", "v2", 42).await;
+    let work = tempfile::tempdir().expect("work tempdir");
+    let (cache_a, cache_b) = (work.path().join("a"), work.path().join("b"));
+
+    let mut a = Regcache::start_with_config(&config(&registry.url()), &cache_a);
+    let list = work.path().join("images.txt");
+    std::fs::write(&list, "# the air-gapped set\ne2e/airgap-multi:v2\n").unwrap();
+    let out = regcache(
+        &[
+            "prefetch",
+            "--via",
+            &a.url(),
+            "--jobs",
+            "3",
+            "e2e/airgap:v1",
+            "--file",
+        ],
+        &[&list],
+        work.path(),
+    );
+    assert!(out.contains("prefetched 2 image(s)"), "{out}");
+    assert!(registry.blob_gets() >= 6, "prefetch fetched too few blobs");
+    a.stop();
+    registry.stop();
+
+    let archive = work.path().join("images.tar");
+    let a_config = cache_a.with_extension("toml");
+    let cache_args = |config: &Path, dir: &Path| {
+        vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--cache-dir".to_string(),
+            dir.display().to_string(),
+        ]
+    };
+    let mut args = vec!["export", "e2e/airgap:v1", "e2e/airgap-multi:v2", "--output"];
+    let archive_arg = archive.display().to_string();
+    args.push(&archive_arg);
+    let a_args = cache_args(&a_config, &cache_a);
+    args.extend(a_args.iter().map(String::as_str));
+    regcache(&args, &[], work.path());
+
+    // What is not cached fails clearly, and leaves no archive.
+    let missing = work.path().join("missing.tar");
+    let mut args = vec!["export", "e2e/airgap:v9", "--output"];
+    let missing_arg = missing.display().to_string();
+    args.push(&missing_arg);
+    args.extend(a_args.iter().map(String::as_str));
+    let err = regcache_fails(&args, work.path());
+    assert!(err.contains("not cached"), "{err}");
+    assert!(!missing.exists());
+
+    // B: a new cache directory, an upstream nobody listens on.
+    let b_config = cache_b.with_extension("toml");
+    std::fs::write(&b_config, config("http://127.0.0.1:9")).unwrap();
+    let mut args = vec!["import", &archive_arg];
+    let b_args = cache_args(&b_config, &cache_b);
+    args.extend(b_args.iter().map(String::as_str));
+    let out = regcache(&args, &[], work.path());
+    assert!(out.contains("tagged origin/e2e/airgap:v1"), "{out}");
+    let b = Regcache::start_with_config(&config("http://127.0.0.1:9"), &cache_b);
+
+    let pulled = skopeo(
+        &[&format!("docker://{}/e2e/airgap:v1", b.addr())],
+        &work.path().join("single"),
+        false,
+        work.path(),
+    );
+    check_pulled(&pulled, &single);
+    let pulled = skopeo(
+        &[&format!("docker://{}/e2e/airgap-multi:v2", b.addr())],
+        &work.path().join("multi"),
+        true,
+        work.path(),
+    );
+    check_pulled(&pulled, &multi);
+
+    // Other tools read the archive itself.
+    let read = skopeo(
+        &[&format!("oci-archive:{}:e2e/airgap:v1", archive.display())],
+        &work.path().join("from-archive"),
+        false,
+        work.path(),
+    );
+    check_pulled(&read, &single);
+    drop(b);
+}
+
+/// Runs `regcache ARGS PATHS...`; returns stdout and stderr; panics if it fails or hangs.
+fn regcache(args: &[&str], paths: &[&Path], work: &Path) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    cmd.args(args).args(paths);
+    let (ok, out) = run(cmd, work, "regcache");
+    assert!(ok, "regcache {args:?} failed:\n{out}");
+    out
+}
+
+fn regcache_fails(args: &[&str], work: &Path) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    cmd.args(args);
+    let (ok, out) = run(cmd, work, "regcache");
+    assert!(!ok, "regcache {args:?} succeeded:\n{out}");
+    out
+}
+
+/// `skopeo copy SRC oci:DEST:pulled`, keeping digests; returns DEST.
+fn skopeo(src: &[&str], dest: &Path, all: bool, work: &Path) -> PathBuf {
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+    ])
+    .args(["--src-no-creds", "--preserve-digests"])
+    .arg("--dest-oci-accept-uncompressed-layers");
+    if all {
+        cmd.arg("--all");
+    }
+    cmd.args(src).arg(format!("oci:{}:pulled", dest.display()));
+    let (ok, out) = run(cmd, work, "skopeo");
+    assert!(ok, "skopeo copy {src:?} failed:\n{out}");
+    dest.to_path_buf()
+}
+
+/// Runs a command with its output in a file, killing it after [`COMMAND_TIMEOUT`].
+fn run(mut cmd: Command, work: &Path, name: &str) -> (bool, String) {
+    let log = work.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.is_some_and(|s| s.success()), out)
+}
+
+/// The OCI layout skopeo wrote names the pushed manifest, and holds every blob intact.
+fn check_pulled(dir: &Path, image: &PushedImage) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(digest, image.manifest_digest, "{index}");
+    for (blob, size) in &image.blobs {
+        let path = dir.join("blobs/sha256").join(&blob["sha256:".len()..]);
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(data.len() as u64, *size);
+        assert_eq!(images::sha256_digest(&data), *blob);
+    }
+}
