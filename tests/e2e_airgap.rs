@@ -24,7 +24,7 @@ fn config(upstream_url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn prefetch_export_import_then_serve_with_upstream_unreachable() {
     let mut registry = Registry::start();
-    let sizes = [3 * 1024 * 1024, 10 * 1024];
+    let sizes = [6 * 1024 * 1024, 10 * 1024]; // one blob past the in-memory limit of import
     let single = images::push_oci_image(&registry.url(), "e2e/airgap", "v1", &sizes, 41).await;
     let multi = images::push_index(&registry.url(), "e2e/airgap-multi", "v2", 42).await;
     let work = tempfile::tempdir().expect("work tempdir");
@@ -189,4 +189,74 @@ fn check_pulled(dir: &Path, image: &PushedImage) {
         assert_eq!(data.len() as u64, *size);
         assert_eq!(images::sha256_digest(&data), *blob);
     }
+}
+
+fn blob_path(cache: &Path, digest: &str) -> PathBuf {
+    let hex = &digest["sha256:".len()..];
+    cache.join("v1/blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// In-process prefetch of one platform; its export leaves the other platform out; an
+/// archive with a damaged blob is refused and publishes nothing of that blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn prefetch_into_a_directory_by_platform_and_refuse_a_damaged_archive() {
+    let registry = Registry::start();
+    let multi = images::push_index(&registry.url(), "e2e/platforms", "v1", 43).await;
+    let work = tempfile::tempdir().expect("work tempdir");
+    let cache = work.path().join("c");
+    let config_path = work.path().join("c.toml");
+    std::fs::write(&config_path, config(&registry.url())).unwrap();
+    let config_arg = config_path.display().to_string();
+    let cache_arg = cache.display().to_string();
+    let dirs = ["--config", &config_arg, "--cache-dir", &cache_arg];
+
+    let mut args = vec!["prefetch", "--platform", "linux/arm64", "e2e/platforms:v1"];
+    args.extend(dirs);
+    let out = regcache(&args, &[], work.path());
+    assert!(out.contains("2 manifest(s)"), "{out}");
+    let [amd64, arm64] = &multi.children[..] else {
+        panic!("two children")
+    };
+    for (blob, _) in &arm64.blobs {
+        assert!(blob_path(&cache, blob).is_file(), "{blob} not cached");
+    }
+    for (blob, _) in &amd64.blobs {
+        assert!(!blob_path(&cache, blob).exists(), "{blob} fetched");
+    }
+
+    let archive = work.path().join("one.tar");
+    let archive_arg = archive.display().to_string();
+    let mut args = vec!["export", "e2e/platforms:v1", "-o", &archive_arg];
+    args.extend(dirs);
+    let out = regcache(&args, &[], work.path());
+    assert!(out.contains("left out"), "{out}");
+
+    // Flip one byte of the arm64 image's largest blob inside the archive.
+    let (largest, size) = arm64.blobs.iter().max_by_key(|(_, s)| *s).unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let original = std::fs::read(blob_path(&cache, largest)).unwrap();
+    let at = bytes
+        .windows(original.len().min(4096))
+        .position(|w| w == &original[..original.len().min(4096)])
+        .expect("the blob is in the archive");
+    bytes[at + (*size as usize) / 2] ^= 1;
+    let damaged = work.path().join("damaged.tar");
+    std::fs::write(&damaged, bytes).unwrap();
+    let other = work.path().join("other");
+    let other_arg = other.display().to_string();
+    let err = regcache_fails(
+        &[
+            "import",
+            &damaged.display().to_string(),
+            "--config",
+            &config_arg,
+            "--cache-dir",
+            &other_arg,
+        ],
+        work.path(),
+    );
+    assert!(err.contains("damaged"), "{err}");
+    assert!(!blob_path(&other, largest).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(other.join("v1/tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
