@@ -15,7 +15,8 @@
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
 //! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type), [`systemd`]
-//! (socket activation, readiness) and [`app`] (wiring).
+//! (socket activation, readiness) and [`app`] (wiring). [`transfer`] moves images into
+//! and out of a cache for the operator commands (prefetch, OCI layout export and import).
 
 pub mod app;
 pub mod cache;
@@ -26,4 +27,5 @@ pub mod oci;
 pub mod server;
 pub mod systemd;
 pub mod telemetry;
+pub mod transfer;
 pub mod upstream;

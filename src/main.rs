@@ -11,6 +11,7 @@ use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
 use regcache::cache::ops;
 use regcache::config::{Config, Overrides};
+use regcache::transfer::{archive, prefetch, ImageRef, Platform, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,54 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Fill the cache with images: every platform of an index unless --platform is given.
+    ///
+    /// IMAGE is [REGISTRY/]REPO[:TAG|@DIGEST]; a REGISTRY (a first component with a `.` or
+    /// `:`, or `localhost`) selects the upstream as containerd's `ns=` does, else the name
+    /// is routed as a client's path is (an upstream's name as prefix, else the default).
+    Prefetch(PrefetchArgs),
+    /// Write cached images as an OCI image layout archive (a tar other tools read).
+    Export {
+        /// Images, as for prefetch; each is named in the archive as written here.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Load an OCI image layout archive into the cache, verifying every blob.
+    Import {
+        /// The archive (as `export` writes it, or `skopeo copy ... oci-archive:FILE:REF`).
+        file: PathBuf,
+        /// Record the archive's tags under this upstream (default: the one each name routes to).
+        #[arg(long)]
+        upstream: Option<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+#[derive(Args)]
+struct PrefetchArgs {
+    /// Images to fetch.
+    images: Vec<String>,
+    /// A file of images, one per line (`#` starts a comment).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Only these platforms of an index, os/arch[/variant]; repeatable.
+    #[arg(long = "platform")]
+    platforms: Vec<Platform>,
+    /// Blob downloads at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Go through a running regcache, e.g. http://127.0.0.1:5000 (else the cache directory
+    /// is filled in-process; no daemon may use it meanwhile).
+    #[arg(long)]
+    via: Option<String>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Args)]
@@ -89,6 +138,17 @@ fn main() -> ExitCode {
         Some(Command::Gc(args)) => gc(args),
         Some(Command::Verify(args)) => verify(args),
         Some(Command::Stats { cache, top }) => stats(cache, top),
+        Some(Command::Prefetch(args)) => prefetch(args),
+        Some(Command::Export {
+            images,
+            output,
+            cache,
+        }) => export(images, &output, cache),
+        Some(Command::Import {
+            file,
+            upstream,
+            cache,
+        }) => import(&file, upstream.as_deref(), cache),
         None => serve(ServeArgs::default()),
     };
     match result {
@@ -216,6 +276,126 @@ fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
     for (repo, bytes) in &s.top_repositories {
         println!("repository {repo}: {}", ByteSize(*bytes));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn image_list(
+    mut names: Vec<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<ImageRef>> {
+    if let Some(file) = file {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if !line.is_empty() {
+                names.push(line.to_string());
+            }
+        }
+    }
+    anyhow::ensure!(
+        !names.is_empty(),
+        "no image given (name some, or use --file)"
+    );
+    names
+        .iter()
+        .map(|n| n.parse().map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
+    regcache::telemetry::init_with("warn");
+    let images = image_list(args.images, args.file.as_deref())?;
+    let options = prefetch::Options {
+        jobs: args.jobs.max(1),
+        platforms: args.platforms,
+    };
+    let config = match &args.via {
+        Some(_) => None,
+        None => Some(args.cache.load()?),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(async {
+        let source = match (&args.via, &config) {
+            (Some(base), _) => prefetch::Source::Daemon {
+                client: reqwest::Client::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build()?,
+                base: base.clone(),
+            },
+            (None, Some(config)) => {
+                let state = regcache::app::state(config)?;
+                let state = std::sync::Arc::into_inner(state).expect("not shared yet");
+                prefetch::Source::Local {
+                    cache: Box::new(state.cache),
+                    upstreams: state.upstreams,
+                }
+            }
+            (None, None) => unreachable!("a config is loaded without --via"),
+        };
+        let progress = Progress::for_stderr();
+        anyhow::Ok(prefetch::prefetch(source.into(), &images, &options, &progress).await?)
+    })?;
+    // Waits for the manifest and tag writes still in flight.
+    drop(runtime);
+    println!(
+        "prefetched {} image(s): {} manifest(s), {} blob(s) ({})",
+        report.images,
+        report.manifests,
+        report.blobs,
+        ByteSize(report.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(
+    images: Vec<String>,
+    output: &std::path::Path,
+    cache: CacheArgs,
+) -> anyhow::Result<ExitCode> {
+    let images = image_list(images, None)?;
+    let config = cache.load()?;
+    let r = archive::export(&config, &images, output)
+        .with_context(|| format!("exporting to {}", output.display()))?;
+    for skipped in &r.skipped {
+        eprintln!("warning: not cached, left out of the index: {skipped}");
+    }
+    println!(
+        "{}: {} image(s), {} manifest(s), {} blob(s) ({})",
+        output.display(),
+        r.images,
+        r.manifests,
+        r.blobs,
+        ByteSize(r.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    file: &std::path::Path,
+    upstream: Option<&str>,
+    cache: CacheArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = cache.load()?;
+    let r = archive::import(&config, file, upstream)
+        .with_context(|| format!("importing {}", file.display()))?;
+    for tag in &r.tags {
+        println!("tagged {tag}");
+    }
+    for name in &r.untagged {
+        eprintln!("warning: {name:?} names no repo:tag; imported, reachable by digest only");
+    }
+    println!(
+        "{}: {} manifest(s), {} blob(s) written ({}), {} already cached",
+        file.display(),
+        r.manifests,
+        r.blobs,
+        ByteSize(r.bytes),
+        r.already
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,7 +3,12 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with("info");
+}
+
+/// As [`init`], with another default level (the operator commands log only warnings).
+pub fn init_with(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // A second init (tests) is harmless, so its error is ignored.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

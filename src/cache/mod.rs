@@ -34,7 +34,7 @@ pub use manifests::Manifest;
 pub use persist::{read_snapshot, walk, Found};
 pub use reader::BlobReader;
 pub use store::{
-    parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, LAYOUT_VERSION,
+    parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, TagRecord, LAYOUT_VERSION,
 };
 
 use http::Method;
