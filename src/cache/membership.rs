@@ -89,13 +89,40 @@ impl Membership {
     }
 
     fn path(&self, upstream: &str, repo: &RepoName) -> PathBuf {
-        self.store
-            .root()
-            .join("members")
-            .join(upstream.replace(':', "_"))
-            .join(repo.as_str())
-            .join("_members")
+        members_path(&self.store, upstream, repo)
     }
+}
+
+fn members_path(store: &Store, upstream: &str, repo: &RepoName) -> PathBuf {
+    store
+        .root()
+        .join("members")
+        .join(upstream.replace(':', "_"))
+        .join(repo.as_str())
+        .join("_members")
+}
+
+/// Records, straight in the store, that an image and everything it references belong to
+/// `repo` on `upstream`: for `regcache import`, which fills a cache outside the daemon.
+/// Blocks.
+pub fn record_image(
+    store: &Store,
+    upstream: &str,
+    repo: &RepoName,
+    top: &Digest,
+) -> io::Result<()> {
+    let (mut todo, mut lines) = (vec![top.clone()], String::new());
+    let mut seen = std::collections::HashSet::new();
+    while let Some(digest) = todo.pop() {
+        if !seen.insert(digest.clone()) {
+            continue;
+        }
+        lines.push_str(&format!("{digest}\n"));
+        if let Some((_, body)) = store.read_manifest(&digest)?.found() {
+            todo.extend(references(&body));
+        }
+    }
+    append(&members_path(store, upstream, repo), lines.as_bytes())
 }
 
 fn read_records(path: &std::path::Path) -> io::Result<Vec<Digest>> {

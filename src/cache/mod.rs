@@ -46,6 +46,7 @@ use crate::oci::{Digest, ErrorCode};
 use crate::upstream::{Kind, Target};
 use fill::{FillContext, Fills, Joined};
 use lifecycle::Rules;
+pub use membership::record_image;
 use membership::Membership;
 use memory::{Entry, Key, Memory};
 use tags::Tags;
