@@ -7,8 +7,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::images::{self, PushedImage};
 use support::regcache::Regcache;
@@ -154,25 +154,7 @@ fn skopeo(src: &[&str], dest: &Path, all: bool, work: &Path) -> PathBuf {
 /// Runs a command with its output in a file, killing it after [`COMMAND_TIMEOUT`].
 fn run(mut cmd: Command, work: &Path, name: &str) -> (bool, String) {
     let log = work.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = support::registry::run_bounded(&mut cmd, &log, COMMAND_TIMEOUT);
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     (status.is_some_and(|s| s.success()), out)
 }

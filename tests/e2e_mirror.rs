@@ -11,11 +11,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::images::{self, sha256_digest, PushedImage};
 use support::regcache::{metric_sum, Regcache};
-use support::registry::{spawn_logged, Registry};
+use support::registry::{run_bounded, Registry};
 
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -151,30 +151,8 @@ fn skopeo_pull(proxy: &Regcache, conf: &Path, reference: &str, work: &Path, name
         .args(["--insecure-policy", "--debug", "copy", "--src-no-creds"])
         .arg(format!("docker://{reference}"))
         .arg(format!("dir:{}", out.display()));
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
     let log = work.join(format!("skopeo-{name}.log"));
-    let mut child = spawn_logged(&mut cmd, &log);
-    let deadline = Instant::now() + SKOPEO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for skopeo") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = run_bounded(&mut cmd, &log, SKOPEO_TIMEOUT);
     let skopeo = std::fs::read_to_string(&log).unwrap_or_default();
     if status.is_none_or(|s| !s.success()) {
         panic!(

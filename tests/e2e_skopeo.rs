@@ -10,11 +10,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::images::{self, sha256_digest, PushedImage};
 use support::regcache::Regcache;
-use support::registry::{spawn_logged, Registry};
+use support::registry::{run_bounded, Registry};
 
 /// Upper bound for one skopeo run; the 100 MB pull takes a few seconds.
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(180);
@@ -124,30 +124,8 @@ fn skopeo_pull(
     }
     cmd.arg(format!("docker://{}/{reference}", proxy.addr()))
         .arg(&target);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
     let log = work.join(format!("skopeo-{name}.log"));
-    let mut child = spawn_logged(&mut cmd, &log);
-    let deadline = Instant::now() + SKOPEO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for skopeo") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = run_bounded(&mut cmd, &log, SKOPEO_TIMEOUT);
     if status.is_none_or(|s| !s.success()) {
         let skopeo = std::fs::read_to_string(&log).unwrap_or_default();
         panic!(

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long `start` waits for `GET /v2/` to answer 200 (or 401 when auth is on).
@@ -213,6 +213,27 @@ pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
     let err = out.try_clone().expect("clone log handle");
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` to its end with its output appended to `log`, without the caller's proxy
+/// variables (everything here is on loopback); killed after `timeout` (then `None`).
+pub fn run_bounded(cmd: &mut Command, log: &Path, timeout: Duration) -> Option<ExitStatus> {
+    for var in ["http_proxy", "https_proxy", "all_proxy"] {
+        cmd.env_remove(var).env_remove(var.to_uppercase());
+    }
+    let mut child = spawn_logged(cmd, log);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The status of a plain `GET path` to `addr`, or None if nothing answered in 2 s.

@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
 use super::images::PushedImage;
-use super::registry::spawn_logged;
+use super::registry::run_bounded;
 
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -28,23 +28,8 @@ pub fn pull(addr: &str, reference: &str, work: &Path, name: &str) -> Result<Path
     ])
     .arg(format!("docker://{addr}/{reference}"))
     .arg(format!("dir:{}", out.display()));
-    for var in ["http_proxy", "https_proxy", "all_proxy"] {
-        cmd.env_remove(var).env_remove(var.to_uppercase());
-    }
     let log = work.join(format!("skopeo-{name}.log"));
-    let mut child = spawn_logged(&mut cmd, &log);
-    let deadline = Instant::now() + SKOPEO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for skopeo") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = run_bounded(&mut cmd, &log, SKOPEO_TIMEOUT);
     match status {
         Some(s) if s.success() => Ok(out),
         _ => Err(format!(
