@@ -8,40 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::fake::{sha256, FakeRegistry, Fault};
+use support::fake::{FakeRegistry, Fault};
 use support::regcache::Regcache;
-
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            if e.path().is_dir() {
-                files(&e.path())
-            } else {
-                vec![e.path()]
-            }
-        })
-        .collect()
-}
-
-/// Every published blob hashes to its name; returns how many there are.
-fn assert_verified(cache: &Path) -> usize {
-    let blobs = files(&cache.join("v1/blobs"));
-    for path in &blobs {
-        let name = path.file_name().unwrap().to_string_lossy();
-        let bytes = std::fs::read(path).unwrap();
-        assert_eq!(
-            sha256(&bytes),
-            format!("sha256:{name}"),
-            "{}",
-            path.display()
-        );
-    }
-    blobs.len()
-}
+use support::store::{files, verified_blobs};
 
 fn cli(args: &[&str], cache: &Path) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_regcache"))
@@ -93,7 +62,7 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
             pull.abort();
         }
         interrupted += files(&cache.join("v1/tmp")).len();
-        assert_verified(&cache);
+        verified_blobs(&cache);
     }
     assert!(interrupted > 0, "the kills landed while fills were writing");
 
@@ -107,7 +76,7 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
         let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
         assert!(body[..] == bytes[..], "{digest}");
     }
-    assert_eq!(assert_verified(&cache), blobs.len());
+    assert_eq!(verified_blobs(&cache), blobs.len());
 
     // The operator commands work beside the running daemon.
     let verified = cli(&["verify"], &cache);
@@ -117,5 +86,5 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
     assert!(stats.contains("blobs: 6"), "{stats}");
     let gc = cli(&["gc"], &cache);
     assert!(gc.contains("removed 0 objects"), "{gc}");
-    assert_eq!(assert_verified(&cache), blobs.len());
+    assert_eq!(verified_blobs(&cache), blobs.len());
 }

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use sha2::{Digest as _, Sha256};
 use support::fake::FakeRegistry;
 use support::images::OCI_MANIFEST;
 use support::regcache::Regcache;
+use support::store::verified_blobs;
 
 const CLIENTS: usize = 16;
 /// Hot blob sizes: small ones live in the memory tier, the rest are served from disk.
@@ -284,27 +284,4 @@ async fn memory_and_descriptors_stay_flat_under_mixed_pulls() {
         "open file descriptors grew: {fds_first} -> {fds_last}"
     );
     assert!(verified_blobs(&cache) > 0);
-}
-
-/// Re-hashes every cached blob; returns how many there are.
-fn verified_blobs(cache: &Path) -> usize {
-    fn walk(dir: &Path, count: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, count);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            let name = path.file_name().unwrap().to_str().unwrap();
-            assert_eq!(hex::encode(Sha256::digest(&bytes)), name, "{path:?}");
-            *count += 1;
-        }
-    }
-    let mut count = 0;
-    walk(&cache.join("v1/blobs"), &mut count);
-    count
 }

@@ -8,10 +8,10 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use support::fake::{FakeRegistry, Fault, Silent};
 use support::proxy::Proxy;
 use support::regcache::Regcache;
+use support::store::verified_objects;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -32,48 +32,6 @@ async fn get_text(url: &str) -> (u16, String) {
     let response = client().get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
-}
-
-/// Every file under the store's `v1/blobs` and `v1/manifests`, re-hashed: each must hold
-/// exactly the bytes its name promises. Returns how many objects there are.
-fn verified_objects(cache: &Path) -> usize {
-    let mut count = 0;
-    for (kind, skip_header) in [("blobs", false), ("manifests", true)] {
-        for path in files(&cache.join("v1").join(kind)) {
-            let bytes = std::fs::read(&path).unwrap();
-            let content = if skip_header {
-                let newline = bytes.iter().position(|b| *b == b'\n').unwrap();
-                &bytes[newline + 1..]
-            } else {
-                &bytes[..]
-            };
-            let name = path.file_name().unwrap().to_str().unwrap();
-            assert_eq!(
-                hex::encode(Sha256::digest(content)),
-                name,
-                "{} holds other bytes than its name says",
-                path.display()
-            );
-            count += 1;
-        }
-    }
-    count
-}
-
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            if e.path().is_dir() {
-                files(&e.path())
-            } else {
-                vec![e.path()]
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

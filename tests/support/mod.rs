@@ -8,4 +8,5 @@ pub mod proxy;
 pub mod regcache;
 pub mod registry;
 pub mod skopeo;
+pub mod store;
 pub mod token_issuer;
