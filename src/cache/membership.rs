@@ -150,16 +150,8 @@ fn append(path: &std::path::Path, lines: &[u8]) -> io::Result<()> {
 /// What a manifest makes part of its repository: an image's config and layers, an
 /// index's child manifests. Anything unparsable references nothing.
 pub fn references(body: &[u8]) -> Vec<Digest> {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
-    let config = json.get("config").and_then(digest_of);
-    let listed = ["layers", "manifests"]
-        .into_iter()
-        .flat_map(|k| json[k].as_array().into_iter().flatten())
-        .filter_map(digest_of);
-    config.into_iter().chain(listed).collect()
+    let found = crate::oci::manifest_references(body);
+    found.blobs.into_iter().chain(found.manifests).collect()
 }
 
 #[cfg(test)]

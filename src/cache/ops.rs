@@ -185,23 +185,11 @@ fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth
     let Some((_, body)) = parse_manifest(digest, data) else {
         return;
     };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return;
-    };
-    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
-    if let Some(config) = json.get("config").and_then(digest_of) {
-        reached.insert(ObjectKey::blob(&config));
-    }
-    for layer in json["layers"].as_array().into_iter().flatten() {
-        if let Some(d) = digest_of(layer) {
-            reached.insert(ObjectKey::blob(&d));
-        }
-    }
+    let found = crate::oci::manifest_references(&body);
+    reached.extend(found.blobs.iter().map(ObjectKey::blob));
     if depth > 0 {
-        for child in json["manifests"].as_array().into_iter().flatten() {
-            if let Some(d) = digest_of(child) {
-                reach(store, &d, reached, depth - 1);
-            }
+        for child in &found.manifests {
+            reach(store, child, reached, depth - 1);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Media types: the manifest types we know, client `Accept` lists, and
 //! reading a manifest's own `mediaType`. Pure; no I/O.
 
+use super::digest::Digest;
 use serde::Deserialize;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -123,6 +124,34 @@ pub fn media_type_of_manifest(bytes: &[u8]) -> Option<String> {
     }
     let probe: Probe = serde_json::from_slice(bytes).ok()?;
     probe.media_type.filter(|m| !m.is_empty())
+}
+
+/// What a manifest points at: an image's config and layers (blobs), an index's child
+/// manifests. Anything unparsable points at nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct References {
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+}
+
+pub fn manifest_references(bytes: &[u8]) -> References {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return References::default();
+    };
+    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
+    let listed = |key: &str| -> Vec<Digest> {
+        json[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(digest_of)
+            .collect()
+    };
+    let config = json.get("config").and_then(digest_of);
+    References {
+        blobs: config.into_iter().chain(listed("layers")).collect(),
+        manifests: listed("manifests"),
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub mod route;
 pub use challenge::{parse_challenges, scope_for_pull, Challenge};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use errors::{error_body, parse_error_body, ErrorCode};
-pub use media::{media_type_of_manifest, Accept};
+pub use media::{manifest_references, media_type_of_manifest, Accept, References};
 pub use name::{NameError, RepoName};
 pub use range::{
     parse_content_range, parse_range, unsatisfied_content_range, ByteRange, RangeError, RangeSpec,
