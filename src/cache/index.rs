@@ -57,6 +57,16 @@ pub struct Pin {
     index: Arc<Index>,
     key: ObjectKey,
     generation: u64,
+    /// When the object was used before this pin (ms since the epoch; 0: never).
+    previous_access: u64,
+}
+
+impl Pin {
+    /// True when the object was read or written within `window_ms` of `now`: its pages
+    /// are then very likely still in the page cache.
+    pub fn used_within(&self, now: u64, window_ms: u64) -> bool {
+        self.previous_access != 0 && now.saturating_sub(self.previous_access) <= window_ms
+    }
 }
 
 impl Drop for Pin {
@@ -124,6 +134,7 @@ impl Index {
             index: self.clone(),
             key,
             generation,
+            previous_access: last_access,
         }
     }
 
@@ -156,12 +167,12 @@ impl Index {
     /// unknown object is adopted; `Err` carries the recorded size when the file's differs.
     pub fn pin(self: &Arc<Self>, key: &ObjectKey, size: u64, now: u64) -> Result<Pin, u64> {
         let mut inner = self.lock();
-        let generation = match inner.objects.get_mut(key) {
+        let (generation, previous_access) = match inner.objects.get_mut(key) {
             Some(meta) if meta.size != size => return Err(meta.size),
             Some(meta) => {
                 meta.pins += 1;
-                meta.last_access = now;
-                meta.generation
+                let previous = std::mem::replace(&mut meta.last_access, now);
+                (meta.generation, previous)
             }
             None => {
                 let mut meta = self.meta(size, now, None);
@@ -169,7 +180,7 @@ impl Index {
                 let generation = meta.generation;
                 inner.objects.insert(key.clone(), meta);
                 inner.bytes += size;
-                generation
+                (generation, 0)
             }
         };
         self.dirty.store(true, Ordering::Relaxed);
@@ -177,6 +188,7 @@ impl Index {
             index: self.clone(),
             key: key.clone(),
             generation,
+            previous_access,
         })
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::fill::{At, Fill, Phase, Progress};
 use super::index::Pin;
+use super::store::unix_millis;
 
 /// Bytes read per step. Each open response holds about one step in hyper's write queue, so
 /// this times the number of streams is most of the memory of a busy mirror (256 KiB x 32
@@ -32,7 +33,13 @@ pub struct BlobReader {
     fill: Option<watch::Receiver<Progress>>,
     /// Keeps a stored object from eviction until the response is done.
     _pin: Option<Pin>,
+    /// Whether the file's pages are likely in the page cache (see [`Piece::File`]).
+    cached: bool,
 }
+
+/// A stored object used this recently is taken to be in the page cache. Past it, reads
+/// may wait for the disk.
+const WARM_MS: u64 = 60_000;
 
 enum Source {
     File(Arc<File>),
@@ -48,11 +55,13 @@ impl BlobReader {
             end,
             fill: None,
             _pin: None,
+            cached: false,
         }
     }
 
     /// Holds `pin` for as long as the response streams.
     pub fn holding(mut self, pin: Pin) -> BlobReader {
+        self.cached = pin.used_within(unix_millis(), WARM_MS);
         self._pin = Some(pin);
         self
     }
@@ -71,6 +80,8 @@ impl BlobReader {
             end,
             fill: Some(progress),
             _pin: None,
+            // Bytes a fill is writing now are in the page cache.
+            cached: true,
         }
     }
 
@@ -86,7 +97,10 @@ impl BlobReader {
         })
     }
 
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+    /// The next bytes to send, at most `max` of them, or `None` at the end. A file piece
+    /// is the caller's to copy (read into memory, or sent with `sendfile`); the reader has
+    /// already moved past it.
+    pub async fn next_piece(&mut self, max: u64) -> io::Result<Option<Piece>> {
         if self.offset >= self.end {
             return Ok(None);
         }
@@ -97,15 +111,22 @@ impl BlobReader {
                 None => return Ok(None),
             },
         };
-        let limit = limit.min(self.offset + CHUNK);
-        let (file, limit) = match &self.source {
-            Source::File(file) => (file.clone(), limit),
+        let limit = limit.min(self.offset.saturating_add(max.max(1)));
+        let piece = match &self.source {
+            Source::File(file) => Piece::File {
+                file: file.clone(),
+                offset: self.offset,
+                len: limit - self.offset,
+                cached: self.cached,
+            },
             Source::Fill(fill) => match fill.at(self.offset, limit) {
-                At::File { file, end } => (file, end),
-                At::Memory(bytes) if !bytes.is_empty() => {
-                    self.offset += bytes.len() as u64;
-                    return Ok(Some(bytes));
-                }
+                At::File { file, end } => Piece::File {
+                    file,
+                    offset: self.offset,
+                    len: end - self.offset,
+                    cached: self.cached,
+                },
+                At::Memory(bytes) if !bytes.is_empty() => Piece::Bytes(bytes),
                 At::Memory(_) | At::Behind => {
                     return Err(io::Error::other(
                         "the client fell behind a download the disk could not cache",
@@ -113,12 +134,46 @@ impl BlobReader {
                 }
             },
         };
-        let (offset, len) = (self.offset, limit - self.offset);
-        let bytes = tokio::task::spawn_blocking(move || read_at(&file, offset, len))
-            .await
-            .map_err(io::Error::other)??;
-        self.offset += bytes.len() as u64;
-        Ok(Some(bytes))
+        self.offset += piece.len();
+        Ok(Some(piece))
+    }
+
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self.next_piece(CHUNK).await? {
+            None => Ok(None),
+            Some(Piece::Bytes(bytes)) => Ok(Some(bytes)),
+            Some(Piece::File {
+                file, offset, len, ..
+            }) => tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+                .await
+                .map_err(io::Error::other)?
+                .map(Some),
+        }
+    }
+}
+
+/// A stretch of a blob ready to go out: part of a file, or bytes already in memory.
+pub enum Piece {
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+        /// Likely in the page cache, so reading it will not wait for the disk.
+        cached: bool,
+    },
+    Bytes(Bytes),
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        match self {
+            Piece::File { len, .. } => *len,
+            Piece::Bytes(bytes) => bytes.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

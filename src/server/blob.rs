@@ -8,7 +8,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 
 use tokio::sync::watch;
 
-use super::body::{empty, full, stream, Body};
+use super::body::{self, empty, full, Body, Sendable};
 use super::respond::{oci_error, DOCKER_CONTENT_DIGEST};
 use super::service::Reply;
 use super::State;
@@ -40,19 +40,15 @@ pub async fn get(
     let range = requested_range(parts)?;
     let source = state.cache.blob(digest, target).await?;
     let outcome = source.outcome();
-    let (total, body): (Option<u64>, Box<dyn FnOnce(Span) -> Body + Send>) = match source {
+    let (total, body): (Option<u64>, Box<dyn FnOnce(Span) -> Sent + Send>) = match source {
         BlobSource::Memory(bytes) => (
             Some(bytes.len() as u64),
-            Box::new(move |s: Span| full(bytes.slice(s.start as usize..s.end as usize))),
+            Box::new(move |s: Span| (full(bytes.slice(s.start as usize..s.end as usize)), None)),
         ),
         BlobSource::Disk { file, len, pin } => (
             Some(len),
             Box::new(move |s: Span| {
-                stream(
-                    BlobReader::stored(file, s.start, s.end)
-                        .holding(pin)
-                        .into_stream(),
-                )
+                sendable(BlobReader::stored(file, s.start, s.end).holding(pin))
             }),
         ),
         BlobSource::Fill { fill, .. } => {
@@ -63,7 +59,7 @@ pub async fn get(
             (
                 total,
                 Box::new(move |s: Span| {
-                    stream(BlobReader::filling(fill, progress, s.start, s.end).into_stream())
+                    sendable(BlobReader::filling(fill, progress, s.start, s.end))
                 }),
             )
         }
@@ -75,9 +71,7 @@ pub async fn get(
             end: u64::MAX,
             partial: false,
         };
-        let response = blob_response(digest)
-            .body(body(whole))
-            .expect("valid headers");
+        let response = with_body(blob_response(digest), body(whole));
         return Ok(Reply::new(response, outcome));
     };
     let Some(span) = resolve(range.as_ref(), total) else {
@@ -93,10 +87,23 @@ pub async fn get(
             .status(StatusCode::PARTIAL_CONTENT)
             .header(CONTENT_RANGE, r.content_range(total));
     }
-    Ok(Reply::new(
-        builder.body(body(span)).expect("valid headers"),
-        outcome,
-    ))
+    Ok(Reply::new(with_body(builder, body(span)), outcome))
+}
+
+/// A body, and the handle to send its bytes another way if it streams from a reader.
+type Sent = (Body, Option<Sendable>);
+
+fn sendable(reader: BlobReader) -> Sent {
+    let (body, sendable) = body::blob(reader);
+    (body, Some(sendable))
+}
+
+fn with_body(builder: http::response::Builder, (body, sendable): Sent) -> Response<Body> {
+    let mut response = builder.body(body).expect("valid headers");
+    if let Some(sendable) = sendable {
+        response.extensions_mut().insert(sendable);
+    }
+    response
 }
 
 /// Waits for upstream's headers on a fill; their status and length decide ours. Without a

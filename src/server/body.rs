@@ -1,8 +1,11 @@
-//! Response bodies: one boxed type for every answer, and a wrapper that counts the bytes
-//! a client actually received, recorded once when the body is dropped (never per chunk).
+//! Response bodies: one boxed type for every answer, a blob body whose reader a plain
+//! HTTP/1.1 connection may take over (to send file bytes with `sendfile`), and a wrapper
+//! that counts the bytes a client actually received, recorded once when the body is
+//! dropped (never per chunk).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,6 +13,8 @@ use futures_util::{Stream, TryStreamExt};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use prometheus::IntCounter;
+
+use crate::cache::BlobReader;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -31,6 +36,35 @@ where
 {
     StreamBody::new(stream.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
 }
+
+/// The reader behind a blob body, in the response's extensions. Whoever takes it first
+/// sends the bytes: hyper by polling the body, or a plain HTTP/1.1 connection directly.
+#[derive(Clone)]
+pub struct Sendable(Arc<Mutex<Option<BlobReader>>>);
+
+impl Sendable {
+    pub fn take(&self) -> Option<BlobReader> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A blob body over `reader`, and the handle that can take the reader instead.
+pub fn blob(reader: BlobReader) -> (Body, Sendable) {
+    let sendable = Sendable(Arc::new(Mutex::new(Some(reader))));
+    let slot = sendable.clone();
+    let body = futures_util::stream::once(async move {
+        // Taken means another path sent the bytes; this body must not look complete.
+        slot.take()
+            .map(BlobReader::into_stream)
+            .ok_or_else(|| io::Error::other("blob body already sent another way"))
+    })
+    .try_flatten();
+    (stream(body), sendable)
+}
+
+/// The served-bytes counter of a response whose bytes may bypass its body ([`Sendable`]).
+#[derive(Clone)]
+pub struct ServedBytes(pub IntCounter);
 
 /// Counts data bytes that went out through `inner`.
 pub struct Counted {

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::body::Body;
 use super::guard::{Activity, Guarded, Tracked};
-use super::{Peer, Serving};
+use super::{plain, Peer, Serving};
 use crate::metrics::Limit;
 
 /// What every connection of one listener shares.
@@ -54,7 +54,7 @@ pub async fn serve_connection<F, Fut>(
     handler: F,
     closing: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<Body>> + Send + 'static,
 {
     let metrics = shared.serving.metrics.clone();
@@ -63,7 +63,16 @@ pub async fn serve_connection<F, Fut>(
     let limits = &shared.serving.limits;
     let io = Guarded::new(stream, activity.clone(), limits.send_timeout);
     match &shared.serving.tls {
-        None => drive(io, peer, &shared, handler, closing, &activity).await,
+        None => {
+            let mut closing = closing;
+            let serving = &shared.serving;
+            match plain::serve(io, peer, serving, &handler, &mut closing, &activity).await {
+                plain::Ended::Closed => {}
+                plain::Ended::Handoff(io) => {
+                    drive(io, peer, &shared, handler, closing, &activity).await
+                }
+            }
+        }
         Some(tls) => {
             let handshake = tls.acceptor.accept(io);
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
@@ -88,13 +97,15 @@ async fn drive<I, F, Fut>(
     activity: &Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<Body>> + Send + 'static,
 {
     let limits = &shared.serving.limits;
     let metrics = &shared.serving.metrics;
     let service_activity = activity.clone();
-    let service = service_fn(move |mut request: Request<Incoming>| {
+    let service = service_fn(move |request: Request<Incoming>| {
+        // No handler reads a request body: hyper discards it.
+        let mut request = request.map(|_| ());
         request.extensions_mut().insert(Peer(peer));
         let guard = service_activity.start_request();
         let handler = handler.clone();

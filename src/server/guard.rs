@@ -4,8 +4,10 @@
 //!
 //! Only clocks and counters here; what to do when a guard trips is `conn`'s business.
 
+use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{Body, BoxError};
@@ -161,12 +164,101 @@ impl<S> Guarded<S> {
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(stall.as_mut().poll(cx));
+        Poll::Ready(Err(self.timed_out()))
+    }
+}
+
+impl<S> Guarded<S> {
+    fn timed_out(&self) -> io::Error {
         self.activity.send_timed_out.store(true, Ordering::Relaxed);
-        Poll::Ready(Err(io::Error::new(
+        io::Error::new(
             io::ErrorKind::TimedOut,
             "client did not read the response within the send timeout",
-        )))
+        )
     }
+}
+
+impl Guarded<TcpStream> {
+    /// Sends `len` bytes of `file` from `offset` with sendfile(2): the kernel moves them
+    /// from the page cache to the socket, never through our memory. Pages not in memory
+    /// make the call wait for the disk, so unless the caller knows them `cached` it runs
+    /// on the blocking pool, with `socket`, a duplicate of this stream's descriptor that
+    /// such a call can own.
+    pub async fn send_file(
+        &mut self,
+        socket: &Arc<OwnedFd>,
+        file: &Arc<File>,
+        mut offset: u64,
+        len: u64,
+        cached: bool,
+    ) -> io::Result<()> {
+        let end = offset + len;
+        while offset < end {
+            match tokio::time::timeout(self.send_timeout, self.inner.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) => return Err(self.timed_out()),
+            }
+            let count = (end - offset).min(SENDFILE_MAX) as usize;
+            let sent = if cached {
+                self.inner
+                    .try_io(Interest::WRITABLE, || sendfile(socket, file, offset, count))
+            } else {
+                let (out, from) = (socket.clone(), file.clone());
+                let sent =
+                    tokio::task::spawn_blocking(move || sendfile(&out, &from, offset, count))
+                        .await
+                        .map_err(io::Error::other)?;
+                if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                    self.still_full(socket);
+                }
+                sent
+            };
+            match sent {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "cached blob is shorter than expected",
+                    ))
+                }
+                Ok(n) => {
+                    offset += n as u64;
+                    self.activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a send that found the socket full, clears tokio's write readiness unless
+    /// the socket has room again by now; checking inside `try_io` makes a wakeup that
+    /// arrived in between count, instead of being lost.
+    fn still_full(&self, socket: &Arc<OwnedFd>) {
+        let _ = self.inner.try_io(Interest::WRITABLE, || {
+            let mut fds = [rustix::event::PollFd::new(
+                &**socket,
+                rustix::event::PollFlags::OUT,
+            )];
+            match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+                Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                _ => Ok(()),
+            }
+        });
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+/// At most this much per sendfile call, so one call never holds a thread long.
+const SENDFILE_MAX: u64 = 16 << 20;
+
+fn sendfile(socket: &OwnedFd, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+    let mut at = offset;
+    rustix::fs::sendfile(socket, file, Some(&mut at), count).map_err(io::Error::from)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {

@@ -11,7 +11,9 @@ mod conn;
 mod guard;
 mod manifest;
 mod passthrough;
+mod plain;
 mod respond;
+mod rewind;
 mod service;
 pub mod tls;
 
@@ -20,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::Request;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -63,7 +64,7 @@ pub async fn serve<F, Fut>(
     handler: F,
     shutdown: impl Future<Output = ()>,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<body::Body>> + Send + 'static,
 {
     let grace = serving.limits.shutdown_grace;

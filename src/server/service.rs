@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
-use super::body::{full, Body, Counted};
+use super::body::{full, Body, Counted, Sendable, ServedBytes};
 use super::respond::{self, API_VERSION};
 use super::{blob, manifest, passthrough, Peer, State};
 use crate::error::Result;
@@ -67,7 +67,10 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
                     .metrics
                     .served_bytes
                     .with_label_values(&[reply.outcome.byte_source()]);
-                let (head, body) = reply.response.into_parts();
+                let (mut head, body) = reply.response.into_parts();
+                if head.extensions.get::<Sendable>().is_some() {
+                    head.extensions.insert(ServedBytes(counter.clone()));
+                }
                 (
                     Response::from_parts(head, Counted::wrap(body, counter)),
                     reply.outcome,
