@@ -130,6 +130,10 @@ struct ServeArgs {
     admin_listen: Option<String>,
 }
 
+/// See Cargo.toml for why not the system allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
