@@ -453,4 +453,46 @@ mod tests {
         assert_eq!(disk.free_bytes(0), (0, 0));
         drop(pin);
     }
+
+    /// Waits (bounded) until `check` holds. Time is paused: each step lets blocking threads
+    /// run for a real millisecond and moves the clock on by one.
+    async fn until(check: impl Fn() -> bool) {
+        for _ in 0..5000 {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emergency_evictions_are_rate_limited_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let limits = Limits {
+            budget: 1 << 30,
+            high: 900 << 20,
+            low: 800 << 20,
+        };
+        let disk = Arc::new(Disk::new(store, limits, Rules::default(), Metrics::new()));
+        disk.start(Duration::from_secs(3600));
+        until(|| disk.ready.load(Ordering::Relaxed)).await;
+        let full = io::Error::from_raw_os_error(28);
+
+        disk.note_write_error("test", &full, 10);
+        until(|| !disk.full.pending()).await;
+        // Within the gap of that eviction: these wait, and become one eviction.
+        let asked = tokio::time::Instant::now();
+        disk.note_write_error("test", &full, 10);
+        disk.note_write_error("test", &full, 20);
+        tokio::time::sleep(FULL_EVICTION_GAP - Duration::from_secs(1)).await;
+        assert!(disk.full.pending(), "not before the gap has passed");
+        until(|| !disk.full.pending()).await;
+        assert!(asked.elapsed() >= FULL_EVICTION_GAP - Duration::from_millis(100));
+        // Other write errors ask for nothing.
+        disk.note_write_error("test", &io::Error::from_raw_os_error(5), 10);
+        assert!(!disk.full.pending());
+    }
 }
