@@ -16,7 +16,8 @@ mod index;
 pub mod lifecycle;
 mod manifests;
 mod membership;
-mod memory;
+// Public for the tiers bench, which replays traces against it.
+pub mod memory;
 pub mod ops;
 mod persist;
 mod reader;
