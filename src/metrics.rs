@@ -190,7 +190,7 @@ impl Metrics {
         );
         let evictions = counter_vec(
             EVICTIONS,
-            "Objects removed from the disk store by reason (budget, lifecycle, corruption).",
+            "Objects removed from the disk store by reason (budget, disk_full, lifecycle, corruption).",
             &["reason"],
         );
         let offline_misses = counter_vec(

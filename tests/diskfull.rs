@@ -1,12 +1,15 @@
 //! A disk that fills up during a fill: the client still gets the blob, nothing half-written
-//! stays, the error is counted, and caching resumes once there is room. Uses a 4 MiB tmpfs,
-//! so it needs root; without it the test says so and passes (the relay itself is unit-tested
-//! with a failing writer in `cache::fill::copy`).
+//! stays, the error is counted, and caching resumes once there is room, made by evicting the
+//! least recently used objects at once. Uses a small tmpfs, so it needs root; without it the
+//! tests say so and pass (the relay itself is unit-tested with a failing writer in
+//! `cache::fill::copy`, the emergency eviction's choice of victims in `cache::disk`).
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use std::time::Duration;
 
 use support::proxy::Proxy;
 
@@ -14,9 +17,9 @@ use support::proxy::Proxy;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path) -> Option<Tmpfs> {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .ok()?;
@@ -31,24 +34,13 @@ impl Drop for Tmpfs {
 }
 
 fn files_under(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| {
-                if e.path().is_dir() {
-                    files_under(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-    })
+    support::store::files(dir).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_still_serves_the_blob_and_caching_resumes_when_space_returns() {
     let outer = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(outer.path()) else {
+    let Some(fs) = Tmpfs::mount(outer.path(), "4m") else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
@@ -97,5 +89,96 @@ async fn a_full_disk_still_serves_the_blob_and_caching_resumes_when_space_return
         1.0
     );
     assert_eq!(files_under(&fs.0.join("v1/blobs")), 1);
+    proxy.stop().await;
+}
+
+async fn get_blob(proxy: &Proxy, digest: &str) -> bytes::Bytes {
+    reqwest::get(proxy.url(&format!("/v2/a/blobs/{digest}")))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .bytes()
+        .await
+        .expect("the whole blob arrives")
+}
+
+fn blob_data(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32 % 251) as u8 ^ seed)
+        .collect::<Vec<u8>>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached() {
+    let outer = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(outer.path(), "8m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let fake = support::fake::FakeRegistry::start().await;
+    let old: Vec<(String, Vec<u8>)> = (1..=3)
+        .map(|n| {
+            let data = blob_data(n, 2 << 20);
+            (fake.add_blob(data.clone()), data)
+        })
+        .collect();
+    let new = blob_data(9, 3 << 20);
+    let new_digest = fake.add_blob(new.clone());
+    // A budget far larger than the 8 MiB filesystem: no watermark will ever be reached.
+    let cache = "disk_bytes = \"1GiB\"\nmemory_bytes = \"0\"";
+    let proxy = Proxy::start_config(&fake.url(), cache, "", Some(&fs.0)).await;
+    let full = "regcache_evictions_total{reason=\"disk_full\"}";
+
+    // Three 2 MiB blobs fill 6 of the 8 MiB; the first is then used again, so the other
+    // two are the least recently used.
+    for (digest, data) in &old {
+        assert!(get_blob(&proxy, digest).await[..] == data[..]);
+    }
+    assert!(get_blob(&proxy, &old[0].0).await[..] == old[0].1[..]);
+    assert_eq!(support::store::verified_blobs(&fs.0), 3);
+    assert_eq!(proxy.metric(full).await, 0.0);
+
+    // 3 MiB do not fit: the client still gets every byte, through the relay...
+    assert!(get_blob(&proxy, &new_digest).await[..] == new[..]);
+    assert!(proxy.metric("regcache_cache_write_errors_total").await >= 1.0);
+    let uncached = "regcache_fills_total{result=\"uncached\"}";
+    assert_eq!(proxy.metric(uncached).await, 1.0);
+    // ...and the two least recently used blobs go at once, with no watermark reached.
+    for _ in 0..100 {
+        if proxy.metric(full).await >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.metric(full).await, 2.0);
+    assert_eq!(
+        proxy
+            .metric("regcache_evictions_total{reason=\"budget\"}")
+            .await,
+        0.0
+    );
+    let held = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        support::store::files(&fs.0.join("v1/blobs"))
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == hex))
+    };
+    assert!(held(&old[0].0), "the recently used blob stays");
+    assert!(!held(&old[1].0) && !held(&old[2].0));
+
+    // The next fill of the new blob is cached, and the pull after it never reaches upstream.
+    assert!(get_blob(&proxy, &new_digest).await[..] == new[..]);
+    let cached = "regcache_fills_total{result=\"cached\"}";
+    assert_eq!(proxy.metric(cached).await, 4.0);
+    let upstream_gets = |d: &str| fake.count("GET", &format!("/blobs/{d}"));
+    assert_eq!(upstream_gets(&new_digest), 2);
+    assert!(get_blob(&proxy, &new_digest).await[..] == new[..]);
+    assert!(get_blob(&proxy, &old[0].0).await[..] == old[0].1[..]);
+    assert_eq!(upstream_gets(&new_digest), 2, "served from the cache");
+    assert_eq!(upstream_gets(&old[0].0), 1);
+    assert_eq!(proxy.metric(uncached).await, 1.0);
+    assert_eq!(support::store::verified_blobs(&fs.0), 2);
+    assert_eq!(files_under(&fs.0.join("v1/tmp")), 0);
     proxy.stop().await;
 }

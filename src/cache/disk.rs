@@ -1,6 +1,6 @@
-//! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction, lifecycle
-//! sweeps, corruption handling, and the background task that loads the index, saves
-//! recency and runs the sweeps.
+//! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction (also right
+//! away when the filesystem is full), lifecycle sweeps, corruption handling, and the
+//! background task that loads the index, saves recency and runs the sweeps.
 //!
 //! Eviction removes only published objects that nobody has pinned; a fill's temp file is
 //! not in the index until it is published, so it is never a candidate. Functions that
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
 use super::persist;
+use super::space::{self, Requests};
 use super::store::{unix_millis, Lookup, ObjectKey, Store};
 use crate::config::{CacheConfig, DiskBudget};
 use crate::metrics::Metrics;
@@ -55,6 +56,8 @@ impl Limits {
 #[derive(Clone, Copy, Debug)]
 pub enum Reason {
     Budget,
+    /// The filesystem ran out of space (or quota) before the budget was reached.
+    DiskFull,
     Lifecycle,
     Corruption,
 }
@@ -63,6 +66,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Budget => "budget",
+            Reason::DiskFull => "disk_full",
             Reason::Lifecycle => "lifecycle",
             Reason::Corruption => "corruption",
         }
@@ -71,6 +75,10 @@ impl Reason {
 
 /// How often the daemon applies the lifecycle rules (also once after startup).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// At most one emergency eviction per this long: a burst of failing fills is one eviction,
+/// and a disk that something else keeps filling cannot drain the cache in a loop.
+const FULL_EVICTION_GAP: Duration = Duration::from_secs(5);
 
 /// What one lifecycle sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -91,6 +99,8 @@ pub struct Disk {
     ready: AtomicBool,
     /// Set while disk writes fail, so the failure is logged once, not per fill.
     failing: AtomicBool,
+    /// Room asked for by writes that found the filesystem full, for the background task.
+    full: Arc<Requests>,
 }
 
 impl Disk {
@@ -104,6 +114,7 @@ impl Disk {
             wake: Arc::default(),
             ready: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            full: Arc::default(),
         }
     }
 
@@ -216,6 +227,42 @@ impl Disk {
         (victims.len() as u64, freed)
     }
 
+    /// Removes least-recently-used objects to make room for `failed` bytes that a full
+    /// filesystem refused (see `space::to_free`), whatever the budget says. Returns
+    /// (objects, bytes) removed. Blocks.
+    pub fn evict_for_space(&self, failed: u64) -> (u64, u64) {
+        let (_, stored) = self.index.usage();
+        let free = rustix::fs::statvfs(self.store.root())
+            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+            .unwrap_or(0);
+        self.free_bytes(space::to_free(failed, stored, free))
+    }
+
+    /// Removes least-recently-used, unpinned objects of at least `wanted` bytes in all (or
+    /// all there are), counted as `disk_full`. Blocks.
+    fn free_bytes(&self, wanted: u64) -> (u64, u64) {
+        if wanted == 0 {
+            return (0, 0);
+        }
+        let (_, stored) = self.index.usage();
+        let victims = self.index.take_victims(stored.saturating_sub(wanted));
+        if victims.is_empty() {
+            tracing::debug!(wanted, "filesystem full and nothing left to evict");
+            return (0, 0);
+        }
+        let freed = self.remove_all(&victims);
+        self.count(Reason::DiskFull, victims.len() as u64);
+        tracing::warn!(
+            objects = victims.len(),
+            bytes = freed,
+            wanted,
+            budget = self.limits.budget,
+            "filesystem full: evicted least recently used objects to make room; \
+             the disk budget may be larger than the filesystem's room for the cache"
+        );
+        (victims.len() as u64, freed)
+    }
+
     fn remove_all(&self, taken: &[(ObjectKey, Meta)]) -> u64 {
         let mut freed = 0;
         for (key, meta) in taken {
@@ -266,9 +313,15 @@ impl Disk {
         }
     }
 
-    /// A disk write failed: count it, and log only the first of a run of failures.
-    pub fn note_write_error(&self, what: &str, error: &io::Error) {
+    /// A disk write of an object of `size` bytes (0 if unknown) failed: count it, and log
+    /// only the first of a run of failures. A full filesystem also asks the background task
+    /// for an emergency eviction, so the next writes find room.
+    pub fn note_write_error(&self, what: &str, error: &io::Error, size: u64) {
         self.metrics.cache_write_errors.inc();
+        if space::is_out_of_space(error) {
+            self.full.add(size);
+            self.wake.notify_one();
+        }
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, what, "disk write failed; serving from upstream without caching until writes succeed");
         } else {
@@ -282,11 +335,12 @@ impl Disk {
         }
     }
 
-    /// Loads the index from the store, then evicts when asked, saves recency every
+    /// Loads the index from the store, then evicts when asked (at once, and at most every
+    /// `FULL_EVICTION_GAP`, when the filesystem is full), saves recency every
     /// `flush_every` and sweeps every hour. The task ends once the cache is dropped.
     pub fn start(self: &Arc<Self>, flush_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
-        let wake = self.wake.clone();
+        let (wake, full) = (self.wake.clone(), self.full.clone());
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
                 let _ = tokio::task::spawn_blocking(move || {
@@ -298,17 +352,30 @@ impl Disk {
             let mut tick = tokio::time::interval(flush_every);
             tick.tick().await;
             let mut swept = Instant::now();
+            let mut last_full: Option<tokio::time::Instant> = None;
             loop {
                 let woken = tokio::select! {
                     _ = wake.notified() => true,
                     _ = tick.tick() => false,
                 };
+                // An emergency eviction asked for within the gap of the last one waits for
+                // the gap; failures meanwhile merge into it.
+                if let Some(last) = last_full.filter(|_| full.pending()) {
+                    tokio::time::sleep_until(last + FULL_EVICTION_GAP).await;
+                }
                 let Some(disk) = weak.upgrade() else { return };
                 let sweep = !woken && swept.elapsed() >= SWEEP_EVERY;
                 if sweep {
                     swept = Instant::now();
                 }
+                let failed = full.take();
+                if failed.is_some() {
+                    last_full = Some(tokio::time::Instant::now());
+                }
                 let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(failed) = failed {
+                        disk.evict_for_space(failed);
+                    }
                     if sweep {
                         disk.sweep();
                     }
@@ -341,5 +408,91 @@ impl Disk {
         if self.over_high() {
             self.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    #[test]
+    fn a_full_disk_evicts_the_least_recent_unpinned_objects_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let limits = Limits {
+            budget: 1 << 30,
+            high: 900 << 20,
+            low: 800 << 20,
+        };
+        let disk = Disk::new(store.clone(), limits, Rules::default(), Metrics::new());
+        let keys: Vec<ObjectKey> = (0..4u8)
+            .map(|n| {
+                let data = [n; 100];
+                let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, &data));
+                store.write_atomic(&store.path_of(&key), &[&data]).unwrap();
+                disk.index.insert(key.clone(), 100, 10 + u64::from(n), None);
+                key
+            })
+            .collect();
+        disk.index.touch(&keys[0], 99);
+        let pin = disk.index.pin(&keys[1], 100, 20).unwrap();
+
+        // Far under the budget, yet 150 bytes are wanted: the two least recent (2 and 3) go;
+        // 0 was used since and 1 is being read.
+        assert_eq!(disk.free_bytes(150), (2, 200));
+        let gone = |k: &ObjectKey| !store.path_of(k).exists() && disk.index.get(k).is_none();
+        assert!(gone(&keys[2]) && gone(&keys[3]));
+        assert!(store.path_of(&keys[0]).exists() && store.path_of(&keys[1]).exists());
+        let counted = |reason: &str| disk.metrics.evictions.with_label_values(&[reason]).get();
+        assert_eq!((counted("disk_full"), counted("budget")), (2, 0));
+
+        // Asked for more than is left: everything unpinned goes, the pinned one stays.
+        assert_eq!(disk.free_bytes(1 << 20), (1, 100));
+        assert_eq!(disk.index.usage(), (1, 100));
+        assert_eq!(disk.free_bytes(0), (0, 0));
+        drop(pin);
+    }
+
+    /// Waits (bounded) until `check` holds. Time is paused: each step lets blocking threads
+    /// run for a real millisecond and moves the clock on by one.
+    async fn until(check: impl Fn() -> bool) {
+        for _ in 0..5000 {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emergency_evictions_are_rate_limited_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let limits = Limits {
+            budget: 1 << 30,
+            high: 900 << 20,
+            low: 800 << 20,
+        };
+        let disk = Arc::new(Disk::new(store, limits, Rules::default(), Metrics::new()));
+        disk.start(Duration::from_secs(3600));
+        until(|| disk.ready.load(Ordering::Relaxed)).await;
+        let full = io::Error::from_raw_os_error(28);
+
+        disk.note_write_error("test", &full, 10);
+        until(|| !disk.full.pending()).await;
+        // Within the gap of that eviction: these wait, and become one eviction.
+        let asked = tokio::time::Instant::now();
+        disk.note_write_error("test", &full, 10);
+        disk.note_write_error("test", &full, 20);
+        tokio::time::sleep(FULL_EVICTION_GAP - Duration::from_secs(1)).await;
+        assert!(disk.full.pending(), "not before the gap has passed");
+        until(|| !disk.full.pending()).await;
+        assert!(asked.elapsed() >= FULL_EVICTION_GAP - Duration::from_millis(100));
+        // Other write errors ask for nothing.
+        disk.note_write_error("test", &io::Error::from_raw_os_error(5), 10);
+        assert!(!disk.full.pending());
     }
 }

@@ -154,14 +154,14 @@ impl Cache {
     ) -> Result<Manifest> {
         let upstream = target.upstream.name();
         let ttl = target.upstream.config().tag_ttl;
-        let store = self.store();
+        let disk = self.disk();
         let path = format!("manifests/{tag}");
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
         if known || !want_body {
             if let Some(head) = self.head_upstream(target, &path, accept).await? {
                 if let Some(found) = self.stored_manifest(&head.digest).await {
                     self.tags.confirm(
-                        store,
+                        disk,
                         upstream,
                         &target.name,
                         tag,
@@ -184,7 +184,7 @@ impl Cache {
                     )
                     .await?;
                 self.tags.confirm(
-                    store,
+                    disk,
                     upstream,
                     &target.name,
                     tag,
@@ -197,7 +197,7 @@ impl Cache {
         }
         let fetched = self.fetch(target, &path, accept, None).await?;
         self.tags.confirm(
-            store,
+            disk,
             upstream,
             &target.name,
             tag,
@@ -356,12 +356,12 @@ impl Cache {
         let disk = self.ctx.disk.clone();
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
         let origin = origin.to_string();
-        tokio::task::spawn_blocking(move || match disk.store.write_manifest(&d, &m, &b) {
-            Ok(()) => {
-                let size = (m.len() + 1 + b.len()) as u64;
-                drop(disk.published(ObjectKey::manifest(&d), size, &origin));
+        tokio::task::spawn_blocking(move || {
+            let size = (m.len() + 1 + b.len()) as u64;
+            match disk.store.write_manifest(&d, &m, &b) {
+                Ok(()) => drop(disk.published(ObjectKey::manifest(&d), size, &origin)),
+                Err(e) => disk.note_write_error("writing a manifest", &e, size),
             }
-            Err(e) => disk.note_write_error("writing a manifest", &e),
         });
     }
 }

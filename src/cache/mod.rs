@@ -3,7 +3,8 @@
 //! upstream (through `upstream`), and stores only what it verified.
 //!
 //! The disk tier is bounded: `index` records every object's size and last access, `disk`
-//! evicts the least recently used past the budget, `persist` keeps recency across restarts.
+//! evicts the least recently used past the budget (or at once when the filesystem is full,
+//! see `space`), `persist` keeps recency across restarts.
 //! `ops` holds the operator commands (gc, verify, stats).
 //!
 //! The cache never causes a failure: a disk error is logged, counted and served as a miss;
@@ -15,10 +16,12 @@ mod index;
 pub mod lifecycle;
 mod manifests;
 mod membership;
-mod memory;
+// Public for the tiers bench, which replays traces against it.
+pub mod memory;
 pub mod ops;
 mod persist;
 mod reader;
+mod space;
 mod store;
 mod tags;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
+use super::disk::Disk;
 use super::store::{unix_now, Store, TagRecord};
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -88,7 +89,7 @@ impl Tags {
     #[allow(clippy::too_many_arguments)]
     pub fn confirm(
         &self,
-        store: &Arc<Store>,
+        disk: &Arc<Disk>,
         upstream: &str,
         repo: &RepoName,
         tag: &Tag,
@@ -107,15 +108,17 @@ impl Tags {
             media_type: media_type.to_string(),
             checked_at: unix_now(),
         };
-        let (store, up, r, t) = (
-            store.clone(),
+        let (disk, up, r, t) = (
+            disk.clone(),
             upstream.to_string(),
             repo.clone(),
             tag.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.write_tag(&up, &r, &t, &record) {
-                tracing::warn!(error = %e, "writing a tag record failed; it stays in memory only");
+            if let Err(e) = disk.store.write_tag(&up, &r, &t, &record) {
+                // It stays in memory only. A record is a few hundred bytes: an emergency
+                // eviction's slack covers it, so no size is given.
+                disk.note_write_error("writing a tag record", &e, 0);
             }
         })
     }
@@ -124,6 +127,9 @@ impl Tags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::disk::Limits;
+    use crate::cache::lifecycle::Rules;
+    use crate::metrics::Metrics;
     use crate::oci::Algorithm;
 
     async fn entry_now(tags: &Tags, store: &Arc<Store>) -> TagEntry {
@@ -137,11 +143,22 @@ mod tests {
     async fn entries_go_stale_after_the_ttl_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
+        let limits = Limits {
+            budget: 1 << 20,
+            high: 1 << 19,
+            low: 1 << 18,
+        };
+        let disk = Arc::new(Disk::new(
+            store.clone(),
+            limits,
+            Rules::default(),
+            Metrics::new(),
+        ));
         let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());
         let digest = Digest::of(Algorithm::Sha256, b"m");
         let ttl = Duration::from_secs(300);
         let tags = Tags::new(100);
-        tags.confirm(&store, "up", &repo, &tag, &digest, "application/x", ttl)
+        tags.confirm(&disk, "up", &repo, &tag, &digest, "application/x", ttl)
             .await
             .unwrap();
         let entry = tags.get(&store, "up", &repo, &tag, ttl).await.unwrap();

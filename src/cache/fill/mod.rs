@@ -8,7 +8,8 @@
 //!
 //! When the disk refuses a write (full, failing), the temp file is removed at once and the
 //! rest of the body goes through a bounded in-memory relay: the attached clients still get
-//! the verified blob, it is just not cached. The next fill tries the disk again.
+//! the verified blob, it is just not cached. A full disk also has `disk` evict at once, so
+//! the next fill finds room.
 
 mod copy;
 mod state;
@@ -84,8 +85,9 @@ impl Fills {
         let (file, temp) = match ctx.store.temp_file() {
             Ok((file, temp)) => (Some(file), Some(temp)),
             Err(e) => {
+                // Upstream has not said how big the blob is yet.
                 ctx.disk
-                    .note_write_error("creating a temp file for a fill", &e);
+                    .note_write_error("creating a temp file for a fill", &e, 0);
                 (None, None)
             }
         };
@@ -201,7 +203,7 @@ async fn download(
             }
         };
         let mut on_error = |e: &std::io::Error| {
-            disk.note_write_error("writing a fill to disk", e);
+            disk.note_write_error("writing a fill to disk", e, writer.size_hint());
             // Nothing half-written stays: readers keep the open file, the name goes now.
             if let Some(temp) = &temp_path {
                 let _ = std::fs::remove_file(temp);
@@ -269,7 +271,7 @@ async fn publish(
             .map_or(Ok(()), |f| f.sync_all())
             .and_then(|_| store.publish(&temp, &store.blob_path(&digest)));
         if let Err(e) = result {
-            disk.note_write_error("publishing a verified blob", &e);
+            disk.note_write_error("publishing a verified blob", &e, written);
             let _ = std::fs::remove_file(&temp);
             return None;
         }

@@ -144,6 +144,12 @@ impl Fill {
         }
     }
 
+    /// The blob's size as upstream announced it, else the bytes seen so far.
+    pub(super) fn size_hint(&self) -> u64 {
+        let progress = self.progress.borrow();
+        progress.total.unwrap_or(progress.written)
+    }
+
     pub(super) fn relaying(&self) -> bool {
         self.relay.lock().expect("relay lock").file_end.is_some()
     }
