@@ -69,9 +69,6 @@ impl Reason {
     }
 }
 
-/// How often the daemon applies the lifecycle rules (also once after startup).
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
-
 /// What one lifecycle sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -283,8 +280,9 @@ impl Disk {
     }
 
     /// Loads the index from the store, then evicts when asked, saves recency every
-    /// `flush_every` and sweeps every hour. The task ends once the cache is dropped.
-    pub fn start(self: &Arc<Self>, flush_every: Duration) {
+    /// `flush_every` and applies the lifecycle rules every `sweep_every`. The task ends
+    /// once the cache is dropped.
+    pub fn start(self: &Arc<Self>, flush_every: Duration, sweep_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let wake = self.wake.clone();
         tokio::spawn(async move {
@@ -304,7 +302,7 @@ impl Disk {
                     _ = tick.tick() => false,
                 };
                 let Some(disk) = weak.upgrade() else { return };
-                let sweep = !woken && swept.elapsed() >= SWEEP_EVERY;
+                let sweep = !woken && swept.elapsed() >= sweep_every;
                 if sweep {
                     swept = Instant::now();
                 }

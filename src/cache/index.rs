@@ -127,21 +127,31 @@ impl Index {
         }
     }
 
-    /// Records an object found on disk, unless a lookup already did (the startup scan).
+    /// Records an object found on disk (by the startup walk or a reconciliation). When a
+    /// lookup recorded it first (it adopts files it meets, origin unknown), only the origin
+    /// is filled in, so the upstream's lifecycle rules still apply to it. Returns whether
+    /// the object was new to the index.
     pub fn insert_if_absent(
         &self,
         key: ObjectKey,
         size: u64,
         last_access: u64,
         origin: Option<&str>,
-    ) {
+    ) -> bool {
         let mut inner = self.lock();
-        if inner.objects.contains_key(&key) {
-            return;
+        let interned = inner.intern(origin);
+        if let Some(meta) = inner.objects.get_mut(&key) {
+            if meta.origin.is_none() && interned.is_some() {
+                meta.origin = interned;
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            return false;
         }
-        let meta = self.meta(size, last_access, inner.intern(origin));
+        let meta = self.meta(size, last_access, interned);
         inner.objects.insert(key, meta);
         inner.bytes += size;
+        self.dirty.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
@@ -336,6 +346,21 @@ mod tests {
             .collect();
         assert_eq!(taken, [key(1)]);
         assert_eq!(index.usage(), (3, 30));
+    }
+
+    #[test]
+    fn an_object_read_during_the_startup_walk_keeps_its_origin() {
+        let index = Arc::new(Index::default());
+        // A request met the file before the walk reached it: adopted, origin unknown.
+        drop(index.pin(&key(1), 10, 500).unwrap());
+        assert!(!index.insert_if_absent(key(1), 10, 100, Some("hub")));
+        let meta = index.get(&key(1)).unwrap();
+        assert_eq!(
+            (meta.origin.as_deref(), meta.last_access),
+            (Some("hub"), 500)
+        );
+        assert!(index.insert_if_absent(key(2), 10, 100, None));
+        assert_eq!(index.usage(), (2, 20));
     }
 
     #[test]

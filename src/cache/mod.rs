@@ -100,7 +100,7 @@ impl Cache {
         let store = Arc::new(Store::open(&config.dir)?);
         let limits = Limits::new(config, store.root())?;
         let disk = Arc::new(Disk::new(store.clone(), limits, rules, metrics.clone()));
-        disk.start(config.index_flush);
+        disk.start(config.index_flush, config.lifecycle_sweep);
         Ok(Cache {
             ctx: FillContext {
                 store: store.clone(),

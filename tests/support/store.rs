@@ -54,3 +54,35 @@ fn verified(cache: &Path, kind: &str, skip_header: bool) -> usize {
     }
     paths.len()
 }
+
+/// (files, bytes) of the published objects (blobs and manifests) of a cache.
+pub fn usage(cache: &Path) -> (u64, u64) {
+    let mut paths = files(&cache.join("v1/blobs"));
+    paths.extend(files(&cache.join("v1/manifests")));
+    let bytes = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    (paths.len() as u64, bytes)
+}
+
+/// Moves every last access recorded in the index snapshot `by_ms` into the past, as if
+/// the cache had sat unused that long (records are `kind digest size access [origin]`).
+pub fn age_snapshot(cache: &Path, by_ms: u64) {
+    let path = cache.join("v1/index");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let aged: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<String> = line.split(' ').map(str::to_string).collect();
+            if let Some(access) = fields.get(3).and_then(|a| a.parse::<u64>().ok()) {
+                fields[3] = access.saturating_sub(by_ms).to_string();
+            }
+            fields.join(" ")
+        })
+        .collect();
+    std::fs::write(&path, aged.join("\n") + "\n").unwrap();
+}
