@@ -84,7 +84,8 @@ struct PrefetchArgs {
     #[arg(long, default_value_t = 4)]
     jobs: usize,
     /// Go through a running regcache, e.g. http://127.0.0.1:5000 (else the cache directory
-    /// is filled in-process; no daemon may use it meanwhile).
+    /// is filled in-process; a daemon serving it meanwhile counts what was added within
+    /// its `index_flush_secs`).
     #[arg(long)]
     via: Option<String>,
     #[command(flatten)]
@@ -327,11 +328,10 @@ fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
                 base: base.clone(),
             },
             (None, Some(config)) => {
-                let state = regcache::app::state(config)?;
-                let state = std::sync::Arc::into_inner(state).expect("not shared yet");
+                let (cache, upstreams) = regcache::app::beside(config)?;
                 prefetch::Source::Local {
-                    cache: Box::new(state.cache),
-                    upstreams: state.upstreams,
+                    cache: Box::new(cache),
+                    upstreams,
                 }
             }
             (None, None) => unreachable!("a config is loaded without --via"),

@@ -1,6 +1,6 @@
 //! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction, lifecycle
-//! sweeps, corruption handling, and the background task that loads the index, saves
-//! recency and runs the sweeps.
+//! sweeps, corruption handling, and the background task that loads the index, keeps it in
+//! line with what other processes do to the store, saves recency and runs the sweeps.
 //!
 //! Eviction removes only published objects that nobody has pinned; a fill's temp file is
 //! not in the index until it is published, so it is never a candidate. Functions that
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
 use super::persist;
+use super::reconcile::{self, Reconciled};
 use super::store::{unix_millis, Lookup, ObjectKey, Store};
 use crate::config::{CacheConfig, DiskBudget};
 use crate::metrics::Metrics;
@@ -77,11 +78,22 @@ pub struct Swept {
     pub tags: u64,
 }
 
+/// Whether this process runs the cache or fills it beside a daemon that may be running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon: applies the lifecycle rules, reconciles, owns the snapshot.
+    Daemon,
+    /// An in-process prefetch: evicts past the budget like anyone, but leaves the rules
+    /// and reconciliation to the daemon and adds to the snapshot instead of replacing it.
+    Beside,
+}
+
 pub struct Disk {
     pub store: Arc<Store>,
     pub index: Arc<Index>,
     pub limits: Limits,
     rules: Rules,
+    role: Role,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -91,12 +103,19 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
+    pub fn new(
+        store: Arc<Store>,
+        limits: Limits,
+        rules: Rules,
+        role: Role,
+        metrics: Metrics,
+    ) -> Disk {
         Disk {
             store,
             index: Arc::default(),
             limits,
             rules,
+            role,
             metrics,
             wake: Arc::default(),
             ready: AtomicBool::new(false),
@@ -257,7 +276,11 @@ impl Disk {
         let Some(records) = self.index.snapshot(force) else {
             return;
         };
-        if let Err(e) = persist::write_snapshot(&self.store, &records) {
+        let written = match self.role {
+            Role::Daemon => persist::write_snapshot(&self.store, &records),
+            Role::Beside => persist::merge_snapshot(&self.store, &records),
+        };
+        if let Err(e) = written {
             self.index.mark_dirty();
             tracing::warn!(error = %e, "writing the cache index failed; recency stays in memory");
         }
@@ -279,17 +302,38 @@ impl Disk {
         }
     }
 
-    /// Loads the index from the store, then evicts when asked, saves recency every
-    /// `flush_every` and applies the lifecycle rules every `sweep_every`. The task ends
-    /// once the cache is dropped.
+    /// Adopts the objects other processes published and forgets those they removed (see
+    /// `reconcile`). Blocks.
+    pub fn reconcile(&self) {
+        match reconcile::reconcile(&self.store, &self.index) {
+            Ok(done) if done != Reconciled::default() => tracing::info!(
+                adopted = done.adopted,
+                adopted_bytes = done.adopted_bytes,
+                dropped = done.dropped,
+                dropped_bytes = done.dropped_bytes,
+                "disk index brought in line with objects other processes added or removed"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the store failed; the index is not reconciled")
+            }
+        }
+    }
+
+    /// Loads the index from the store, then evicts when asked; every `flush_every` it
+    /// reconciles, saves recency and, every `sweep_every`, applies the lifecycle rules
+    /// (those two only in the daemon). The task ends once the cache is dropped.
     pub fn start(self: &Arc<Self>, flush_every: Duration, sweep_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let wake = self.wake.clone();
+        let daemon = self.role == Role::Daemon;
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
                 let _ = tokio::task::spawn_blocking(move || {
                     disk.load();
-                    disk.sweep();
+                    if daemon {
+                        disk.sweep();
+                    }
                 })
                 .await;
             }
@@ -302,11 +346,14 @@ impl Disk {
                     _ = tick.tick() => false,
                 };
                 let Some(disk) = weak.upgrade() else { return };
-                let sweep = !woken && swept.elapsed() >= sweep_every;
+                let sweep = daemon && !woken && swept.elapsed() >= sweep_every;
                 if sweep {
                     swept = Instant::now();
                 }
                 let _ = tokio::task::spawn_blocking(move || {
+                    if daemon && !woken {
+                        disk.reconcile();
+                    }
                     if sweep {
                         disk.sweep();
                     }

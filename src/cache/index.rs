@@ -5,7 +5,7 @@
 //! keeps objects that are being read out of reach of eviction (pins). It does no I/O:
 //! `persist` loads and saves it, `disk` applies the budget.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -200,6 +200,38 @@ impl Index {
         inner.bytes -= meta.size;
         self.dirty.store(true, Ordering::Relaxed);
         Some(meta)
+    }
+
+    /// Removes a record unless it was replaced (the object published again) since
+    /// `generation` was read from it.
+    pub fn remove_generation(&self, key: &ObjectKey, generation: u64) -> Option<Meta> {
+        let mut inner = self.lock();
+        if inner.objects.get(key)?.generation != generation {
+            return None;
+        }
+        let meta = inner.objects.remove(key)?;
+        inner.bytes -= meta.size;
+        self.dirty.store(true, Ordering::Relaxed);
+        Some(meta)
+    }
+
+    /// Compares the records with the objects `listed` on disk: those listed but not
+    /// recorded, and those recorded but not listed (each with its generation, for
+    /// [`Index::remove_generation`]).
+    pub fn compare(&self, listed: &HashSet<ObjectKey>) -> (Vec<ObjectKey>, Vec<(ObjectKey, u64)>) {
+        let inner = self.lock();
+        let unknown = listed
+            .iter()
+            .filter(|key| !inner.objects.contains_key(*key))
+            .cloned()
+            .collect();
+        let unlisted = inner
+            .objects
+            .iter()
+            .filter(|(key, _)| !listed.contains(*key))
+            .map(|(key, meta)| (key.clone(), meta.generation))
+            .collect();
+        (unknown, unlisted)
     }
 
     /// (objects, bytes) recorded.

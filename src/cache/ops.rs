@@ -3,7 +3,8 @@
 //! Safe while a daemon uses the same directory: the store is attached, not opened (the
 //! daemon's temp files are never touched), only published objects are removed (a reader
 //! holding one open keeps its bytes), and the daemon's recency snapshot is read, never
-//! written. The daemon notices a removed object at its next lookup and fetches it again.
+//! written. The daemon notices a removed object at its next lookup (and fetches it again)
+//! or its next reconciliation.
 //! Everything here blocks; the CLI calls it outside any runtime.
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::disk::{Disk, Limits, Swept};
+use super::disk::{Disk, Limits, Role, Swept};
 use super::lifecycle::tag_records;
 use super::lifecycle::Rules;
 use super::persist::{read_snapshot, walk};
@@ -39,7 +40,7 @@ pub fn gc(config: &Config) -> io::Result<GcReport> {
     let store = std::sync::Arc::new(Store::attach(&config.cache.dir)?);
     let limits = Limits::new(&config.cache, store.root())?;
     let rules = Rules::new(&config.upstreams);
-    let disk = Disk::new(store, limits, rules, Metrics::new());
+    let disk = Disk::new(store, limits, rules, Role::Beside, Metrics::new());
     let loaded = super::persist::load(&disk.store, &disk.index)?;
     let (objects_before, bytes_before) = disk.index.usage();
     let swept = disk.sweep();
