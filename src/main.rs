@@ -29,7 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config file; print every problem and exit non-zero if there is one.
     CheckConfig { file: PathBuf },
-    /// Apply the disk budget now (safe while the daemon runs).
+    /// Apply the lifecycle rules and the disk budget now, and prune membership records of
+    /// content no longer cached (safe while the daemon runs).
     Gc(CacheArgs),
     /// Re-hash every cached object and remove those that do not match (safe while running).
     Verify(CacheArgs),
@@ -232,6 +233,10 @@ fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
         r.removed,
         ByteSize(r.freed),
         r.corrupt,
+    );
+    println!(
+        "{dir}: pruned {} membership records of content no longer cached ({} repository files emptied)",
+        r.members_pruned, r.member_files_removed
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
+use super::membership::Membership;
 use super::persist;
 use super::reconcile::{self, Reconciled};
 use super::store::{unix_millis, Lookup, ObjectKey, Store};
@@ -94,6 +95,8 @@ pub struct Disk {
     pub limits: Limits,
     rules: Rules,
     role: Role,
+    /// The membership records to prune after each sweep (the daemon's).
+    members: Option<Membership>,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -116,11 +119,18 @@ impl Disk {
             limits,
             rules,
             role,
+            members: None,
             metrics,
             wake: Arc::default(),
             ready: AtomicBool::new(false),
             failing: AtomicBool::new(false),
         }
+    }
+
+    /// Prunes `members` after each lifecycle sweep.
+    pub fn with_members(mut self, members: Membership) -> Disk {
+        self.members = Some(members);
+        self
     }
 
     /// Records an object published from `origin` (an upstream name), pinned for the
@@ -271,6 +281,36 @@ impl Disk {
         swept
     }
 
+    /// Whether the store holds `digest`, as a blob or a manifest: the index first, then
+    /// the files, for what another process published since the last reconciliation. Blocks.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.index.holds(digest) || self.store.holds(digest)
+    }
+
+    /// Prunes the membership records of content no longer held; returns how many went.
+    /// Blocks.
+    pub fn prune_members(&self) -> u64 {
+        let Some(members) = &self.members else {
+            return 0;
+        };
+        match members.prune(&|digest| self.holds(digest)) {
+            Ok(pruned) => {
+                if pruned.records > 0 {
+                    tracing::info!(
+                        records = pruned.records,
+                        files = pruned.files,
+                        "membership records of content no longer cached pruned"
+                    );
+                }
+                pruned.records
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning membership records failed");
+                0
+            }
+        }
+    }
+
     /// Writes the recency snapshot if anything changed (or `force`). Blocks.
     pub fn flush(&self, force: bool) {
         let Some(records) = self.index.snapshot(force) else {
@@ -321,8 +361,9 @@ impl Disk {
     }
 
     /// Loads the index from the store, then evicts when asked; every `flush_every` it
-    /// reconciles, saves recency and, every `sweep_every`, applies the lifecycle rules
-    /// (those two only in the daemon). The task ends once the cache is dropped.
+    /// reconciles, saves recency and, every `sweep_every`, applies the lifecycle rules and
+    /// prunes membership records (all but saving only in the daemon). The task ends once
+    /// the cache is dropped.
     pub fn start(self: &Arc<Self>, flush_every: Duration, sweep_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let wake = self.wake.clone();
@@ -333,6 +374,7 @@ impl Disk {
                     disk.load();
                     if daemon {
                         disk.sweep();
+                        disk.prune_members();
                     }
                 })
                 .await;
@@ -353,11 +395,17 @@ impl Disk {
                 let _ = tokio::task::spawn_blocking(move || {
                     if daemon && !woken {
                         disk.reconcile();
+                        if let Some(members) = &disk.members {
+                            members.notice_prunes();
+                        }
                     }
                     if sweep {
                         disk.sweep();
                     }
                     disk.evict(false);
+                    if sweep {
+                        disk.prune_members();
+                    }
                     if !woken {
                         disk.flush(false);
                     }

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::store::ObjectKey;
+use super::store::{ObjectKey, ObjectKind};
+use crate::oci::Digest;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -190,6 +191,18 @@ impl Index {
         })
     }
 
+    /// Whether `digest` is recorded, as a blob or a manifest.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        let inner = self.lock();
+        ObjectKind::ALL.into_iter().any(|kind| {
+            let key = ObjectKey {
+                kind,
+                digest: digest.clone(),
+            };
+            inner.objects.contains_key(&key)
+        })
+    }
+
     pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
         self.lock().objects.get(key).cloned()
     }
@@ -324,7 +337,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{Algorithm, Digest};
+    use crate::oci::Algorithm;
 
     fn key(n: u8) -> ObjectKey {
         ObjectKey::blob(&Digest::of(Algorithm::Sha256, &[n]))

@@ -124,7 +124,9 @@ impl Cache {
     ) -> std::io::Result<Cache> {
         let store = Arc::new(store);
         let limits = Limits::new(config, store.root())?;
-        let disk = Disk::new(store.clone(), limits, rules, role, metrics.clone());
+        let members = Membership::new(store.clone(), MEMBER_ENTRIES);
+        let disk = Disk::new(store.clone(), limits, rules, role, metrics.clone())
+            .with_members(members.clone());
         let disk = Arc::new(disk);
         disk.start(config.index_flush, config.lifecycle_sweep);
         Ok(Cache {
@@ -136,7 +138,7 @@ impl Cache {
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
-            members: Membership::new(store, MEMBER_ENTRIES),
+            members,
         })
     }
 

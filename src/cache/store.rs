@@ -245,6 +245,11 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
+    /// Whether `digest` is stored, as a blob or a manifest.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.has_blob(digest) || self.manifest_path(digest).is_file()
+    }
+
     /// Reads a whole cached blob (for small ones, on their way into the memory tier).
     pub fn read_blob(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
         read_optional(&self.blob_path(digest)).map(|o| o.map(Bytes::from))
