@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use support::fake::{FakeRegistry, Fault};
 use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
 use support::regcache::{metric_sum, Regcache};
-use support::store::{age_snapshot, files, usage, verified_blobs, verified_objects};
+use support::store::{
+    age_snapshot, files, member_records, stale_members, usage, verified_blobs, verified_objects,
+};
 
 fn cli(args: &[&str], cache: &Path) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_regcache"))
@@ -272,4 +274,11 @@ async fn sigkill_during_eviction_and_lifecycle_sweeps_keeps_index_and_files_in_l
     }
     index_matches_files(&regcache, &cache).await;
     verified_objects(&cache);
+    // Membership records outlive neither evictions nor kills: a sweep prunes the stale.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stale_members(&cache).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", stale_members(&cache));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!member_records(&cache).is_empty());
 }

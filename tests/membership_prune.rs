@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::fake::FakeRegistry;
 use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
 use support::regcache::Regcache;
-use support::store::{files, usage};
+use support::store::{cached, member_records, stale_members, usage};
 
 const KIB: usize = 1 << 10;
 
@@ -22,42 +22,6 @@ fn config(upstream: &str, sweep_secs: u64) -> String {
          memory_bytes = \"0\"\nindex_flush_secs = 1\nlifecycle_sweep_secs = {sweep_secs}\n\
          [[upstream]]\nname = \"origin\"\nurl = \"{upstream}\"\n"
     )
-}
-
-/// Every membership file and the digests it records.
-fn records(cache: &Path) -> Vec<(PathBuf, Vec<String>)> {
-    files(&cache.join("v1/members"))
-        .into_iter()
-        .filter(|p| p.ends_with("_members"))
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let digests = text.lines().map(str::to_string).collect();
-            (p, digests)
-        })
-        .collect()
-}
-
-fn cached(cache: &Path, digest: &str) -> bool {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    ["blobs", "manifests"].iter().any(|kind| {
-        cache
-            .join("v1")
-            .join(kind)
-            .join("sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .exists()
-    })
-}
-
-/// Records of digests that are not cached.
-fn stale(cache: &Path) -> Vec<String> {
-    let mut stale = Vec::new();
-    for (path, digests) in records(cache) {
-        let gone = digests.into_iter().filter(|d| !cached(cache, d));
-        stale.extend(gone.map(|d| format!("{}: {d}", path.display())));
-    }
-    stale
 }
 
 fn repo_file(cache: &Path, repo: &str) -> PathBuf {
@@ -116,11 +80,11 @@ async fn the_daemon_prunes_records_of_evicted_content_after_its_sweeps() {
     }
     eventually("team/b is evicted", || !cached(&cache, &b.blobs[1].0)).await;
     eventually("no record of content no longer cached is left", || {
-        stale(&cache).is_empty() && !repo_file(&cache, "team/b").exists()
+        stale_members(&cache).is_empty() && !repo_file(&cache, "team/b").exists()
     })
     .await;
     assert!(!cache.join("v1/members/origin/team/b").exists());
-    let (_, kept) = &records(&cache)[0];
+    let (_, kept) = &member_records(&cache)[0];
     assert!(!kept.is_empty(), "what is cached keeps its records");
     // Pulled again, it is recorded again.
     pull(&client, &daemon.url(), &b).await;
@@ -149,7 +113,7 @@ async fn gc_beside_the_daemon_prunes_and_the_daemon_records_again() {
         repo_file(&cache, "team/b").exists() && usage(&cache).1 <= 512 * KIB as u64
     })
     .await;
-    assert!(!stale(&cache).is_empty());
+    assert!(!stale_members(&cache).is_empty());
 
     let output = Command::new(env!("CARGO_BIN_EXE_regcache"))
         .arg("gc")
@@ -163,7 +127,11 @@ async fn gc_beside_the_daemon_prunes_and_the_daemon_records_again() {
     assert!(output.status.success(), "{output:?}");
     assert!(out.contains("repository files emptied"), "{out}");
     assert!(!out.contains("pruned 0 "), "{out}");
-    assert!(stale(&cache).is_empty(), "{:?}", stale(&cache));
+    assert!(
+        stale_members(&cache).is_empty(),
+        "{:?}",
+        stale_members(&cache)
+    );
     assert!(!repo_file(&cache, "team/b").exists());
 
     // The daemon notices, so team/b pulled again is recorded again although it had been

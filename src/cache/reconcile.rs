@@ -4,10 +4,11 @@
 //! the budget only after a restart, and removed ones would stay counted (and listed in the
 //! snapshot) until a lookup tripped over them.
 //!
-//! One run lists the store's directories (names only, no per-file stat), stats just the
-//! files the index does not know, and checks again just the records whose file was not
-//! listed. The disk task runs it every `index_flush_secs`, in turn with eviction, so the
-//! two never race. Blocks.
+//! One run lists the store's directories (names only, no per-file stat), compares the
+//! names with the index in one pass under its lock (milliseconds for 10^5 objects), stats
+//! just the files the index does not know, and checks again just the records whose file
+//! was not listed. The disk task runs it every `index_flush_secs`, in turn with eviction,
+//! so the two never race. Blocks.
 //!
 //! Races with the daemon's own work are settled so that nothing is lost: a file published
 //! while the listing ran is in the index before it is compared, or adopted (its publisher

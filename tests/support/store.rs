@@ -86,3 +86,35 @@ pub fn age_snapshot(cache: &Path, by_ms: u64) {
         .collect();
     std::fs::write(&path, aged.join("\n") + "\n").unwrap();
 }
+
+/// Whether `digest` is stored, as a blob or a manifest.
+pub fn cached(cache: &Path, digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    ["blobs", "manifests"].iter().any(|kind| {
+        let dir = cache.join("v1").join(kind).join("sha256");
+        hex.len() > 2 && dir.join(&hex[..2]).join(hex).exists()
+    })
+}
+
+/// Every membership file (`v1/members/<upstream>/<repo>/_members`) and its lines.
+pub fn member_records(cache: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    files(&cache.join("v1/members"))
+        .into_iter()
+        .filter(|p| p.ends_with("_members"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines = text.lines().map(str::to_string).collect();
+            (p, lines)
+        })
+        .collect()
+}
+
+/// Membership records of digests that are not stored, as `file: digest`.
+pub fn stale_members(cache: &Path) -> Vec<String> {
+    let mut stale = Vec::new();
+    for (path, digests) in member_records(cache) {
+        let gone = digests.into_iter().filter(|d| !cached(cache, d));
+        stale.extend(gone.map(|d| format!("{}: {d}", path.display())));
+    }
+    stale
+}
