@@ -229,9 +229,13 @@ impl Disk {
             return (0, 0);
         }
         let victims = self.index.take_victims(self.limits.low);
-        let freed = self.remove_all(&victims);
+        // Counted as they leave the index (and the gauges), before their files go, so no
+        // one sees a file gone and its eviction not yet counted.
         if !victims.is_empty() {
             self.count(Reason::Budget, victims.len() as u64);
+        }
+        let freed = self.remove_all(&victims);
+        if !victims.is_empty() {
             tracing::info!(
                 objects = victims.len(),
                 bytes = freed,
@@ -262,8 +266,8 @@ impl Disk {
         let max_age = |origin: &str| self.rules.max_age_ms(origin);
         let expired = self.index.take_expired(unix_millis(), &max_age);
         swept.objects = expired.len() as u64;
-        swept.bytes = self.remove_all(&expired);
         self.count(Reason::Lifecycle, swept.objects);
+        swept.bytes = self.remove_all(&expired);
         for (upstream, max) in self.rules.tag_limits() {
             match lifecycle::trim_tags(&self.store, upstream, max) {
                 Ok(n) => swept.tags += n,
