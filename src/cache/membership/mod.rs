@@ -109,8 +109,9 @@ impl Membership {
         for (upstream, repo, digest) in &pruned.keys {
             self.memory.invalidate(&key(upstream, repo, digest));
         }
-        if pruned.records > 0 {
-            *self.marker.lock().expect("marker lock") = prune::marker(&self.store);
+        if !pruned.marker.is_empty() {
+            // Its own mark is no news (read back, it could hide another process's).
+            *self.marker.lock().expect("marker lock") = pruned.marker.clone();
         }
         Ok(pruned)
     }

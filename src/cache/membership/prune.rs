@@ -30,6 +30,8 @@ pub struct Pruned {
     pub files: u64,
     /// The in-memory keys (`upstream dir`, repository, digest) of the dropped records.
     pub keys: Vec<(String, String, Digest)>,
+    /// What this prune wrote to the marker (empty when it dropped nothing).
+    pub marker: String,
 }
 
 /// Prunes every membership file, keeping the records of `present` digests. Blocks.
@@ -49,7 +51,7 @@ pub fn prune(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pru
         }
     }
     if pruned.records > 0 {
-        mark(store)?;
+        pruned.marker = mark(store)?;
     }
     Ok(pruned)
 }
@@ -88,10 +90,11 @@ fn visit(
     Ok(())
 }
 
-/// Tells a running daemon that records were pruned behind its back.
-fn mark(store: &Store) -> io::Result<()> {
+/// Tells a running daemon that records were pruned behind its back; returns the token.
+fn mark(store: &Store) -> io::Result<String> {
     let token = format!("{} {}\n", std::process::id(), unix_millis());
-    store.write_atomic(&store.root().join(MARKER), &[token.as_bytes()])
+    store.write_atomic(&store.root().join(MARKER), &[token.as_bytes()])?;
+    Ok(token)
 }
 
 /// What the marker says now (empty when no prune happened yet).
@@ -150,7 +153,7 @@ mod tests {
             "an upstream with nothing left"
         );
         let first = marker(&store);
-        assert!(!first.is_empty());
+        assert_eq!(first, pruned.marker);
 
         // Nothing more to drop: no change, no new mark.
         assert_eq!(prune(&store, &|d| *d == held).unwrap(), Pruned::default());
