@@ -98,6 +98,20 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     }))
 }
 
+/// The cache and upstreams for an in-process prefetch, which may run beside a daemon on the
+/// same directory (see [`Cache::open_beside`]).
+pub fn beside(config: &Config) -> Result<(Cache, Upstreams), AppError> {
+    let metrics = Metrics::new();
+    let rules = Rules::new(&config.upstreams);
+    let cache = Cache::open_beside(&config.cache, rules, metrics.clone()).map_err(|source| {
+        AppError::Cache {
+            dir: config.cache.dir.display().to_string(),
+            source,
+        }
+    })?;
+    Ok((cache, Upstreams::new(config, &metrics)?))
+}
+
 /// Serves until `shutdown` resolves, then drains connections in flight for up to
 /// `server.shutdown_grace_secs`. Tells systemd when it is ready and when it stops.
 pub async fn run(

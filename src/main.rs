@@ -29,7 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config file; print every problem and exit non-zero if there is one.
     CheckConfig { file: PathBuf },
-    /// Apply the disk budget now (safe while the daemon runs).
+    /// Apply the lifecycle rules and the disk budget now, and prune membership records of
+    /// content no longer cached (safe while the daemon runs).
     Gc(CacheArgs),
     /// Re-hash every cached object and remove those that do not match (safe while running).
     Verify(CacheArgs),
@@ -84,7 +85,8 @@ struct PrefetchArgs {
     #[arg(long, default_value_t = 4)]
     jobs: usize,
     /// Go through a running regcache, e.g. http://127.0.0.1:5000 (else the cache directory
-    /// is filled in-process; no daemon may use it meanwhile).
+    /// is filled in-process; a daemon serving it meanwhile counts what was added within
+    /// its `index_flush_secs`).
     #[arg(long)]
     via: Option<String>,
     #[command(flatten)]
@@ -236,6 +238,10 @@ fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
         ByteSize(r.freed),
         r.corrupt,
     );
+    println!(
+        "{dir}: pruned {} membership records of content no longer cached ({} repository files emptied)",
+        r.members_pruned, r.member_files_removed
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,11 +337,10 @@ fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
                 base: base.clone(),
             },
             (None, Some(config)) => {
-                let state = regcache::app::state(config)?;
-                let state = std::sync::Arc::into_inner(state).expect("not shared yet");
+                let (cache, upstreams) = regcache::app::beside(config)?;
                 prefetch::Source::Local {
-                    cache: Box::new(state.cache),
-                    upstreams: state.upstreams,
+                    cache: Box::new(cache),
+                    upstreams,
                 }
             }
             (None, None) => unreachable!("a config is loaded without --via"),

@@ -1,6 +1,7 @@
 //! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction (also right
 //! away when the filesystem is full), lifecycle sweeps, corruption handling, and the
-//! background task that loads the index, saves recency and runs the sweeps.
+//! background task that loads the index, keeps it in line with what other processes do to
+//! the store, saves recency and runs the sweeps.
 //!
 //! Eviction removes only published objects that nobody has pinned; a fill's temp file is
 //! not in the index until it is published, so it is never a candidate. Functions that
@@ -18,7 +19,9 @@ use tokio::sync::Notify;
 
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
+use super::membership::Membership;
 use super::persist;
+use super::reconcile::{self, Reconciled};
 use super::space::{self, Requests};
 use super::store::{unix_millis, Lookup, ObjectKey, Store};
 use crate::config::{CacheConfig, DiskBudget};
@@ -73,9 +76,6 @@ impl Reason {
     }
 }
 
-/// How often the daemon applies the lifecycle rules (also once after startup).
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
-
 /// At most one emergency eviction per this long: a burst of failing fills is one eviction,
 /// and a disk that something else keeps filling cannot drain the cache in a loop.
 const FULL_EVICTION_GAP: Duration = Duration::from_secs(5);
@@ -88,11 +88,24 @@ pub struct Swept {
     pub tags: u64,
 }
 
+/// Whether this process runs the cache or fills it beside a daemon that may be running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon: applies the lifecycle rules, reconciles, owns the snapshot.
+    Daemon,
+    /// An in-process prefetch: evicts past the budget like anyone, but leaves the rules
+    /// and reconciliation to the daemon and adds to the snapshot instead of replacing it.
+    Beside,
+}
+
 pub struct Disk {
     pub store: Arc<Store>,
     pub index: Arc<Index>,
     pub limits: Limits,
     rules: Rules,
+    role: Role,
+    /// The membership records to prune after each sweep (the daemon's).
+    members: Option<Membership>,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -104,18 +117,32 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
+    pub fn new(
+        store: Arc<Store>,
+        limits: Limits,
+        rules: Rules,
+        role: Role,
+        metrics: Metrics,
+    ) -> Disk {
         Disk {
             store,
             index: Arc::default(),
             limits,
             rules,
+            role,
+            members: None,
             metrics,
             wake: Arc::default(),
             ready: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             full: Arc::default(),
         }
+    }
+
+    /// Prunes `members` after each lifecycle sweep.
+    pub fn with_members(mut self, members: Membership) -> Disk {
+        self.members = Some(members);
+        self
     }
 
     /// Records an object published from `origin` (an upstream name), pinned for the
@@ -214,9 +241,13 @@ impl Disk {
             return (0, 0);
         }
         let victims = self.index.take_victims(self.limits.low);
-        let freed = self.remove_all(&victims);
+        // Counted as they leave the index (and the gauges), before their files go, so no
+        // one sees a file gone and its eviction not yet counted.
         if !victims.is_empty() {
             self.count(Reason::Budget, victims.len() as u64);
+        }
+        let freed = self.remove_all(&victims);
+        if !victims.is_empty() {
             tracing::info!(
                 objects = victims.len(),
                 bytes = freed,
@@ -283,8 +314,8 @@ impl Disk {
         let max_age = |origin: &str| self.rules.max_age_ms(origin);
         let expired = self.index.take_expired(unix_millis(), &max_age);
         swept.objects = expired.len() as u64;
-        swept.bytes = self.remove_all(&expired);
         self.count(Reason::Lifecycle, swept.objects);
+        swept.bytes = self.remove_all(&expired);
         for (upstream, max) in self.rules.tag_limits() {
             match lifecycle::trim_tags(&self.store, upstream, max) {
                 Ok(n) => swept.tags += n,
@@ -302,12 +333,46 @@ impl Disk {
         swept
     }
 
+    /// Whether the store holds `digest`, as a blob or a manifest: the index first, then
+    /// the files, for what another process published since the last reconciliation. Blocks.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.index.holds(digest) || self.store.holds(digest)
+    }
+
+    /// Prunes the membership records of content no longer held; returns how many went.
+    /// Blocks.
+    pub fn prune_members(&self) -> u64 {
+        let Some(members) = &self.members else {
+            return 0;
+        };
+        match members.prune(&|digest| self.holds(digest)) {
+            Ok(pruned) => {
+                if pruned.records > 0 {
+                    tracing::info!(
+                        records = pruned.records,
+                        files = pruned.files,
+                        "membership records of content no longer cached pruned"
+                    );
+                }
+                pruned.records
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning membership records failed");
+                0
+            }
+        }
+    }
+
     /// Writes the recency snapshot if anything changed (or `force`). Blocks.
     pub fn flush(&self, force: bool) {
         let Some(records) = self.index.snapshot(force) else {
             return;
         };
-        if let Err(e) = persist::write_snapshot(&self.store, &records) {
+        let written = match self.role {
+            Role::Daemon => persist::write_snapshot(&self.store, &records),
+            Role::Beside => persist::merge_snapshot(&self.store, &records),
+        };
+        if let Err(e) = written {
             self.index.mark_dirty();
             tracing::warn!(error = %e, "writing the cache index failed; recency stays in memory");
         }
@@ -335,17 +400,41 @@ impl Disk {
         }
     }
 
+    /// Adopts the objects other processes published and forgets those they removed (see
+    /// `reconcile`). Blocks.
+    pub fn reconcile(&self) {
+        match reconcile::reconcile(&self.store, &self.index) {
+            Ok(done) if done != Reconciled::default() => tracing::info!(
+                adopted = done.adopted,
+                adopted_bytes = done.adopted_bytes,
+                dropped = done.dropped,
+                dropped_bytes = done.dropped_bytes,
+                "disk index brought in line with objects other processes added or removed"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the store failed; the index is not reconciled")
+            }
+        }
+    }
+
     /// Loads the index from the store, then evicts when asked (at once, and at most every
-    /// `FULL_EVICTION_GAP`, when the filesystem is full), saves recency every
-    /// `flush_every` and sweeps every hour. The task ends once the cache is dropped.
-    pub fn start(self: &Arc<Self>, flush_every: Duration) {
+    /// `FULL_EVICTION_GAP`, when the filesystem is full); every `flush_every` it
+    /// reconciles, saves recency and, every `sweep_every`, applies the lifecycle rules and
+    /// prunes membership records (all but saving only in the daemon). The task ends once
+    /// the cache is dropped.
+    pub fn start(self: &Arc<Self>, flush_every: Duration, sweep_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let (wake, full) = (self.wake.clone(), self.full.clone());
+        let daemon = self.role == Role::Daemon;
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
                 let _ = tokio::task::spawn_blocking(move || {
                     disk.load();
-                    disk.sweep();
+                    if daemon {
+                        disk.sweep();
+                        disk.prune_members();
+                    }
                 })
                 .await;
             }
@@ -364,7 +453,7 @@ impl Disk {
                     tokio::time::sleep_until(last + FULL_EVICTION_GAP).await;
                 }
                 let Some(disk) = weak.upgrade() else { return };
-                let sweep = !woken && swept.elapsed() >= SWEEP_EVERY;
+                let sweep = daemon && !woken && swept.elapsed() >= sweep_every;
                 if sweep {
                     swept = Instant::now();
                 }
@@ -376,10 +465,19 @@ impl Disk {
                     if let Some(failed) = failed {
                         disk.evict_for_space(failed);
                     }
+                    if daemon && !woken {
+                        disk.reconcile();
+                        if let Some(members) = &disk.members {
+                            members.notice_prunes();
+                        }
+                    }
                     if sweep {
                         disk.sweep();
                     }
                     disk.evict(false);
+                    if sweep {
+                        disk.prune_members();
+                    }
                     if !woken {
                         disk.flush(false);
                     }
@@ -425,7 +523,13 @@ mod tests {
             high: 900 << 20,
             low: 800 << 20,
         };
-        let disk = Disk::new(store.clone(), limits, Rules::default(), Metrics::new());
+        let disk = Disk::new(
+            store.clone(),
+            limits,
+            Rules::default(),
+            Role::Daemon,
+            Metrics::new(),
+        );
         let keys: Vec<ObjectKey> = (0..4u8)
             .map(|n| {
                 let data = [n; 100];
@@ -476,8 +580,14 @@ mod tests {
             high: 900 << 20,
             low: 800 << 20,
         };
-        let disk = Arc::new(Disk::new(store, limits, Rules::default(), Metrics::new()));
-        disk.start(Duration::from_secs(3600));
+        let disk = Arc::new(Disk::new(
+            store,
+            limits,
+            Rules::default(),
+            Role::Daemon,
+            Metrics::new(),
+        ));
+        disk.start(Duration::from_secs(3600), Duration::from_secs(3600));
         until(|| disk.ready.load(Ordering::Relaxed)).await;
         let full = io::Error::from_raw_os_error(28);
 

@@ -5,11 +5,12 @@
 //! keeps objects that are being read out of reach of eviction (pins). It does no I/O:
 //! `persist` loads and saves it, `disk` applies the budget.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::store::ObjectKey;
+use super::store::{ObjectKey, ObjectKind};
+use crate::oci::Digest;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -138,21 +139,31 @@ impl Index {
         }
     }
 
-    /// Records an object found on disk, unless a lookup already did (the startup scan).
+    /// Records an object found on disk (by the startup walk or a reconciliation). When a
+    /// lookup recorded it first (it adopts files it meets, origin unknown), only the origin
+    /// is filled in, so the upstream's lifecycle rules still apply to it. Returns whether
+    /// the object was new to the index.
     pub fn insert_if_absent(
         &self,
         key: ObjectKey,
         size: u64,
         last_access: u64,
         origin: Option<&str>,
-    ) {
+    ) -> bool {
         let mut inner = self.lock();
-        if inner.objects.contains_key(&key) {
-            return;
+        let interned = inner.intern(origin);
+        if let Some(meta) = inner.objects.get_mut(&key) {
+            if meta.origin.is_none() && interned.is_some() {
+                meta.origin = interned;
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            return false;
         }
-        let meta = self.meta(size, last_access, inner.intern(origin));
+        let meta = self.meta(size, last_access, interned);
         inner.objects.insert(key, meta);
         inner.bytes += size;
+        self.dirty.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
@@ -192,6 +203,18 @@ impl Index {
         })
     }
 
+    /// Whether `digest` is recorded, as a blob or a manifest.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        let inner = self.lock();
+        ObjectKind::ALL.into_iter().any(|kind| {
+            let key = ObjectKey {
+                kind,
+                digest: digest.clone(),
+            };
+            inner.objects.contains_key(&key)
+        })
+    }
+
     pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
         self.lock().objects.get(key).cloned()
     }
@@ -202,6 +225,38 @@ impl Index {
         inner.bytes -= meta.size;
         self.dirty.store(true, Ordering::Relaxed);
         Some(meta)
+    }
+
+    /// Removes a record unless it was replaced (the object published again) since
+    /// `generation` was read from it.
+    pub fn remove_generation(&self, key: &ObjectKey, generation: u64) -> Option<Meta> {
+        let mut inner = self.lock();
+        if inner.objects.get(key)?.generation != generation {
+            return None;
+        }
+        let meta = inner.objects.remove(key)?;
+        inner.bytes -= meta.size;
+        self.dirty.store(true, Ordering::Relaxed);
+        Some(meta)
+    }
+
+    /// Compares the records with the objects `listed` on disk: those listed but not
+    /// recorded, and those recorded but not listed (each with its generation, for
+    /// [`Index::remove_generation`]).
+    pub fn compare(&self, listed: &HashSet<ObjectKey>) -> (Vec<ObjectKey>, Vec<(ObjectKey, u64)>) {
+        let inner = self.lock();
+        let unknown = listed
+            .iter()
+            .filter(|key| !inner.objects.contains_key(*key))
+            .cloned()
+            .collect();
+        let unlisted = inner
+            .objects
+            .iter()
+            .filter(|(key, _)| !listed.contains(*key))
+            .map(|(key, meta)| (key.clone(), meta.generation))
+            .collect();
+        (unknown, unlisted)
     }
 
     /// (objects, bytes) recorded.
@@ -294,7 +349,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{Algorithm, Digest};
+    use crate::oci::Algorithm;
 
     fn key(n: u8) -> ObjectKey {
         ObjectKey::blob(&Digest::of(Algorithm::Sha256, &[n]))
@@ -348,6 +403,21 @@ mod tests {
             .collect();
         assert_eq!(taken, [key(1)]);
         assert_eq!(index.usage(), (3, 30));
+    }
+
+    #[test]
+    fn an_object_read_during_the_startup_walk_keeps_its_origin() {
+        let index = Arc::new(Index::default());
+        // A request met the file before the walk reached it: adopted, origin unknown.
+        drop(index.pin(&key(1), 10, 500).unwrap());
+        assert!(!index.insert_if_absent(key(1), 10, 100, Some("hub")));
+        let meta = index.get(&key(1)).unwrap();
+        assert_eq!(
+            (meta.origin.as_deref(), meta.last_access),
+            (Some("hub"), 500)
+        );
+        assert!(index.insert_if_absent(key(2), 10, 100, None));
+        assert_eq!(index.usage(), (2, 20));
     }
 
     #[test]

@@ -201,12 +201,13 @@ mod tests {
 
     #[test]
     fn zero_limits_are_refused() {
-        let text = "[[upstream]]\nurl = \"http://127.0.0.1:1\"\nexpire_after_days = 0\nmax_tags_per_repo = 0\n";
+        let text = "[cache]\nlifecycle_sweep_secs = 0\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\nexpire_after_days = 0\nmax_tags_per_repo = 0\n";
         let err = Config::parse(text, "test", &Overrides::default()).unwrap_err();
         let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [
+                "cache.lifecycle_sweep_secs",
                 "upstream[0].expire_after_days",
                 "upstream[0].max_tags_per_repo"
             ]

@@ -4,7 +4,8 @@
 //!
 //! The disk tier is bounded: `index` records every object's size and last access, `disk`
 //! evicts the least recently used past the budget (or at once when the filesystem is full,
-//! see `space`), `persist` keeps recency across restarts.
+//! see `space`), `persist` keeps recency across restarts, `reconcile` counts what other
+//! processes (import, prefetch, gc) add or remove.
 //! `ops` holds the operator commands (gc, verify, stats).
 //!
 //! The cache never causes a failure: a disk error is logged, counted and served as a miss;
@@ -21,6 +22,7 @@ pub mod memory;
 pub mod ops;
 mod persist;
 mod reader;
+mod reconcile;
 mod space;
 mod store;
 mod tags;
@@ -30,7 +32,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use disk::{Disk, Limits, Reason, Swept};
+pub use disk::{Disk, Limits, Reason, Role, Swept};
 pub use fill::{Fill, Phase, Progress};
 pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
@@ -100,10 +102,36 @@ impl Cache {
     /// starts loading the disk index in the background (lookups work meanwhile).
     /// Must be called within a tokio runtime.
     pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Cache> {
-        let store = Arc::new(Store::open(&config.dir)?);
+        let store = Store::open(&config.dir)?;
+        Cache::with_store(store, config, rules, Role::Daemon, metrics)
+    }
+
+    /// As [`Cache::open`], for an in-process prefetch that a daemon may be running beside:
+    /// nothing in the store is removed, the snapshot is added to, not replaced, and the
+    /// lifecycle rules are left to the daemon (see [`Role::Beside`]).
+    pub fn open_beside(
+        config: &CacheConfig,
+        rules: Rules,
+        metrics: Metrics,
+    ) -> std::io::Result<Cache> {
+        let store = Store::open_beside(&config.dir)?;
+        Cache::with_store(store, config, rules, Role::Beside, metrics)
+    }
+
+    fn with_store(
+        store: Store,
+        config: &CacheConfig,
+        rules: Rules,
+        role: Role,
+        metrics: Metrics,
+    ) -> std::io::Result<Cache> {
+        let store = Arc::new(store);
         let limits = Limits::new(config, store.root())?;
-        let disk = Arc::new(Disk::new(store.clone(), limits, rules, metrics.clone()));
-        disk.start(config.index_flush);
+        let members = Membership::new(store.clone(), MEMBER_ENTRIES);
+        let disk = Disk::new(store.clone(), limits, rules, role, metrics.clone())
+            .with_members(members.clone());
+        let disk = Arc::new(disk);
+        disk.start(config.index_flush, config.lifecycle_sweep);
         Ok(Cache {
             ctx: FillContext {
                 store: store.clone(),
@@ -113,7 +141,7 @@ impl Cache {
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
-            members: Membership::new(store, MEMBER_ENTRIES),
+            members,
         })
     }
 

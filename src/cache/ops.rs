@@ -2,8 +2,9 @@
 //!
 //! Safe while a daemon uses the same directory: the store is attached, not opened (the
 //! daemon's temp files are never touched), only published objects are removed (a reader
-//! holding one open keeps its bytes), and the daemon's recency snapshot is read, never
-//! written. The daemon notices a removed object at its next lookup and fetches it again.
+//! holding one open keeps its bytes), the daemon's recency snapshot is read, never
+//! written, and membership files are pruned under the lock their appenders respect. The daemon notices a removed object at its next lookup (and fetches it again)
+//! or its next reconciliation.
 //! Everything here blocks; the CLI calls it outside any runtime.
 
 use std::collections::{HashMap, HashSet};
@@ -11,9 +12,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::disk::{Disk, Limits, Swept};
+use super::disk::{Disk, Limits, Role, Swept};
 use super::lifecycle::tag_records;
 use super::lifecycle::Rules;
+use super::membership::prune_files;
 use super::persist::{read_snapshot, walk};
 use super::store::{parse_manifest, ObjectKey, ObjectKind, Store};
 use crate::config::Config;
@@ -31,20 +33,28 @@ pub struct GcReport {
     pub corrupt: u64,
     /// What the lifecycle rules removed (before the budget was applied).
     pub swept: Swept,
+    /// Membership records of content no longer cached, and files of repositories left
+    /// with none (after the rules and the budget).
+    pub members_pruned: u64,
+    pub member_files_removed: u64,
 }
 
 /// Applies the lifecycle rules and then the disk budget now: over the high watermark,
-/// least recently used objects go until the store is under the low one.
+/// least recently used objects go until the store is under the low one. Then prunes the
+/// membership records of what is no longer cached.
 pub fn gc(config: &Config) -> io::Result<GcReport> {
     let store = std::sync::Arc::new(Store::attach(&config.cache.dir)?);
     let limits = Limits::new(&config.cache, store.root())?;
     let rules = Rules::new(&config.upstreams);
-    let disk = Disk::new(store, limits, rules, Metrics::new());
+    let disk = Disk::new(store, limits, rules, Role::Beside, Metrics::new());
     let loaded = super::persist::load(&disk.store, &disk.index)?;
     let (objects_before, bytes_before) = disk.index.usage();
     let swept = disk.sweep();
     let (removed, freed) = disk.evict(false);
+    let pruned = prune_files(&disk.store, &|digest| disk.holds(digest))?;
     Ok(GcReport {
+        members_pruned: pruned.records,
+        member_files_removed: pruned.files,
         budget: limits.budget,
         objects_before,
         bytes_before,
@@ -226,10 +236,19 @@ mod tests {
             ..Overrides::default()
         };
         let config = Config::parse(text, "test", &ov).unwrap();
+        // Membership records of every blob in one repository, of the damaged one in another.
+        let (a, b) = ("team/a".parse().unwrap(), "team/b".parse().unwrap());
+        for key in &keys {
+            super::super::record_image(&store, "up", &a, &key.digest).unwrap();
+        }
+        super::super::record_image(&store, "up", &b, &keys[3].digest).unwrap();
         let report = gc(&config).unwrap();
         // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
         assert_eq!((report.removed, report.freed), (1, 1000));
         assert!(temp.exists());
+        // The damaged blob's two records and the evicted one's; team/b is left with none.
+        assert_eq!((report.members_pruned, report.member_files_removed), (3, 1));
+        assert!(!store.root().join("members/up/team/b").exists());
 
         let stats = stats(dir.path(), 5).unwrap();
         assert_eq!(stats.blobs, (2, 2000));

@@ -7,7 +7,7 @@
 //! off). A crash loses at most one interval of recency, never an object. All functions
 //! here block: call them from `spawn_blocking`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -43,6 +43,31 @@ pub type Recorded = HashMap<ObjectKey, Record>;
 /// Every object file in the store (temp files are not objects and are not listed).
 pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
     let mut found = Vec::new();
+    visit(store, &mut |key, file| {
+        let Ok(meta) = file.metadata() else { return };
+        if meta.is_file() {
+            found.push(Found {
+                key,
+                len: meta.len(),
+                modified: modified_millis(&meta),
+            });
+        }
+    })?;
+    Ok(found)
+}
+
+/// The objects named in the store, without a look at each file (one directory listing):
+/// what a reconciliation compares the index with.
+pub fn walk_keys(store: &Store) -> io::Result<HashSet<ObjectKey>> {
+    let mut keys = HashSet::new();
+    visit(store, &mut |key, _| {
+        keys.insert(key);
+    })?;
+    Ok(keys)
+}
+
+/// Calls `each` for every entry of the object directories whose name is a digest.
+fn visit(store: &Store, each: &mut dyn FnMut(ObjectKey, &fs::DirEntry)) -> io::Result<()> {
     for kind in ObjectKind::ALL {
         let dir = store.root().join(kind.dir_name());
         for algorithm in read_dir(&dir)? {
@@ -53,25 +78,20 @@ pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
                     let Ok(digest) = format!("{algorithm_name}:{name}").parse::<Digest>() else {
                         continue;
                     };
-                    let Ok(meta) = file.metadata() else { continue };
-                    if !meta.is_file() {
-                        continue;
-                    }
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_millis() as u64);
-                    found.push(Found {
-                        key: ObjectKey { kind, digest },
-                        len: meta.len(),
-                        modified,
-                    });
+                    each(ObjectKey { kind, digest }, &file);
                 }
             }
         }
     }
-    Ok(found)
+    Ok(())
+}
+
+/// Unix milliseconds of a file's last modification (for an object, its publish).
+pub fn modified_millis(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read_dir(dir: &std::path::Path) -> io::Result<Vec<fs::DirEntry>> {
@@ -116,21 +136,59 @@ fn parse_line(line: &str) -> Option<(ObjectKey, Record)> {
 }
 
 pub fn write_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Result<()> {
+    let records = records
+        .iter()
+        .map(|(key, meta)| (key, meta.size, meta.last_access, meta.origin.as_deref()));
+    write_records(store, records)
+}
+
+/// Adds `records` to the snapshot on disk instead of replacing it: for a process filling
+/// a cache a daemon may be serving, whose snapshot must keep the daemon's records. The
+/// daemon adopts the added objects with their recency and origin at its next
+/// reconciliation. Of two records of one object, the later access wins.
+pub fn merge_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Result<()> {
+    let mut merged = read_snapshot(store);
+    for (key, meta) in records {
+        let ours = Record {
+            size: meta.size,
+            last_access: meta.last_access,
+            origin: meta.origin.as_deref().map(str::to_string),
+        };
+        let record = match merged.remove(key) {
+            Some(theirs) if theirs.last_access > ours.last_access => Record {
+                origin: theirs.origin.or(ours.origin),
+                ..theirs
+            },
+            Some(theirs) => Record {
+                origin: ours.origin.or(theirs.origin),
+                ..ours
+            },
+            None => ours,
+        };
+        merged.insert(key.clone(), record);
+    }
+    let records = merged
+        .iter()
+        .map(|(key, r)| (key, r.size, r.last_access, r.origin.as_deref()));
+    write_records(store, records)
+}
+
+/// Writes (key, size, last access, origin) records as the snapshot.
+fn write_records<'a>(
+    store: &Store,
+    records: impl ExactSizeIterator<Item = (&'a ObjectKey, u64, u64, Option<&'a str>)>,
+) -> io::Result<()> {
     let mut text = String::with_capacity(32 + records.len() * 96);
     text.push_str(HEADER);
     text.push('\n');
-    for (key, meta) in records {
+    for (key, size, last_access, origin) in records {
         let kind = match key.kind {
             ObjectKind::Blob => 'b',
             ObjectKind::Manifest => 'm',
         };
-        let _ = write!(
-            text,
-            "{kind} {} {} {}",
-            key.digest, meta.size, meta.last_access
-        );
+        let _ = write!(text, "{kind} {} {size} {last_access}", key.digest);
         // Upstream names are validated to hold no spaces.
-        if let Some(origin) = &meta.origin {
+        if let Some(origin) = origin {
             let _ = write!(text, " {origin}");
         }
         text.push('\n');
@@ -202,6 +260,34 @@ mod tests {
         assert!(!store.path_of(&b).exists());
         assert_eq!(index.get(&a).unwrap().last_access, 42);
         assert_eq!(index.usage(), (1, 4));
+    }
+
+    #[test]
+    fn a_merge_keeps_the_other_records_and_the_later_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b, c) = (
+            publish(&store, b"a"),
+            publish(&store, b"b"),
+            publish(&store, b"c"),
+        );
+        let daemon = Arc::new(Index::default());
+        daemon.insert(a.clone(), 1, 50, Some("hub"));
+        daemon.insert(b.clone(), 1, 50, Some("hub"));
+        write_snapshot(&store, &daemon.snapshot(true).unwrap()).unwrap();
+        let beside = Arc::new(Index::default());
+        beside.insert(a.clone(), 1, 90, None);
+        beside.insert(b.clone(), 1, 10, None);
+        beside.insert(c.clone(), 1, 70, Some("ghcr"));
+        merge_snapshot(&store, &beside.snapshot(true).unwrap()).unwrap();
+        let read = read_snapshot(&store);
+        let seen = |k: &ObjectKey| {
+            let r = &read[k];
+            (r.last_access, r.origin.clone())
+        };
+        assert_eq!(seen(&a), (90, Some("hub".into())));
+        assert_eq!(seen(&b), (50, Some("hub".into())));
+        assert_eq!(seen(&c), (70, Some("ghcr".into())));
     }
 
     #[test]

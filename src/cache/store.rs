@@ -116,6 +116,20 @@ impl Store {
         })
     }
 
+    /// Opens (creating) the store for a process that fills a cache a daemon may be serving
+    /// (import, in-process prefetch): nothing is removed, so a live fill's temp files
+    /// survive. Leftovers of such a process's own crash go at the daemon's next start.
+    pub fn open_beside(dir: &Path) -> io::Result<Store> {
+        let root = dir.join(LAYOUT_VERSION);
+        for sub in ["blobs", "manifests", "tags", "tmp"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(Store {
+            root,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
     /// Opens the store of a cache a daemon may be using: nothing is created or cleaned,
     /// so a live fill's temp files are left alone (for the operator commands).
     pub fn attach(dir: &Path) -> io::Result<Store> {
@@ -229,6 +243,11 @@ impl Store {
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
+    }
+
+    /// Whether `digest` is stored, as a blob or a manifest.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.has_blob(digest) || self.manifest_path(digest).is_file()
     }
 
     /// Reads a whole cached blob (for small ones, on their way into the memory tier).

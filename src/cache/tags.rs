@@ -152,6 +152,7 @@ mod tests {
             store.clone(),
             limits,
             Rules::default(),
+            crate::cache::Role::Daemon,
             Metrics::new(),
         ));
         let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());

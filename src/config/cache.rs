@@ -17,6 +17,7 @@ pub(super) struct RawCache {
     high_watermark: Option<f64>,
     low_watermark: Option<f64>,
     index_flush_secs: Option<u64>,
+    lifecycle_sweep_secs: Option<u64>,
     memory_bytes: Option<ByteSize>,
     memory_max_object_bytes: Option<ByteSize>,
     #[serde(default)]
@@ -39,8 +40,12 @@ pub struct CacheConfig {
     pub high_watermark: f64,
     /// ...and stops once it is under `low_watermark` of it.
     pub low_watermark: f64,
-    /// How often access recency is written to disk (it is also written at shutdown).
+    /// How often access recency is written to disk (it is also written at shutdown) and
+    /// the index is brought in line with what other processes added to or removed from
+    /// the store.
     pub index_flush: Duration,
+    /// How often the upstreams' lifecycle rules are applied (also once after startup).
+    pub lifecycle_sweep: Duration,
     /// Byte budget of the memory tier; 0 disables it.
     pub memory_bytes: u64,
     /// Objects larger than this never enter the memory tier.
@@ -106,6 +111,10 @@ impl RawCache {
         if flush_secs == 0 {
             problems.add("cache.index_flush_secs", 0, "must be at least 1 second");
         }
+        let sweep_secs = self.lifecycle_sweep_secs.unwrap_or(3600);
+        if sweep_secs == 0 {
+            problems.add("cache.lifecycle_sweep_secs", 0, "must be at least 1 second");
+        }
         let memory_bytes = self.memory_bytes.map_or(256 << 20, |b| b.as_u64());
         let memory_max_object_bytes = self.memory_max_object_bytes.map_or(4 << 20, |b| b.as_u64());
         if memory_max_object_bytes > memory_bytes && memory_bytes > 0 {
@@ -121,6 +130,7 @@ impl RawCache {
             high_watermark,
             low_watermark,
             index_flush: Duration::from_secs(flush_secs.max(1)),
+            lifecycle_sweep: Duration::from_secs(sweep_secs.max(1)),
             memory_bytes,
             memory_max_object_bytes,
             offline: self.offline,

@@ -112,6 +112,9 @@ impl HttpBody for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        // The stream (and the pin on its cached object) goes first: once the count shows,
+        // the object may already be evicted.
+        drop(std::mem::replace(&mut self.inner, empty()));
         self.counter.inc_by(self.sent);
     }
 }

@@ -7,8 +7,8 @@
 //! while hashing it and publishes it by rename after an fsync, as a fill does. Manifests
 //! (small JSON) are held in memory until `index.json` says what they are.
 //! Everything here blocks; the CLI calls it outside any runtime. Import is safe beside a
-//! running daemon (the store is attached; objects enter only by rename); the daemon counts
-//! them in its disk budget from its next start.
+//! running daemon (nothing in the store is removed; objects enter only by rename); the
+//! daemon counts them in its disk budget at its next reconciliation (`index_flush_secs`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -383,16 +383,8 @@ pub fn import(
         None => None,
     };
     let dir = &config.cache.dir;
-    let store = if dir
-        .join(crate::cache::LAYOUT_VERSION)
-        .join("blobs")
-        .is_dir()
-    {
-        Store::attach(dir)
-    } else {
-        Store::open(dir)
-    }
-    .map_err(io_error(format!("opening the cache {}", dir.display())))?;
+    let store = Store::open_beside(dir)
+        .map_err(io_error(format!("opening the cache {}", dir.display())))?;
     let file = File::open(archive).map_err(io_error(format!("opening {}", archive.display())))?;
     let mut report = ImportReport::default();
     let mut held: HashMap<Digest, Bytes> = HashMap::new();

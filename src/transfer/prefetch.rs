@@ -27,7 +27,8 @@ pub enum Source {
         client: reqwest::Client,
         base: String,
     },
-    /// A cache opened in this process (no daemon may use the same directory meanwhile).
+    /// A cache opened in this process ([`Cache::open_beside`]: a daemon may serve the same
+    /// directory meanwhile).
     Local {
         cache: Box<Cache>,
         upstreams: Upstreams,

@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod fake_ecr;
+pub mod fake_images;
 pub mod images;
 pub mod proxy;
 pub mod regcache;

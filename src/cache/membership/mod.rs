@@ -5,41 +5,51 @@
 //! `(upstream, repository)` once a manifest served for that repository referenced it, or
 //! once upstream answered for it under that repository's name. Lookups are in memory
 //! (bounded); every new record is also appended to
-//! `v1/members/<upstream>/<repo>/_members` (one digest a line), read back on a memory
-//! miss, so a restart keeps what was learned. Appends are not synced: a record lost in a
-//! crash only costs a confirmation upstream later.
+//! `v1/members/<upstream>/<repo>/_members` (one digest a line, see `file`), read back on a
+//! memory miss, so a restart keeps what was learned. Appends are not synced: a record lost
+//! in a crash only costs a confirmation upstream later. `prune` keeps the files to the
+//! content the cache holds.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+mod file;
+mod prune;
+
+use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
 use super::store::Store;
 use crate::oci::{Digest, RepoName};
+pub use prune::Pruned;
 
 #[derive(Clone)]
 pub struct Membership {
     memory: Cache<String, ()>,
     store: Arc<Store>,
+    /// The prune marker as last seen, to notice prunes by other processes.
+    marker: Arc<Mutex<String>>,
 }
 
-fn key(upstream: &str, repo: &RepoName, digest: &Digest) -> String {
-    format!("{upstream}\n{repo}\n{digest}")
+/// Keyed by the upstream's directory name, as its file is: what a prune reports.
+fn key(upstream: &str, repo: &str, digest: &Digest) -> String {
+    format!("{}\n{repo}\n{digest}", file::upstream_dir(upstream))
 }
 
 impl Membership {
+    /// Reads the prune marker (blocks, briefly).
     pub fn new(store: Arc<Store>, max_entries: u64) -> Membership {
         Membership {
             memory: Cache::new(max_entries),
+            marker: Arc::new(Mutex::new(prune::marker(&store))),
             store,
         }
     }
 
     /// True when memory holds the record: the hot path, no I/O.
     pub fn known(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> bool {
-        self.memory.contains_key(&key(upstream, repo, digest))
+        self.memory
+            .contains_key(&key(upstream, repo.as_str(), digest))
     }
 
     /// Memory first, then the repository's file on disk (whose records return to memory).
@@ -48,7 +58,7 @@ impl Membership {
             return true;
         }
         let path = self.path(upstream, repo);
-        let read = tokio::task::spawn_blocking(move || read_records(&path)).await;
+        let read = tokio::task::spawn_blocking(move || file::read(&path)).await;
         let records = match read {
             Ok(Ok(records)) => records,
             Ok(Err(e)) => {
@@ -60,7 +70,7 @@ impl Membership {
         let mut found = false;
         for d in records {
             found |= d == *digest;
-            self.memory.insert(key(upstream, repo, &d), ());
+            self.memory.insert(key(upstream, repo.as_str(), &d), ());
         }
         found
     }
@@ -70,7 +80,7 @@ impl Membership {
     pub fn record(&self, upstream: &str, repo: &RepoName, digests: &[Digest]) {
         let mut new = String::new();
         for d in digests {
-            let k = key(upstream, repo, d);
+            let k = key(upstream, repo.as_str(), d);
             if !self.memory.contains_key(&k) {
                 self.memory.insert(k, ());
                 new.push_str(&d.to_string());
@@ -82,24 +92,43 @@ impl Membership {
         }
         let path = self.path(upstream, repo);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = append(&path, new.as_bytes()) {
+            if let Err(e) = file::append(&path, new.as_bytes()) {
                 tracing::warn!(error = %e, path = %path.display(), "writing a membership record failed; it stays in memory only");
             }
         });
     }
 
     fn path(&self, upstream: &str, repo: &RepoName) -> PathBuf {
-        members_path(&self.store, upstream, repo)
+        file::path(&self.store, upstream, repo)
     }
-}
 
-fn members_path(store: &Store, upstream: &str, repo: &RepoName) -> PathBuf {
-    store
-        .root()
-        .join("members")
-        .join(upstream.replace(':', "_"))
-        .join(repo.as_str())
-        .join("_members")
+    /// Prunes the records of digests not `present` on disk and forgets them in memory too,
+    /// so they are written again when their content returns. Blocks.
+    pub fn prune(&self, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pruned> {
+        let pruned = prune::prune(&self.store, present)?;
+        for (upstream, repo, digest) in &pruned.keys {
+            self.memory.invalidate(&key(upstream, repo, digest));
+        }
+        if !pruned.marker.is_empty() {
+            // Its own mark is no news (read back, it could hide another process's).
+            *self.marker.lock().expect("marker lock") = pruned.marker.clone();
+        }
+        Ok(pruned)
+    }
+
+    /// Forgets every record held in memory if another process pruned the files since the
+    /// last look (they are read back from disk when asked). Blocks, briefly.
+    pub fn notice_prunes(&self) {
+        let now = prune::marker(&self.store);
+        let mut seen = self.marker.lock().expect("marker lock");
+        if *seen != now {
+            *seen = now;
+            self.memory.invalidate_all();
+            tracing::info!(
+                "membership records were pruned by another process; reading them again from disk"
+            );
+        }
+    }
 }
 
 /// Records, straight in the store, that an image and everything it references belong to
@@ -122,29 +151,13 @@ pub fn record_image(
             todo.extend(references(&body));
         }
     }
-    append(&members_path(store, upstream, repo), lines.as_bytes())
+    file::append(&file::path(store, upstream, repo), lines.as_bytes())
 }
 
-fn read_records(path: &std::path::Path) -> io::Result<Vec<Digest>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    // A line cut short by a crash does not parse and is skipped.
-    Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
-}
-
-fn append(path: &std::path::Path, lines: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    // One write per batch with O_APPEND: concurrent appenders do not interleave lines.
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(lines)
+/// Prunes the records of digests not `present`, from a process other than the daemon
+/// (`regcache gc`); a running daemon notices and reads its records again. Blocks.
+pub fn prune_files(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pruned> {
+    prune::prune(store, present)
 }
 
 /// What a manifest makes part of its repository: an image's config and layers, an
@@ -183,6 +196,47 @@ mod tests {
         assert!(restarted.contains("up:5000", &a, &d).await);
         assert!(restarted.known("up:5000", &a, &d));
         assert!(!restarted.contains("up:5000", &b, &d).await);
+    }
+
+    /// Waits (bounded) for the background appends to reach the file.
+    async fn on_disk(members: &Membership, repo: &RepoName, digest: &Digest) -> bool {
+        for _ in 0..200 {
+            if file::read(&members.path("up", repo))
+                .unwrap()
+                .contains(digest)
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn pruned_records_are_written_again_when_their_content_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let repo: RepoName = "team/a".parse().unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"layer");
+        let members = Membership::new(store.clone(), 100);
+        members.record("up", &repo, std::slice::from_ref(&d));
+        assert!(on_disk(&members, &repo, &d).await);
+
+        // The daemon's own prune forgets the record in memory too.
+        assert_eq!(members.prune(&|_| false).unwrap().records, 1);
+        assert!(!members.known("up", &repo, &d));
+        members.record("up", &repo, std::slice::from_ref(&d));
+        assert!(on_disk(&members, &repo, &d).await, "written again");
+        members.notice_prunes();
+        assert!(members.known("up", &repo, &d), "its own prune is no news");
+
+        // A prune by another process (gc) is noticed at the next look.
+        assert_eq!(prune_files(&store, &|_| false).unwrap().records, 1);
+        assert!(members.known("up", &repo, &d));
+        members.notice_prunes();
+        assert!(!members.known("up", &repo, &d));
+        members.record("up", &repo, std::slice::from_ref(&d));
+        assert!(on_disk(&members, &repo, &d).await, "written again");
     }
 
     #[test]

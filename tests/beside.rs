@@ -1,0 +1,263 @@
+//! Operator commands on the cache directory of a running daemon, with the real binary:
+//! what `import` and an in-process `prefetch` add, and what `verify` removes, is counted
+//! by the daemon within its `index_flush_secs` (its budget and eviction include it), and
+//! a prefetch leaves the daemon's fills in progress alone.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::fake::{FakeRegistry, Fault};
+use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
+use support::regcache::{metric_sum, Regcache};
+use support::store::{files, usage, verified_objects};
+
+const KIB: usize = 1 << 10;
+
+fn config(upstream: &str, budget: &str) -> String {
+    format!(
+        "[cache]\ndisk_bytes = \"{budget}\"\nhigh_watermark = 0.9\nlow_watermark = 0.5\n\
+         memory_bytes = \"0\"\nindex_flush_secs = 1\n\
+         [[upstream]]\nname = \"origin\"\nurl = \"{upstream}\"\n"
+    )
+}
+
+/// Runs `regcache ARGS --config <cache>.toml --cache-dir <cache>` (bounded); its output.
+fn regcache(args: &[&str], cache: &Path) -> String {
+    let log = cache.with_extension("cli.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(cache.with_extension("toml"))
+        .arg("--cache-dir")
+        .arg(cache);
+    let status = support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "regcache {args:?}:\n{out}"
+    );
+    out
+}
+
+/// The daemon's (objects, bytes) gauges.
+async fn counted(daemon: &Regcache) -> (u64, u64) {
+    let metrics = daemon.metrics().await;
+    let get = |name| metric_sum(&metrics, name).unwrap_or(-1.0) as u64;
+    (get("regcache_disk_objects"), get("regcache_disk_bytes"))
+}
+
+/// Waits (bounded) until `check` holds for the daemon's gauges and the files on disk.
+async fn until(
+    what: &str,
+    daemon: &Regcache,
+    cache: &Path,
+    check: impl Fn((u64, u64), (u64, u64)) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (index, files) = (counted(daemon).await, usage(cache));
+        if check(index, files) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: index {index:?}, files {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pull(client: &reqwest::Client, base: &str, image: &FakeImage) {
+    let url = format!("{base}/v2/{}/manifests/{}", image.repo, image.tag);
+    let response = client
+        .get(url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
+    for (digest, bytes) in &image.blobs {
+        let url = format!("{base}/v2/{}/blobs/{digest}", image.repo);
+        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        assert!(body[..] == bytes[..], "{digest}");
+    }
+}
+
+fn blob_path(cache: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    cache.join("v1/blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart() {
+    let fake = FakeRegistry::start().await;
+    let images: Vec<FakeImage> = (0..4u64)
+        .map(|n| {
+            add_image(
+                &fake,
+                "team/app",
+                &format!("v{n}"),
+                &[256 * KIB, 256 * KIB],
+                n,
+            )
+        })
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let (source, cache) = (root.path().join("source"), root.path().join("cache"));
+    // Two archives, made from another cache: one image, then two.
+    std::fs::write(source.with_extension("toml"), config(&fake.url(), "100MiB")).unwrap();
+    regcache(
+        &["prefetch", "team/app:v1", "team/app:v2", "team/app:v3"],
+        &source,
+    );
+    let export = |file: &str, names: &[&str]| {
+        let archive = root.path().join(file).display().to_string();
+        regcache(&[&["export", "-o", &archive][..], names].concat(), &source);
+        archive
+    };
+    let first = export("first.tar", &["team/app:v1"]);
+    let second = export("second.tar", &["team/app:v2", "team/app:v3"]);
+
+    // A budget of 2 MiB: evictions start past 1.8 MiB and go down to 1 MiB.
+    let daemon = Regcache::start_with_config(&config(&fake.url(), "2MiB"), &cache);
+    let client = reqwest::Client::new();
+    pull(&client, &daemon.url(), &images[0]).await;
+    until("the pull is counted", &daemon, &cache, |index, files| {
+        index == files
+    })
+    .await;
+    let before = counted(&daemon).await;
+    let out = regcache(&["import", &first], &cache);
+    assert!(out.contains("1 manifest(s), 3 blob(s)"), "{out}");
+    until(
+        "the imported objects are counted",
+        &daemon,
+        &cache,
+        |index, files| index == files && index.0 == before.0 + 4,
+    )
+    .await;
+    assert_eq!(counted(&daemon).await.1, usage(&cache).1);
+
+    // 1 MiB + 1 MiB imported: past the high mark only because of the import.
+    let out = regcache(&["import", &second], &cache);
+    assert!(out.contains("2 manifest(s), 6 blob(s)"), "{out}");
+    until("the budget is applied", &daemon, &cache, |index, files| {
+        index == files && files.1 <= 1024 * KIB as u64
+    })
+    .await;
+    let metrics = daemon.metrics().await;
+    let evicted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("regcache_evictions_total{reason=\"budget\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(evicted > Some(0.0), "{metrics}\n{}", daemon.log());
+    // Nothing left of the import (the daemon may be writing its snapshot).
+    let daemon_temp = format!("{}-", daemon.pid().unwrap());
+    for file in files(&cache.join("v1/tmp")) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&daemon_temp), "{name}");
+    }
+
+    // `verify` removes a damaged file: the daemon stops counting it.
+    pull(&client, &daemon.url(), &images[0]).await;
+    until("the pull is counted", &daemon, &cache, |index, files| {
+        index == files
+    })
+    .await;
+    let (damaged, bytes) = &images[0].blobs[1];
+    std::fs::write(blob_path(&cache, damaged), vec![0u8; bytes.len()]).unwrap();
+    let before = usage(&cache);
+    let out = regcache(&["verify"], &cache);
+    assert!(out.contains("removed 1"), "{out}");
+    assert_eq!(usage(&cache).0, before.0 - 1);
+    until(
+        "the removed object is forgotten",
+        &daemon,
+        &cache,
+        |index, files| index == files,
+    )
+    .await;
+    pull(&client, &daemon.url(), &images[0]).await;
+    verified_objects(&cache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefetch_beside_a_running_daemon_is_counted_and_spares_its_fills() {
+    let fake = FakeRegistry::start().await;
+    let images: Vec<FakeImage> = (0..3u64)
+        .map(|n| add_image(&fake, "team/app", &format!("v{n}"), &[300 * KIB], n))
+        .collect();
+    let held = fake.add_blob(vec![5u8; 512 * KIB]);
+    fake.set_fault(&held, Fault::Held);
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    let daemon = Regcache::start_with_config(&config(&fake.url(), "64MiB"), &cache);
+    let client = reqwest::Client::new();
+    pull(&client, &daemon.url(), &images[0]).await;
+
+    // A fill in progress in the daemon: half the blob is in its temp file.
+    let url = format!("{}/v2/team/app/blobs/{held}", daemon.url());
+    let pending = tokio::spawn(client.get(url).send());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files(&cache.join("v1/tmp")).is_empty() {
+        assert!(Instant::now() < deadline, "the fill never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = counted(&daemon).await;
+    let out = regcache(&["prefetch", "team/app:v1", "team/app:v2"], &cache);
+    assert!(out.contains("prefetched 2 image(s)"), "{out}");
+    assert!(
+        !files(&cache.join("v1/tmp")).is_empty(),
+        "the daemon's temp file is left alone"
+    );
+    until(
+        "the prefetched objects are counted",
+        &daemon,
+        &cache,
+        |index, files| index == files && index.0 == before.0 + 6,
+    )
+    .await;
+
+    fake.release();
+    let response = pending.await.unwrap().unwrap();
+    assert!(response.bytes().await.unwrap()[..] == vec![5u8; 512 * KIB][..]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !blob_path(&cache, &held).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's fill was not published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What the prefetch fetched keeps its upstream in the daemon's records, so the
+    // upstream's lifecycle rules apply to it.
+    // Checked in a snapshot the daemon wrote (the only one to hold its own fill).
+    let layer = &images[1].blobs[1].0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = std::fs::read_to_string(cache.join("v1/index")).unwrap_or_default();
+        let line = |digest: &str| {
+            snapshot
+                .lines()
+                .find(|l| l.contains(digest))
+                .map(str::to_string)
+        };
+        if line(&held).is_some() && line(layer).is_some_and(|l| l.ends_with(" origin")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {layer} with its upstream: {snapshot}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for image in &images {
+        pull(&client, &daemon.url(), image).await;
+    }
+    verified_objects(&cache);
+}
