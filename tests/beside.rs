@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::fake::{FakeRegistry, Fault};
-use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
+use support::fake_images::{add_image, pull_checked, FakeImage};
 use support::regcache::{metric_sum, Regcache};
 use support::store::{files, usage, verified_objects};
 
@@ -71,23 +71,6 @@ async fn until(
     }
 }
 
-async fn pull(client: &reqwest::Client, base: &str, image: &FakeImage) {
-    let url = format!("{base}/v2/{}/manifests/{}", image.repo, image.tag);
-    let response = client
-        .get(url)
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
-    for (digest, bytes) in &image.blobs {
-        let url = format!("{base}/v2/{}/blobs/{digest}", image.repo);
-        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
-        assert!(body[..] == bytes[..], "{digest}");
-    }
-}
-
 fn blob_path(cache: &Path, digest: &str) -> PathBuf {
     let hex = digest.strip_prefix("sha256:").unwrap();
     cache.join("v1/blobs/sha256").join(&hex[..2]).join(hex)
@@ -126,7 +109,7 @@ async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart
     // A budget of 2 MiB: evictions start past 1.8 MiB and go down to 1 MiB.
     let daemon = Regcache::start_with_config(&config(&fake.url(), "2MiB"), &cache);
     let client = reqwest::Client::new();
-    pull(&client, &daemon.url(), &images[0]).await;
+    pull_checked(&client, &daemon.url(), &images[0]).await;
     until("the pull is counted", &daemon, &cache, |index, files| {
         index == files
     })
@@ -164,7 +147,7 @@ async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart
     }
 
     // `verify` removes a damaged file: the daemon stops counting it.
-    pull(&client, &daemon.url(), &images[0]).await;
+    pull_checked(&client, &daemon.url(), &images[0]).await;
     until("the pull is counted", &daemon, &cache, |index, files| {
         index == files
     })
@@ -182,7 +165,7 @@ async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart
         |index, files| index == files,
     )
     .await;
-    pull(&client, &daemon.url(), &images[0]).await;
+    pull_checked(&client, &daemon.url(), &images[0]).await;
     verified_objects(&cache);
 }
 
@@ -198,7 +181,7 @@ async fn prefetch_beside_a_running_daemon_is_counted_and_spares_its_fills() {
     let cache = root.path().join("cache");
     let daemon = Regcache::start_with_config(&config(&fake.url(), "64MiB"), &cache);
     let client = reqwest::Client::new();
-    pull(&client, &daemon.url(), &images[0]).await;
+    pull_checked(&client, &daemon.url(), &images[0]).await;
 
     // A fill in progress in the daemon: half the blob is in its temp file.
     let url = format!("{}/v2/team/app/blobs/{held}", daemon.url());
@@ -257,7 +240,7 @@ async fn prefetch_beside_a_running_daemon_is_counted_and_spares_its_fills() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for image in &images {
-        pull(&client, &daemon.url(), image).await;
+        pull_checked(&client, &daemon.url(), image).await;
     }
     verified_objects(&cache);
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::fake::{FakeRegistry, Fault};
-use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
+use support::fake_images::{add_image, pull_checked, FakeImage, OCI_MANIFEST};
 use support::regcache::{metric_sum, Regcache};
 use support::store::{
     age_snapshot, files, member_records, stale_members, usage, verified_blobs, verified_objects,
@@ -119,31 +119,6 @@ async fn pull_forever(client: reqwest::Client, base: String, images: Vec<(String
                 let _ = response.bytes().await;
             }
         }
-    }
-}
-
-/// Pulls `image` through `base` and checks every byte.
-async fn pull_checked(client: &reqwest::Client, base: &str, image: &FakeImage) {
-    let url = format!("{base}/v2/{}/manifests/{}", image.repo, image.tag);
-    let response = client
-        .get(url)
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        200,
-        "{}:{}",
-        image.repo,
-        image.tag
-    );
-    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
-    for (digest, bytes) in &image.blobs {
-        let url = format!("{base}/v2/{}/blobs/{digest}", image.repo);
-        let response = client.get(url).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{digest}");
-        assert!(response.bytes().await.unwrap()[..] == bytes[..], "{digest}");
     }
 }
 

@@ -144,14 +144,18 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
     assert!(proxy.metric("regcache_cache_write_errors_total").await >= 1.0);
     let uncached = "regcache_fills_total{result=\"uncached\"}";
     assert_eq!(proxy.metric(uncached).await, 1.0);
-    // ...and the two least recently used blobs go at once, with no watermark reached.
+    // ...and the least recently used blobs go at once, with no watermark reached: two
+    // while the relayed fill still holds its unlinked temp file, one if it let go of it
+    // before the eviction looked at the free space.
     for _ in 0..100 {
-        if proxy.metric(full).await >= 2.0 {
+        if proxy.metric(full).await >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(proxy.metric(full).await, 2.0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let evicted = proxy.metric(full).await;
+    assert!(evicted == 1.0 || evicted == 2.0, "{evicted} evicted");
     assert_eq!(
         proxy
             .metric("regcache_evictions_total{reason=\"budget\"}")
@@ -165,7 +169,8 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
             .any(|p| p.file_name().is_some_and(|n| n == hex))
     };
     assert!(held(&old[0].0), "the recently used blob stays");
-    assert!(!held(&old[1].0) && !held(&old[2].0));
+    assert!(!held(&old[1].0), "the least recently used goes first");
+    assert_eq!(held(&old[2].0), evicted == 1.0);
 
     // The next fill of the new blob is cached, and the pull after it never reaches upstream.
     assert!(get_blob(&proxy, &new_digest).await[..] == new[..]);
@@ -178,7 +183,7 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
     assert_eq!(upstream_gets(&new_digest), 2, "served from the cache");
     assert_eq!(upstream_gets(&old[0].0), 1);
     assert_eq!(proxy.metric(uncached).await, 1.0);
-    assert_eq!(support::store::verified_blobs(&fs.0), 2);
+    assert_eq!(support::store::verified_blobs(&fs.0), 4 - evicted as usize);
     assert_eq!(files_under(&fs.0.join("v1/tmp")), 0);
     proxy.stop().await;
 }

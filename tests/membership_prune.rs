@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::fake::FakeRegistry;
-use support::fake_images::{add_image, FakeImage, OCI_MANIFEST};
+use support::fake_images::{add_image, pull_checked, FakeImage};
 use support::regcache::Regcache;
 use support::store::{cached, member_records, stale_members, usage};
 
@@ -26,22 +26,6 @@ fn config(upstream: &str, sweep_secs: u64) -> String {
 
 fn repo_file(cache: &Path, repo: &str) -> PathBuf {
     cache.join("v1/members/origin").join(repo).join("_members")
-}
-
-async fn pull(client: &reqwest::Client, base: &str, image: &FakeImage) {
-    let url = format!("{base}/v2/{}/manifests/{}", image.repo, image.tag);
-    let response = client
-        .get(url)
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
-    for (digest, bytes) in &image.blobs {
-        let url = format!("{base}/v2/{}/blobs/{digest}", image.repo);
-        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
-        assert!(body[..] == bytes[..], "{digest}");
-    }
 }
 
 /// Waits (bounded) until `check` holds.
@@ -70,13 +54,13 @@ async fn the_daemon_prunes_records_of_evicted_content_after_its_sweeps() {
     let cache = root.path().join("cache");
     let daemon = Regcache::start_with_config(&config(&fake.url(), 1), &cache);
     let client = reqwest::Client::new();
-    pull(&client, &daemon.url(), &b).await;
+    pull_checked(&client, &daemon.url(), &b).await;
     eventually("team/b is recorded", || {
         repo_file(&cache, "team/b").exists()
     })
     .await;
     for image in &a {
-        pull(&client, &daemon.url(), image).await;
+        pull_checked(&client, &daemon.url(), image).await;
     }
     eventually("team/b is evicted", || !cached(&cache, &b.blobs[1].0)).await;
     eventually("no record of content no longer cached is left", || {
@@ -87,7 +71,7 @@ async fn the_daemon_prunes_records_of_evicted_content_after_its_sweeps() {
     let (_, kept) = &member_records(&cache)[0];
     assert!(!kept.is_empty(), "what is cached keeps its records");
     // Pulled again, it is recorded again.
-    pull(&client, &daemon.url(), &b).await;
+    pull_checked(&client, &daemon.url(), &b).await;
     eventually("team/b is recorded again", || {
         let text = std::fs::read_to_string(repo_file(&cache, "team/b")).unwrap_or_default();
         b.blobs.iter().all(|(d, _)| text.contains(d.as_str()))
@@ -104,9 +88,9 @@ async fn gc_beside_the_daemon_prunes_and_the_daemon_records_again() {
     // Sweeps hourly: only the startup one, on an empty cache; gc does the pruning.
     let daemon = Regcache::start_with_config(&config(&fake.url(), 3600), &cache);
     let client = reqwest::Client::new();
-    pull(&client, &daemon.url(), &b).await;
+    pull_checked(&client, &daemon.url(), &b).await;
     for image in &a {
-        pull(&client, &daemon.url(), image).await;
+        pull_checked(&client, &daemon.url(), image).await;
     }
     // Evicted down to the low mark: the store no longer changes.
     eventually("evictions left records of content not cached", || {
@@ -140,7 +124,7 @@ async fn gc_beside_the_daemon_prunes_and_the_daemon_records_again() {
         daemon.log().contains("pruned by another process")
     })
     .await;
-    pull(&client, &daemon.url(), &b).await;
+    pull_checked(&client, &daemon.url(), &b).await;
     eventually("team/b is recorded again", || {
         let text = std::fs::read_to_string(repo_file(&cache, "team/b")).unwrap_or_default();
         text.contains(b.manifest_digest.as_str())

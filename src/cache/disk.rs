@@ -514,22 +514,28 @@ mod tests {
     use super::*;
     use crate::oci::Algorithm;
 
-    #[test]
-    fn a_full_disk_evicts_the_least_recent_unpinned_objects_it_needs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+    /// A daemon's disk with a 1 GiB budget (marks at 900 and 800 MiB) in `dir`.
+    fn gigabyte_disk(dir: &std::path::Path) -> Disk {
         let limits = Limits {
             budget: 1 << 30,
             high: 900 << 20,
             low: 800 << 20,
         };
-        let disk = Disk::new(
-            store.clone(),
+        let store = Arc::new(Store::open(dir).unwrap());
+        Disk::new(
+            store,
             limits,
             Rules::default(),
             Role::Daemon,
             Metrics::new(),
-        );
+        )
+    }
+
+    #[test]
+    fn a_full_disk_evicts_the_least_recent_unpinned_objects_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = gigabyte_disk(dir.path());
+        let store = disk.store.clone();
         let keys: Vec<ObjectKey> = (0..4u8)
             .map(|n| {
                 let data = [n; 100];
@@ -574,19 +580,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn emergency_evictions_are_rate_limited_and_merged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let limits = Limits {
-            budget: 1 << 30,
-            high: 900 << 20,
-            low: 800 << 20,
-        };
-        let disk = Arc::new(Disk::new(
-            store,
-            limits,
-            Rules::default(),
-            Role::Daemon,
-            Metrics::new(),
-        ));
+        let disk = Arc::new(gigabyte_disk(dir.path()));
         disk.start(Duration::from_secs(3600), Duration::from_secs(3600));
         until(|| disk.ready.load(Ordering::Relaxed)).await;
         let full = io::Error::from_raw_os_error(28);

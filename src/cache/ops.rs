@@ -208,13 +208,8 @@ fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth
 mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
-    use crate::oci::Algorithm;
 
-    fn publish(store: &Store, data: &[u8]) -> ObjectKey {
-        let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
-        store.write_atomic(&store.path_of(&key), &[data]).unwrap();
-        key
-    }
+    use crate::cache::store::put_test_blob as publish;
 
     #[test]
     fn verify_removes_what_does_not_hash_and_gc_applies_the_budget() {

@@ -230,14 +230,9 @@ pub fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::Algorithm;
     use std::sync::Arc;
 
-    fn publish(store: &Store, data: &[u8]) -> ObjectKey {
-        let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
-        store.write_atomic(&store.path_of(&key), &[data]).unwrap();
-        key
-    }
+    use crate::cache::store::put_test_blob as publish;
 
     #[test]
     fn recency_survives_a_restart_and_truncation_is_caught() {

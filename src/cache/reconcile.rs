@@ -81,11 +81,7 @@ mod tests {
     use crate::oci::{Algorithm, Digest};
     use std::sync::Arc;
 
-    fn publish(store: &Store, data: &[u8]) -> ObjectKey {
-        let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
-        store.write_atomic(&store.path_of(&key), &[data]).unwrap();
-        key
-    }
+    use crate::cache::store::put_test_blob as publish;
 
     #[test]
     fn objects_added_and_removed_by_others_are_adopted_and_dropped() {

@@ -336,6 +336,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Stores `data` as a blob under its sha256, for unit tests of what reads the store.
+#[cfg(test)]
+pub fn put_test_blob(store: &Store, data: &[u8]) -> ObjectKey {
+    let key = ObjectKey::blob(&Digest::of(crate::oci::Algorithm::Sha256, data));
+    store.write_atomic(&store.path_of(&key), &[data]).unwrap();
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -182,11 +182,11 @@ impl Guarded<TcpStream> {
     /// Sends `len` bytes of `file` from `offset` with sendfile(2): the kernel moves them
     /// from the page cache to the socket, never through our memory. Pages not in memory
     /// make the call wait for the disk, so unless the caller knows them `cached` it runs
-    /// on the blocking pool, with `socket`, a duplicate of this stream's descriptor that
-    /// such a call can own.
+    /// on the blocking pool, with `socket`: a duplicate of this stream's descriptor that
+    /// such a call can own, made the first time one is needed.
     pub async fn send_file(
         &mut self,
-        socket: &Arc<OwnedFd>,
+        socket: &mut Option<Arc<OwnedFd>>,
         file: &Arc<File>,
         mut offset: u64,
         len: u64,
@@ -200,9 +200,14 @@ impl Guarded<TcpStream> {
             }
             let count = (end - offset).min(SENDFILE_MAX) as usize;
             let sent = if cached {
+                let out = self.inner.as_fd();
                 self.inner
-                    .try_io(Interest::WRITABLE, || sendfile(socket, file, offset, count))
+                    .try_io(Interest::WRITABLE, || sendfile(out, file, offset, count))
             } else {
+                let socket = match socket {
+                    Some(socket) => socket,
+                    None => socket.insert(Arc::new(rustix::io::dup(&self.inner)?)),
+                };
                 let (out, from) = (socket.clone(), file.clone());
                 let sent =
                     tokio::task::spawn_blocking(move || sendfile(&out, &from, offset, count))
@@ -247,16 +252,12 @@ impl Guarded<TcpStream> {
             }
         });
     }
-
-    pub fn stream(&self) -> &TcpStream {
-        &self.inner
-    }
 }
 
 /// At most this much per sendfile call, so one call never holds a thread long.
 const SENDFILE_MAX: u64 = 16 << 20;
 
-fn sendfile(socket: &OwnedFd, file: &File, offset: u64, count: usize) -> io::Result<usize> {
+fn sendfile(socket: impl AsFd, file: &File, offset: u64, count: usize) -> io::Result<usize> {
     let mut at = offset;
     rustix::fs::sendfile(socket, file, Some(&mut at), count).map_err(io::Error::from)
 }

@@ -60,3 +60,24 @@ pub fn add_image(
         blobs,
     }
 }
+
+/// Pulls `image` through `base` (the manifest by tag, then every blob) and checks every
+/// status and byte.
+pub async fn pull_checked(client: &reqwest::Client, base: &str, image: &FakeImage) {
+    let url = format!("{base}/v2/{}/manifests/{}", image.repo, image.tag);
+    let response = client
+        .get(url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(status, 200, "{}:{}", image.repo, image.tag);
+    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
+    for (digest, bytes) in &image.blobs {
+        let url = format!("{base}/v2/{}/blobs/{digest}", image.repo);
+        let response = client.get(url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{digest}");
+        assert!(response.bytes().await.unwrap()[..] == bytes[..], "{digest}");
+    }
+}

@@ -33,7 +33,7 @@ enum Framing {
 }
 
 /// The socket's descriptor as sendfile calls on the blocking pool can own it; made on
-/// the connection's first sendfile.
+/// the connection's first such call.
 pub type Socket = Option<Arc<OwnedFd>>;
 
 pub async fn write(
@@ -139,10 +139,6 @@ async fn send_pieces(
                 len,
                 cached,
             } => {
-                let socket = match socket {
-                    Some(socket) => socket,
-                    None => socket.insert(Arc::new(rustix::io::dup(io.stream())?)),
-                };
                 io.send_file(socket, file, *offset, *len, *cached).await?;
             }
         }
