@@ -140,19 +140,15 @@ fn visit_tags(
 mod tests {
     use super::*;
     use crate::cache::ops;
-    use crate::cache::store::{unix_millis, ObjectKey};
+    use crate::cache::store::unix_millis;
     use crate::config::{Config, Overrides};
-    use crate::oci::{Algorithm, Digest, RepoName, Tag};
+    use crate::oci::{RepoName, Tag};
 
     #[test]
     fn old_objects_of_a_ruled_upstream_expire_and_surplus_tags_go() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let publish = |data: &[u8]| {
-            let key = ObjectKey::blob(&Digest::of(Algorithm::Sha256, data));
-            store.write_atomic(&store.path_of(&key), &[data]).unwrap();
-            key
-        };
+        let publish = |data: &[u8]| crate::cache::store::put_test_blob(&store, data);
         let (old, recent, unknown) = (publish(b"old"), publish(b"recent"), publish(b"?"));
         let now = unix_millis();
         let two_days = 2 * 86_400_000;
