@@ -4,6 +4,8 @@
 //!
 //! - [`server`]: accepts the connection, parses the route ([`oci`]) and calls a handler;
 //!   every error leaves through one function that logs, counts and answers with OCI JSON.
+//!   Plain HTTP/1.1 requests are answered by `server::plain` (blob bytes go out with
+//!   sendfile), everything else by hyper.
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
 //!   single-flight fill that streams upstream bytes to every waiting client while hashing.
 //!   It keeps the disk under its budget (LRU eviction) and hosts the operator commands

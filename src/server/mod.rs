@@ -1,6 +1,8 @@
 //! Serving: the accept loop (HTTP/1.1 and h2, over TLS or clear text), the registry API
 //! service, and the admin endpoints. Handlers live one per file; errors leave through
-//! `respond`. The `[server]` limits are enforced here and in `conn` and `guard`;
+//! `respond`. A plain-text connection starts in `plain` (simple requests, sendfile for
+//! blob bytes) and goes to hyper at the first request `plain` does not take. The
+//! `[server]` limits are enforced here and in `conn`, `plain` and `guard`;
 //! `[server.auth]` in `auth`.
 
 mod admin;
