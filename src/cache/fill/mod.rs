@@ -174,10 +174,6 @@ async fn download(
         .send(Method::GET, Kind::Blob, &target.name, &path, None)
         .await?;
     let total = response.content_length();
-    fill.update(|p| {
-        p.total = total;
-        p.phase = Phase::Streaming;
-    });
     // The network side stays async and hands over batches of chunks, so the blocking side
     // (hash, disk write) wakes once per batch rather than once per small chunk.
     let (batches, mut received) = mpsc::channel(PUMP_DEPTH);
@@ -188,6 +184,12 @@ async fn download(
         fill.digest.clone(),
         total,
     ));
+    // Only now: the clients this wakes then run before the pump, which would otherwise
+    // keep their worker busy reading and hold back their response heads (about 1 ms).
+    fill.update(|p| {
+        p.total = total;
+        p.phase = Phase::Streaming;
+    });
     let (writer, disk, temp_path) = (fill.clone(), ctx.disk.clone(), temp.map(Path::to_path_buf));
     // Hashing and file writes block; keep them off the async workers.
     let copied = tokio::task::spawn_blocking(move || {
