@@ -133,15 +133,9 @@ fn regcache_fails(args: &[&str], work: &Path) -> String {
 
 /// `skopeo copy SRC oci:DEST:pulled`, keeping digests; returns DEST.
 fn skopeo(src: &[&str], dest: &Path, all: bool, work: &Path) -> PathBuf {
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-    ])
-    .args(["--src-no-creds", "--preserve-digests"])
-    .arg("--dest-oci-accept-uncompressed-layers");
+    let mut cmd = support::skopeo::copy_command();
+    cmd.arg("--preserve-digests")
+        .arg("--dest-oci-accept-uncompressed-layers");
     if all {
         cmd.arg("--all");
     }

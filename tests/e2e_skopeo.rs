@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use support::images::{self, sha256_digest, PushedImage};
@@ -107,14 +106,7 @@ fn skopeo_pull(
         Dest::Oci => format!("oci:{}:pulled", out.display()),
         Dest::Dir => format!("dir:{}", out.display()),
     };
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        "--src-no-creds",
-    ]);
+    let mut cmd = support::skopeo::copy_command();
     cmd.arg("--preserve-digests");
     if dest == Dest::Oci {
         cmd.arg("--dest-oci-accept-uncompressed-layers");

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::Body;
-use super::guard::{Activity, Guarded, Tracked};
+use super::guard::{Activity, Guarded};
 use super::{plain, Peer, Serving};
 use crate::metrics::Limit;
 
@@ -111,7 +111,15 @@ async fn drive<I, F, Fut>(
         let handler = handler.clone();
         async move {
             let response = handler(request).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked::wrap(body, guard).boxed_unsync()))
+            // The closure owns the guard: the request counts as in flight until hyper
+            // drops the body, however the body ends.
+            let body = |body: Body| {
+                body.map_frame(move |frame| {
+                    let _in_flight = &guard;
+                    frame
+                })
+            };
+            Ok::<_, Infallible>(response.map(|b| body(b).boxed_unsync()))
         }
     });
     let connection = shared

@@ -1,6 +1,7 @@
 //! Per-connection guards against clients that hold resources without using them: an I/O
-//! wrapper that notes when bytes last moved and aborts a write that stalls past the send
-//! timeout, and the in-flight count that tells an idle connection from a busy one.
+//! wrapper that notes when bytes last moved and aborts a write (or a sendfile) that stalls
+//! past the send timeout, and the in-flight count that tells an idle connection from a
+//! busy one.
 //!
 //! Only clocks and counters here; what to do when a guard trips is `conn`'s business.
 
@@ -14,13 +15,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-
-use super::body::{Body, BoxError};
 
 /// What one connection is doing, shared by its I/O wrapper, its requests and its task.
 pub struct Activity {
@@ -89,41 +86,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is done.
-pub struct Tracked {
-    inner: Body,
-    _guard: RequestGuard,
-}
-
-impl Tracked {
-    pub fn wrap(inner: Body, guard: RequestGuard) -> Tracked {
-        Tracked {
-            inner,
-            _guard: guard,
-        }
-    }
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -51,17 +51,10 @@ impl Proxy {
         extra: &str,
         dir: Option<&Path>,
     ) -> Proxy {
-        let temp = match dir {
-            Some(_) => None,
-            None => Some(tempfile::tempdir().unwrap()),
-        };
-        let cache_dir = dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| temp.as_ref().unwrap().path().to_path_buf());
         let text = format!(
             "[server]\n{server}\n[cache]\n{cache}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"
         );
-        Proxy::start_text(&text, cache_dir, temp).await
+        Proxy::start_config_in(&text, dir).await
     }
 
     /// A proxy running `config` (TOML, typically several `[[upstream]]` tables) with its

@@ -13,10 +13,9 @@ use super::registry::run_bounded;
 
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Pulls `reference` from the registry API at `addr` into `<work>/<name>`; on failure
-/// returns skopeo's output.
-pub fn pull(addr: &str, reference: &str, work: &Path, name: &str) -> Result<PathBuf, String> {
-    let out = work.join(name);
+/// `skopeo copy` from a source on 127.0.0.1 without TLS or credentials, for any policy;
+/// callers add options, the source and the destination.
+pub fn copy_command() -> Command {
     let mut cmd = Command::new("skopeo");
     cmd.args([
         "--insecure-policy",
@@ -24,10 +23,18 @@ pub fn pull(addr: &str, reference: &str, work: &Path, name: &str) -> Result<Path
         "--quiet",
         "--src-tls-verify=false",
         "--src-no-creds",
-        "--retry-times=0",
-    ])
-    .arg(format!("docker://{addr}/{reference}"))
-    .arg(format!("dir:{}", out.display()));
+    ]);
+    cmd
+}
+
+/// Pulls `reference` from the registry API at `addr` into `<work>/<name>`; on failure
+/// returns skopeo's output.
+pub fn pull(addr: &str, reference: &str, work: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = work.join(name);
+    let mut cmd = copy_command();
+    cmd.arg("--retry-times=0")
+        .arg(format!("docker://{addr}/{reference}"))
+        .arg(format!("dir:{}", out.display()));
     let log = work.join(format!("skopeo-{name}.log"));
     let status = run_bounded(&mut cmd, &log, SKOPEO_TIMEOUT);
     match status {
