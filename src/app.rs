@@ -83,11 +83,12 @@ impl Listeners {
 pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache =
-        Cache::open(&config.cache, rules, metrics.clone()).map_err(|source| AppError::Cache {
+    let cache = Cache::open(&config.cache, rules, metrics.clone())
+        .map_err(|source| AppError::Cache {
             dir: config.cache.dir.display().to_string(),
             source,
-        })?;
+        })?
+        .one_trust_domain(config.one_trust_domain());
     let upstreams = Upstreams::new(config, &metrics)?;
     let access = Access::load(&config.server.auth)?;
     Ok(Arc::new(State {
@@ -103,12 +104,12 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
 pub fn beside(config: &Config) -> Result<(Cache, Upstreams), AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Cache::open_beside(&config.cache, rules, metrics.clone()).map_err(|source| {
-        AppError::Cache {
+    let cache = Cache::open_beside(&config.cache, rules, metrics.clone())
+        .map_err(|source| AppError::Cache {
             dir: config.cache.dir.display().to_string(),
             source,
-        }
-    })?;
+        })?
+        .one_trust_domain(config.one_trust_domain());
     Ok((cache, Upstreams::new(config, &metrics)?))
 }
 

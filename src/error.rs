@@ -54,6 +54,9 @@ pub enum UpstreamError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("body ended after {got} of {expected} bytes")]
     Truncated { got: u64, expected: u64 },
+    /// A blob body (or its announced length) went past what it may be.
+    #[error("sent a blob of more than {limit} bytes, the {bound}")]
+    TooLarge { limit: u64, bound: &'static str },
     #[error("invalid response: {0}")]
     Invalid(String),
     #[error("token service: {0}")]
@@ -200,6 +203,7 @@ impl Error {
                 UpstreamError::Unreachable(_)
                 | UpstreamError::DigestMismatch { .. }
                 | UpstreamError::Truncated { .. }
+                | UpstreamError::TooLarge { .. }
                 | UpstreamError::Invalid(_)
                 | UpstreamError::Token(_)
                 | UpstreamError::Credentials(_) => {

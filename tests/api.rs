@@ -212,7 +212,10 @@ async fn malformed_requests_get_oci_errors() {
     let digest = sha256(b"x");
     let cases = [
         ("/v2/UPPER/manifests/v1", 400, "NAME_INVALID"),
-        ("/v2/a/manifests/-bad", 400, "TAG_INVALID"),
+        // A reference that cannot name a manifest is unknown (the OCI conformance suite).
+        ("/v2/a/manifests/-bad", 404, "MANIFEST_UNKNOWN"),
+        ("/v2/a/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
+        ("/v2/a/manifests/sha256:zz", 400, "DIGEST_INVALID"),
         ("/v2/a/blobs/sha256:abc", 400, "DIGEST_INVALID"),
         (
             "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
@@ -232,6 +235,12 @@ async fn malformed_requests_get_oci_errors() {
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["errors"][0]["code"], code, "{path}");
     }
+    let head = reqwest::Client::new()
+        .head(proxy.url("/v2/a/manifests/.INVALID_MANIFEST_NAME"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
     let long = format!("/v2/{}/manifests/v1", "a".repeat(300));
     assert_eq!(raw_get(proxy.addr, &long).await.0, 400);
 }

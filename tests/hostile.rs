@@ -77,8 +77,8 @@ async fn hostile_requests_get_errors_and_do_not_disturb_a_transfer() {
         (
             "invalid tag",
             get("/v2/a/manifests/-bad", ""),
-            400,
-            Some("TAG_INVALID"),
+            404,
+            Some("MANIFEST_UNKNOWN"),
         ),
         (
             "invalid range",

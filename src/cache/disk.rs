@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,8 @@ pub struct Disk {
     failing: AtomicBool,
     /// Room asked for by writes that found the filesystem full, for the background task.
     full: Arc<Requests>,
+    /// Bytes in fills' temp files: they count toward the budget before they are published.
+    filling: AtomicU64,
 }
 
 impl Disk {
@@ -136,6 +138,7 @@ impl Disk {
             ready: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             full: Arc::default(),
+            filling: AtomicU64::new(0),
         }
     }
 
@@ -159,7 +162,27 @@ impl Disk {
     }
 
     fn over_high(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.index.usage().1 > self.limits.high
+        self.ready.load(Ordering::Relaxed) && self.used() > self.limits.high
+    }
+
+    /// Published bytes plus what fills have written to their temp files so far.
+    fn used(&self) -> u64 {
+        self.index.usage().1 + self.filling.load(Ordering::Relaxed)
+    }
+
+    /// A fill wrote `bytes` more to its temp file; wakes eviction when that crossed the
+    /// high mark (only then: an eviction pass sorts the whole index).
+    pub fn fill_grew(&self, bytes: u64) {
+        let before = self.filling.fetch_add(bytes, Ordering::Relaxed) + self.index.usage().1;
+        let high = self.limits.high;
+        if self.ready.load(Ordering::Relaxed) && before <= high && before + bytes > high {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A fill's temp file of `bytes` is gone (published, so now in the index, or removed).
+    pub fn fill_ended(&self, bytes: u64) {
+        self.filling.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Opens a stored blob for reading, pinned, after checking its length against the
@@ -236,11 +259,11 @@ impl Disk {
     /// Removes least-recently-used objects until the store is under the low watermark,
     /// if it is over the high one (or `force`). Returns (objects, bytes) removed. Blocks.
     pub fn evict(&self, force: bool) -> (u64, u64) {
-        let (_, bytes) = self.index.usage();
-        if bytes <= self.limits.high && !force {
+        if self.used() <= self.limits.high && !force {
             return (0, 0);
         }
-        let victims = self.index.take_victims(self.limits.low);
+        let filling = self.filling.load(Ordering::Relaxed);
+        let victims = self.index.take_victims(self.limits.low.saturating_sub(filling));
         // Counted as they leave the index (and the gauges), before their files go, so no
         // one sees a file gone and its eviction not yet counted.
         if !victims.is_empty() {

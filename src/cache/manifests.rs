@@ -68,7 +68,7 @@ impl Cache {
         accept: &Accept,
         want_body: bool,
     ) -> Result<Manifest> {
-        if let Some(found) = self.stored_manifest(digest).await {
+        if let Some(found) = self.held_manifest(target, digest).await {
             // Held, but perhaps from another repository: served only once it is this one's.
             self.ensure_member(target, digest, Some(&accept.header_value()))
                 .await?;
@@ -105,7 +105,7 @@ impl Cache {
         let offline = target.upstream.config().offline;
         if let Some(entry) = &known {
             if entry.is_fresh() || offline {
-                if let Some(found) = self.stored_manifest(&entry.digest).await {
+                if let Some(found) = self.held_manifest(target, &entry.digest).await {
                     return Ok(found);
                 }
             }
@@ -128,7 +128,7 @@ impl Cache {
         if !entry.servable_stale(window) {
             return Err(e);
         }
-        let Some(mut found) = self.stored_manifest(&entry.digest).await else {
+        let Some(mut found) = self.held_manifest(target, &entry.digest).await else {
             return Err(e);
         };
         let upstream = target.upstream.name();
@@ -159,7 +159,7 @@ impl Cache {
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
         if known || !want_body {
             if let Some(head) = self.head_upstream(target, &path, accept).await? {
-                if let Some(found) = self.stored_manifest(&head.digest).await {
+                if let Some(found) = self.held_manifest(target, &head.digest).await {
                     self.tags.confirm(
                         disk,
                         upstream,
@@ -206,6 +206,16 @@ impl Cache {
             ttl,
         );
         Ok(fetched)
+    }
+
+    /// A manifest held that `target`'s trust domain delivered (see [`Cache::trusted`]):
+    /// one that only another domain delivered is fetched again from this upstream, so a
+    /// hostile upstream cannot name (or answer a tag with) another one's digest and read it.
+    async fn held_manifest(&self, target: &Target, digest: &Digest) -> Option<Manifest> {
+        if !self.trusted(target, digest).await {
+            return None;
+        }
+        self.stored_manifest(digest).await
     }
 
     /// A manifest held in memory or on disk (promoted to memory on a disk hit).
@@ -330,12 +340,14 @@ impl Cache {
             };
             return Err(upstream.error(cause));
         }
-        let media_type: Arc<str> = content_type(&headers)
-            .map(str::to_string)
-            .or_else(|| oci::media_type_of_manifest(&bytes))
-            .unwrap_or_else(|| oci::media::OCI_MANIFEST.to_string())
-            .into();
+        // Read strictly by its type before anything trusts what it references.
+        let document = oci::manifest::read(content_type(&headers), &bytes).map_err(|e| {
+            upstream.error(UpstreamError::Invalid(format!("manifest {actual} refused: {e}")))
+        })?;
+        let media_type: Arc<str> = document.media_type.into();
         self.put_manifest(&actual, &media_type, &bytes, upstream.name());
+        let domain = &upstream.config().trust_domain;
+        self.members.record_delivered(domain, &actual);
         Ok(Manifest {
             len: bytes.len() as u64,
             digest: actual,

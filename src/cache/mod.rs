@@ -11,6 +11,7 @@
 //! The cache never causes a failure: a disk error is logged, counted and served as a miss;
 //! a damaged file is removed and fetched again.
 
+mod declared;
 mod disk;
 mod fill;
 mod index;
@@ -49,6 +50,7 @@ use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::{Metrics, Outcome};
 use crate::oci::{Digest, ErrorCode};
 use crate::upstream::{Kind, Target};
+use declared::Declared;
 use fill::{FillContext, Fills, Joined};
 use lifecycle::Rules;
 pub use membership::record_image;
@@ -68,6 +70,8 @@ pub struct Cache {
     fills: Arc<Fills>,
     tags: Tags,
     members: Membership,
+    /// Every upstream is of one trust domain: who delivered content does not matter.
+    one_domain: bool,
 }
 
 /// Where a blob's bytes will come from.
@@ -138,11 +142,33 @@ impl Cache {
                 memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
                 metrics,
                 disk,
+                declared: Declared::default(),
+                max_blob_bytes: config.max_blob_bytes,
+                members: members.clone(),
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
             members,
+            one_domain: false,
         })
+    }
+
+    /// Declares every upstream one trust domain (see [`crate::config::Config::one_trust_domain`]):
+    /// content is then served for any upstream without asking which one delivered it.
+    pub fn one_trust_domain(mut self, one: bool) -> Cache {
+        self.one_domain = one;
+        self
+    }
+
+    /// Whether content regcache holds may be served for `target`'s upstream: its trust
+    /// domain delivered the bytes itself. Otherwise a hostile upstream could name (or claim
+    /// with a HEAD) a digest another upstream's private repository delivered, and read it.
+    async fn trusted(&self, target: &Target, digest: &Digest) -> bool {
+        self.one_domain
+            || self
+                .members
+                .delivered(&target.upstream.config().trust_domain, digest)
+                .await
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -165,7 +191,14 @@ impl Cache {
     /// a fill this request started is upstream's own answer for the repository, recorded by
     /// [`Cache::confirmed`] once upstream answered.
     pub async fn blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
-        let source = self.any_blob(digest, target).await?;
+        let source = match self.trusted(target, digest).await {
+            true => self.any_blob(digest, target).await?,
+            // Held for another trust domain: this upstream must deliver the bytes itself.
+            false => match self.fills.join_or_start(&self.ctx, digest, target, true)? {
+                Joined::Fill { fill, started } => BlobSource::Fill { fill, started },
+                Joined::Stored => return Err(vanished()),
+            },
+        };
         if !matches!(source, BlobSource::Fill { started: true, .. }) {
             self.ensure_member(target, digest, None).await?;
         }
@@ -182,11 +215,13 @@ impl Cache {
     }
 
     /// Whether the blob is held for this repository (memory lookup, then its record on
-    /// disk). False means a HEAD must answer from upstream.
+    /// disk) and its upstream's trust domain delivered it. False means a HEAD must answer
+    /// from upstream.
     pub async fn is_member(&self, target: &Target, digest: &Digest) -> bool {
         self.members
             .contains(target.upstream.name(), &target.name, digest)
             .await
+            && self.trusted(target, digest).await
     }
 
     /// Succeeds when `digest` is known to belong to `target`'s repository, asking upstream
@@ -265,16 +300,13 @@ impl Cache {
             if let Some(source) = self.stored_blob(digest).await {
                 return Ok(source);
             }
-            match self.fills.join_or_start(&self.ctx, digest, target)? {
+            match self.fills.join_or_start(&self.ctx, digest, target, false)? {
                 Joined::Fill { fill, started } => return Ok(BlobSource::Fill { fill, started }),
                 // Published between our lookup and the fills lock: look again.
                 Joined::Stored => continue,
             }
         }
-        Err(Error::local(
-            "blob lookup",
-            std::io::Error::other("blob vanished while being looked up"),
-        ))
+        Err(vanished())
     }
 
     /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit;
@@ -325,16 +357,19 @@ impl Cache {
             .found()
     }
 
-    /// Records a manifest served for `target`'s repository together with what it references,
-    /// unless already known (one memory lookup on the hot path).
+    /// Records a manifest served for `target`'s repository together with what it references
+    /// (and the blob sizes it declares), unless already known (one memory lookup on the hot
+    /// path).
     fn note_manifest(&self, target: &Target, manifest: &Manifest) {
         let upstream = target.upstream.name();
         let Some(bytes) = &manifest.bytes else { return };
         if self.members.known(upstream, &target.name, &manifest.digest) {
             return;
         }
+        let found = crate::oci::manifest::references(&manifest.media_type, bytes);
+        self.ctx.declared.record(upstream, &target.name, &found.sizes);
         // The references first: the manifest's own record means "its children are recorded".
-        let mut digests = membership::references(bytes);
+        let mut digests: Vec<Digest> = found.blobs.into_iter().chain(found.manifests).collect();
         digests.push(manifest.digest.clone());
         self.members.record(upstream, &target.name, &digests);
     }
@@ -352,6 +387,13 @@ impl Cache {
             .fills_in_flight
             .set(self.fills.in_flight() as i64);
     }
+}
+
+fn vanished() -> Error {
+    Error::local(
+        "blob lookup",
+        std::io::Error::other("blob vanished while being looked up"),
+    )
 }
 
 /// Upstream's definite "not here" (or "not for you") for the name asked, as opposed to

@@ -192,10 +192,10 @@ fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth
     let Ok(Some(data)) = read_if_present(&store.manifest_path(digest)) else {
         return;
     };
-    let Some((_, body)) = parse_manifest(digest, data) else {
+    let Some((media_type, body)) = parse_manifest(digest, data) else {
         return;
     };
-    let found = crate::oci::manifest_references(&body);
+    let found = crate::oci::manifest::references(&media_type, &body);
     reached.extend(found.blobs.iter().map(ObjectKey::blob));
     if depth > 0 {
         for child in &found.manifests {
@@ -234,15 +234,17 @@ mod tests {
         // Membership records of every blob in one repository, of the damaged one in another.
         let (a, b) = ("team/a".parse().unwrap(), "team/b".parse().unwrap());
         for key in &keys {
-            super::super::record_image(&store, "up", &a, &key.digest).unwrap();
+            super::super::record_image(&store, "up", "up", &a, &key.digest).unwrap();
         }
-        super::super::record_image(&store, "up", &b, &keys[3].digest).unwrap();
+        super::super::record_image(&store, "up", "up", &b, &keys[3].digest).unwrap();
         let report = gc(&config).unwrap();
         // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
         assert_eq!((report.removed, report.freed), (1, 1000));
         assert!(temp.exists());
-        // The damaged blob's two records and the evicted one's; team/b is left with none.
-        assert_eq!((report.members_pruned, report.member_files_removed), (3, 1));
+        // The damaged blob's two records and the evicted one's, and the same two digests'
+        // delivered records; team/b is left with none, and so are those two digests' shards
+        // of the delivered records.
+        assert_eq!((report.members_pruned, report.member_files_removed), (5, 3));
         assert!(!store.root().join("members/up/team/b").exists());
 
         let stats = stats(dir.path(), 5).unwrap();

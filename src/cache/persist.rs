@@ -248,6 +248,7 @@ mod tests {
 
         // Damage b behind the index's back, then "restart".
         fs::write(store.path_of(&b), b"bb").unwrap();
+        drop(store);
         let store = Store::open(dir.path()).unwrap();
         let index = Index::default();
         let loaded = load(&store, &index).unwrap();

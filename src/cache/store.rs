@@ -6,6 +6,7 @@
 //! v1/tags/<upstream>/<repo>/_tags/<tag>   JSON tag record (`_tags` cannot be a repo component)
 //! v1/tmp/                           fills and writes in progress; emptied at startup
 //! v1/index                          sizes and last access of the objects (see `persist`)
+//! v1/lock                           held (flock) by the daemon that owns the store; its PID
 //! ```
 //!
 //! Everything enters by rename from `tmp/` after an fsync, so a crash leaves either the old
@@ -28,6 +29,8 @@ pub const LAYOUT_VERSION: &str = "v1";
 pub struct Store {
     root: PathBuf,
     next_temp: AtomicU64,
+    /// The daemon's exclusive lock, released when the store is dropped (or the process dies).
+    _lock: Option<File>,
 }
 
 /// The two kinds of content-addressed objects, each under its own directory.
@@ -99,12 +102,15 @@ pub struct TagRecord {
 }
 
 impl Store {
-    /// Opens (creating) the store under `dir` and removes what interrupted writes left.
+    /// Opens (creating) the store under `dir` for the daemon that owns it: takes the store's
+    /// lock (a second daemon would delete this one's fills in progress) and removes what
+    /// interrupted writes left.
     pub fn open(dir: &Path) -> io::Result<Store> {
         let root = dir.join(LAYOUT_VERSION);
         for sub in ["blobs", "manifests", "tags"] {
             fs::create_dir_all(root.join(sub))?;
         }
+        let lock = lock(&root, dir)?;
         let tmp = root.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -113,6 +119,7 @@ impl Store {
         Ok(Store {
             root,
             next_temp: AtomicU64::new(0),
+            _lock: Some(lock),
         })
     }
 
@@ -127,6 +134,7 @@ impl Store {
         Ok(Store {
             root,
             next_temp: AtomicU64::new(0),
+            _lock: None,
         })
     }
 
@@ -144,6 +152,7 @@ impl Store {
         Ok(Store {
             root,
             next_temp: AtomicU64::new(0),
+            _lock: None,
         })
     }
 
@@ -307,6 +316,41 @@ impl Store {
     }
 }
 
+/// Takes the daemon's exclusive lock on the store and writes its PID there, for the message
+/// a second daemon gets. Fails at once (never waits) when another process holds it.
+fn lock(root: &Path, dir: &Path) -> io::Result<File> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = root.join("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK {
+            return Err(e.into());
+        }
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        let holder = match holder.trim() {
+            "" => "another process".to_string(),
+            pid => format!("process {pid}"),
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is in use by another regcache daemon ({holder} holds {}); \
+                 give each daemon its own cache.dir, or stop the other one",
+                dir.display(),
+                path.display()
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
+}
+
 /// Splits a manifest record into media type and body, if the body hashes to `digest`.
 pub fn parse_manifest(digest: &Digest, mut data: Vec<u8>) -> Option<(String, Bytes)> {
     let newline = data.iter().position(|&b| b == b'\n')?;
@@ -384,6 +428,23 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(!temp.exists());
         assert_eq!(store.open_blob(&digest).unwrap().unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_second_daemon_is_refused_and_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, temp) = store.temp_file().unwrap();
+        let e = Store::open(dir.path()).err().expect("the store is locked");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let message = e.to_string();
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        assert!(message.contains(&std::process::id().to_string()), "{message}");
+        assert!(temp.exists(), "the first daemon's fill is left alone");
+        // Beside processes (import, prefetch) never take the lock.
+        Store::open_beside(dir.path()).unwrap();
+        drop(store);
+        Store::open(dir.path()).expect("free once the first daemon is gone");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub(super) struct RawCache {
     lifecycle_sweep_secs: Option<u64>,
     memory_bytes: Option<ByteSize>,
     memory_max_object_bytes: Option<ByteSize>,
+    max_blob_bytes: Option<ByteSize>,
     #[serde(default)]
     offline: bool,
 }
@@ -50,6 +51,8 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     /// Objects larger than this never enter the memory tier.
     pub memory_max_object_bytes: u64,
+    /// A blob fill stops (and the blob is refused) past this size, whatever upstream says.
+    pub max_blob_bytes: u64,
     /// Never contact any upstream (each upstream may also be set offline on its own).
     pub offline: bool,
 }
@@ -124,8 +127,19 @@ impl RawCache {
                 "is larger than cache.memory_bytes; lower it or raise the budget",
             );
         }
+        // The largest layers in the wild (CUDA, model weights) are some GiB; an endless
+        // body must not fill the disk.
+        let max_blob_bytes = self.max_blob_bytes.map_or(32 << 30, |b| b.as_u64());
+        if max_blob_bytes == 0 {
+            problems.add(
+                "cache.max_blob_bytes",
+                0,
+                "must be above 0; give a size such as \"32GiB\" (the default)",
+            );
+        }
         CacheConfig {
             dir,
+            max_blob_bytes: max_blob_bytes.max(1),
             disk_budget,
             high_watermark,
             low_watermark,

@@ -92,6 +92,14 @@ fn render(problems: &[Problem]) -> String {
 }
 
 impl Config {
+    /// True when every upstream is of one trust domain: cached content is then served for
+    /// any of them without asking who delivered it.
+    pub fn one_trust_domain(&self) -> bool {
+        let mut domains = self.upstreams.iter().map(|u| &u.trust_domain);
+        let first = domains.next();
+        domains.all(|d| Some(d) == first)
+    }
+
     /// Reads and validates a config file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         match path {

@@ -24,6 +24,7 @@ pub(super) struct RawUpstream {
     default: bool,
     #[serde(default)]
     aliases: Vec<String>,
+    trust_domain: Option<String>,
     library_prefix: Option<bool>,
     tag_ttl_secs: Option<u64>,
     stale_if_error_secs: Option<u64>,
@@ -57,6 +58,10 @@ pub struct UpstreamConfig {
     pub default: bool,
     /// Extra names requests may use for this upstream (`ns=`, path prefix, Host).
     pub aliases: Vec<String>,
+    /// Upstreams of one trust domain share cached content; another domain's content is
+    /// served for this upstream only once this upstream delivered the same bytes. Defaults
+    /// to the upstream's name: every upstream its own domain.
+    pub trust_domain: String,
     pub library_prefix: bool,
     pub tag_ttl: Duration,
     /// How long after its TTL a tag may still be served when upstream fails.
@@ -100,6 +105,7 @@ impl RawUpstream {
             url: url.to_string(),
             default: true,
             aliases: Vec::new(),
+            trust_domain: None,
             library_prefix: None,
             tag_ttl_secs: None,
             stale_if_error_secs: None,
@@ -299,6 +305,18 @@ impl RawUpstream {
                 "use lowercase letters, digits, '.', '-', '_' and ':' only",
             );
         }
+        // A directory name under the store: it starts with a letter or digit, so never `..`.
+        let domain_ok = |d: &str| valid_name(d) && d.starts_with(|c: char| c.is_ascii_alphanumeric());
+        let trust_domain = self.trust_domain.unwrap_or_else(|| name.clone());
+        if trust_domain != name && !domain_ok(&trust_domain) {
+            problems.add(
+                key("trust_domain"),
+                &trust_domain,
+                "start with a letter or digit and use lowercase letters, digits, '.', '-', '_' \
+                 and ':' only, e.g. \"corp\"; upstreams with the same trust_domain share \
+                 cached content",
+            );
+        }
         let mut aliases: Vec<String> = Vec::new();
         for alias in self.aliases {
             if !valid_name(&alias) {
@@ -400,6 +418,7 @@ impl RawUpstream {
             policy,
             default: self.default || single,
             aliases,
+            trust_domain,
             name,
             url,
             tag_ttl: Duration::from_secs(self.tag_ttl_secs.unwrap_or(300)),

@@ -1,8 +1,4 @@
-//! Media types: the manifest types we know, client `Accept` lists, and
-//! reading a manifest's own `mediaType`. Pure; no I/O.
-
-use super::digest::Digest;
-use serde::Deserialize;
+//! Media types: the manifest types we know and client `Accept` lists. Pure; no I/O.
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -110,48 +106,9 @@ fn is_zero_quality(param: &str) -> bool {
 }
 
 /// The media type without parameters, lowercased.
-fn essence(media_type: &str) -> String {
+pub(super) fn essence(media_type: &str) -> String {
     let base = media_type.split(';').next().unwrap_or_default();
     base.trim().to_ascii_lowercase()
-}
-
-/// The top-level `mediaType` of a JSON manifest, if it has a non-empty one.
-pub fn media_type_of_manifest(bytes: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    let probe: Probe = serde_json::from_slice(bytes).ok()?;
-    probe.media_type.filter(|m| !m.is_empty())
-}
-
-/// What a manifest points at: an image's config and layers (blobs), an index's child
-/// manifests. Anything unparsable points at nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct References {
-    pub blobs: Vec<Digest>,
-    pub manifests: Vec<Digest>,
-}
-
-pub fn manifest_references(bytes: &[u8]) -> References {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return References::default();
-    };
-    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
-    let listed = |key: &str| -> Vec<Digest> {
-        json[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(digest_of)
-            .collect()
-    };
-    let config = json.get("config").and_then(digest_of);
-    References {
-        blobs: config.into_iter().chain(listed("layers")).collect(),
-        manifests: listed("manifests"),
-    }
 }
 
 #[cfg(test)]
@@ -208,24 +165,5 @@ mod tests {
     fn garbage_entries_are_dropped() {
         let a = Accept::parse([r#"application/json;x="a,b", nonsense, a b/c"#]);
         assert_eq!(a.header_value(), "application/json");
-    }
-
-    #[test]
-    fn reads_manifest_media_type() {
-        let m = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
-        assert_eq!(
-            media_type_of_manifest(m.as_bytes()).as_deref(),
-            Some(OCI_INDEX)
-        );
-        for bad in [
-            &b"{}"[..],
-            b"[]",
-            b"not json",
-            b"{\"mediaType\":3}",
-            b"{\"mediaType\":\"\"}",
-            b"\xff",
-        ] {
-            assert_eq!(media_type_of_manifest(bad), None);
-        }
     }
 }

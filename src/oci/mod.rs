@@ -10,6 +10,7 @@
 pub mod challenge;
 pub mod digest;
 pub mod errors;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod range;
@@ -19,7 +20,8 @@ pub mod route;
 pub use challenge::{parse_challenges, scope_for_pull, Challenge};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use errors::{error_body, parse_error_body, ErrorCode};
-pub use media::{manifest_references, media_type_of_manifest, Accept, References};
+pub use manifest::{media_type_of_manifest, ManifestError, References};
+pub use media::Accept;
 pub use name::{NameError, RepoName};
 pub use range::{
     parse_content_range, parse_range, unsatisfied_content_range, ByteRange, RangeError, RangeSpec,

@@ -202,9 +202,12 @@ fn route_error(e: RouteError) -> crate::error::Error {
             ErrorCode::NameInvalid,
             format!("invalid repository name: {e}"),
         ),
-        RouteError::Reference(oci::ReferenceError::Tag(e)) => {
-            Error::client(bad, ErrorCode::TagInvalid, format!("invalid tag: {e}"))
-        }
+        // No manifest can have such a name: the spec (and its conformance suite) wants 404.
+        RouteError::Reference(oci::ReferenceError::Tag(e)) => Error::client(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ManifestUnknown,
+            format!("no manifest can have this reference ({e}); name a tag or a digest"),
+        ),
         RouteError::Reference(oci::ReferenceError::Digest(e)) | RouteError::Digest(e) => {
             Error::client(
                 bad,

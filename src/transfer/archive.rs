@@ -528,7 +528,7 @@ pub fn import(
             .write_tag(&upstream.name, &repo, tag, &record)
             .map_err(io_error(format!("writing the tag record of {name}")))?;
         // Without this the daemon would not hand the imported content out for `repo`.
-        crate::cache::record_image(&store, &upstream.name, &repo, digest)
+        crate::cache::record_image(&store, &upstream.name, &upstream.trust_domain, &repo, digest)
             .map_err(io_error(format!("recording what {name} contains")))?;
         report.tags.push(format!("{}/{repo}:{tag}", upstream.name));
     }
@@ -593,7 +593,7 @@ fn remember_types(
     let media_type = d
         .media_type
         .clone()
-        .or_else(|| media::media_type_of_manifest(body))
+        .or_else(|| crate::oci::media_type_of_manifest(body))
         .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
     types.insert(d.digest.clone(), media_type);
     if let Ok(Contents::Index(children)) = contents(body) {

@@ -17,16 +17,21 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// Why a copy stopped early. A failing disk is not a reason: the copy goes on in memory.
 pub(super) enum CopyError<E> {
     Body(E),
+    /// The body went past `limit` bytes; nothing past it was written or served.
+    TooLarge,
 }
 
-/// Copies the body into `sink` (the fill's file) while hashing it, and publishes progress.
-/// After the first write error the rest goes through the fill's relay; `on_sink_error`
-/// hears of that error once. Runs on a blocking thread.
+/// Copies the body into `sink` (the fill's file) while hashing it, and publishes progress
+/// (also to `on_progress`, with the bytes added since its last call). After the first write
+/// error the rest goes through the fill's relay; `on_sink_error` hears of that error once.
+/// A body longer than `limit` stops the copy. Runs on a blocking thread.
 pub(super) fn copy<E>(
     next: &mut dyn FnMut() -> Result<Option<Bytes>, E>,
     fill: &Fill,
+    limit: u64,
     mut sink: Option<&mut dyn Write>,
     on_sink_error: &mut dyn FnMut(&std::io::Error),
+    on_progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, Digest), CopyError<E>> {
     let mut hasher = fill.digest.hasher();
     let mut written = 0u64;
@@ -35,6 +40,11 @@ pub(super) fn copy<E>(
         sink = None;
     }
     while let Some(chunk) = next().map_err(CopyError::Body)? {
+        if written + chunk.len() as u64 > limit {
+            fill.update(|p| p.written = written);
+            on_progress(written - published.0);
+            return Err(CopyError::TooLarge);
+        }
         hasher.update(&chunk);
         if let Some(s) = sink.as_mut() {
             if let Err(e) = s.write_all(&chunk) {
@@ -50,10 +60,12 @@ pub(super) fn copy<E>(
         written += len;
         if written - published.0 >= PUBLISH_BYTES || published.1.elapsed() >= PUBLISH_EVERY {
             fill.update(|p| p.written = written);
+            on_progress(written - published.0);
             published = (written, Instant::now());
         }
     }
     fill.update(|p| p.written = written);
+    on_progress(written - published.0);
     Ok((written, hasher.finish()))
 }
 
@@ -101,7 +113,14 @@ mod tests {
             left: 1_050_000,
         };
         let mut errors = 0;
-        let copied = copy(&mut next, &fill, Some(&mut sink), &mut |_| errors += 1);
+        let copied = copy(
+            &mut next,
+            &fill,
+            u64::MAX,
+            Some(&mut sink),
+            &mut |_| errors += 1,
+            &mut |_| {},
+        );
         let Ok((written, actual)) = copied else {
             panic!("a disk error must not stop the copy")
         };
@@ -125,8 +144,36 @@ mod tests {
         let fill = Arc::new(Fill::new(digest, None));
         let mut once = Some(Bytes::from(data.clone()));
         let mut next = || Ok::<_, ()>(once.take());
-        let copied = copy(&mut next, &fill, None, &mut |_| panic!("no sink, no error"));
+        let copied = copy(
+            &mut next,
+            &fill,
+            u64::MAX,
+            None,
+            &mut |_| panic!("no sink, no error"),
+            &mut |_| {},
+        );
         assert!(copied.is_ok());
         assert!(matches!(fill.at(0, 4), At::Memory(b) if &b[..] == b"smal"));
+    }
+
+    #[test]
+    fn a_body_past_the_limit_stops_the_copy_and_nothing_past_it_is_written() {
+        let digest = Digest::of(Algorithm::Sha256, b"whatever");
+        let fill = Fill::new(digest, Some(tempfile::tempfile().unwrap()));
+        let mut chunks = std::iter::repeat_with(|| Bytes::from_static(&[7u8; 1000])).take(100);
+        let mut next = || Ok::<_, ()>(chunks.next());
+        let mut sink = Vec::new();
+        let mut counted = 0;
+        let copied = copy(
+            &mut next,
+            &fill,
+            2500,
+            Some(&mut sink),
+            &mut |_| panic!("no disk error"),
+            &mut |n| counted += n,
+        );
+        assert!(matches!(copied, Err(CopyError::TooLarge)));
+        assert_eq!((sink.len(), counted), (2000, 2000));
+        assert_eq!(fill.subscribe().borrow().written, 2000);
     }
 }

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -28,7 +29,9 @@ use tokio::sync::mpsc;
 
 pub use state::{At, Fill, Phase, Progress};
 
+use super::declared::Declared;
 use super::disk::Disk;
+use super::membership::Membership;
 use super::memory::{Entry, Key, Memory};
 use super::store::{ObjectKey, Store};
 use crate::error::{Error, UpstreamError};
@@ -37,11 +40,14 @@ use crate::oci::{self, Digest};
 use crate::upstream::{classify, Answer, Kind, Target};
 use copy::{copy, CopyError};
 
-/// The fills in progress, by digest.
+/// The fills in progress, by trust domain and digest: a client joins only a fill from an
+/// upstream its own upstream trusts.
 #[derive(Default)]
 pub struct Fills {
-    active: Mutex<HashMap<Digest, Arc<Fill>>>,
+    active: Mutex<HashMap<FillKey, Arc<Fill>>>,
 }
+
+type FillKey = (String, Digest);
 
 /// What [`Fills::join_or_start`] found.
 pub enum Joined {
@@ -60,25 +66,35 @@ pub struct FillContext {
     pub memory: Memory,
     pub metrics: Metrics,
     pub disk: Arc<Disk>,
+    /// Blob sizes the repositories' manifests declared: a fill stops there.
+    pub declared: Declared,
+    /// Where a verified fill records that its trust domain delivered the blob.
+    pub members: Membership,
+    /// `cache.max_blob_bytes`.
+    pub max_blob_bytes: u64,
 }
 
 impl Fills {
-    /// Joins the fill of `digest`, or starts one from `target`.
+    /// Joins the fill of `digest` from `target`'s trust domain, or starts one from `target`.
+    /// With `force` it never answers [`Joined::Stored`]: the blob is held, but this domain
+    /// must deliver it itself.
     pub fn join_or_start(
         self: &Arc<Self>,
         ctx: &FillContext,
         digest: &Digest,
         target: &Target,
+        force: bool,
     ) -> Result<Joined, Error> {
+        let key = (target.upstream.config().trust_domain.clone(), digest.clone());
         let mut active = self.active.lock().expect("fills lock");
-        if let Some(fill) = active.get(digest) {
+        if let Some(fill) = active.get(&key) {
             return Ok(Joined::Fill {
                 fill: fill.clone(),
                 started: false,
             });
         }
         // A fill may have finished between the caller's store lookup and this lock.
-        if ctx.store.has_blob(digest) {
+        if !force && ctx.store.has_blob(digest) {
             return Ok(Joined::Stored);
         }
         // No temp file (a full or read-only disk) still serves the blob, through the relay.
@@ -92,12 +108,13 @@ impl Fills {
             }
         };
         let fill = Arc::new(Fill::new(digest.clone(), file));
-        active.insert(digest.clone(), fill.clone());
+        active.insert(key.clone(), fill.clone());
         drop(active);
         ctx.metrics.fills_in_flight.inc();
         tokio::spawn(run(
             ctx.clone(),
             self.clone(),
+            key,
             fill.clone(),
             temp,
             target.clone(),
@@ -117,6 +134,7 @@ impl Fills {
 async fn run(
     ctx: FillContext,
     fills: Arc<Fills>,
+    key: FillKey,
     fill: Arc<Fill>,
     temp: Option<PathBuf>,
     target: Target,
@@ -133,7 +151,10 @@ async fn run(
     };
     ctx.metrics.fills.with_label_values(&[label]).inc();
     match result {
-        Ok(_) => fill.update(|p| p.phase = Phase::Done),
+        Ok(_) => {
+            ctx.members.record_delivered(&key.0, &fill.digest);
+            fill.update(|p| p.phase = Phase::Done)
+        }
         Err(e) => {
             if label == "mismatch" {
                 ctx.metrics
@@ -151,11 +172,7 @@ async fn run(
         }
     }
     // Only now: a request that misses this map must find the blob in the store.
-    fills
-        .active
-        .lock()
-        .expect("fills lock")
-        .remove(&fill.digest);
+    fills.active.lock().expect("fills lock").remove(&key);
     ctx.metrics.fills_in_flight.dec();
 }
 
@@ -174,6 +191,11 @@ async fn download(
         .send(Method::GET, Kind::Blob, &target.name, &path, None)
         .await?;
     let total = response.content_length();
+    let declared = ctx
+        .declared
+        .get(upstream.name(), &target.name, &fill.digest);
+    let (limit, bound) = size_bound(ctx.max_blob_bytes, declared, total)
+        .map_err(|cause| upstream.error(cause))?;
     // The network side stays async and hands over batches of chunks, so the blocking side
     // (hash, disk write) wakes once per batch rather than once per small chunk.
     let (batches, mut received) = mpsc::channel(PUMP_DEPTH);
@@ -191,6 +213,11 @@ async fn download(
         p.phase = Phase::Streaming;
     });
     let (writer, disk, temp_path) = (fill.clone(), ctx.disk.clone(), temp.map(Path::to_path_buf));
+    let filling = Arc::new(Filling {
+        disk: ctx.disk.clone(),
+        bytes: AtomicU64::new(0),
+    });
+    let grew = filling.clone();
     // Hashing and file writes block; keep them off the async workers.
     let copied = tokio::task::spawn_blocking(move || {
         let mut pending = VecDeque::new();
@@ -214,7 +241,8 @@ async fn download(
         let file = writer.file.clone();
         let mut file_ref: Option<&File> = file.as_deref();
         let sink = file_ref.as_mut().map(|f| f as &mut dyn Write);
-        copy(&mut next, &writer, sink, &mut on_error)
+        let mut on_progress = |n: u64| grew.add(n);
+        copy(&mut next, &writer, limit, sink, &mut on_error, &mut on_progress)
     })
     .await
     .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;
@@ -228,6 +256,9 @@ async fn download(
                 },
                 _ => classify(&e),
             }))
+        }
+        Err(CopyError::TooLarge) => {
+            return Err(upstream.error(UpstreamError::TooLarge { limit, bound }))
         }
     };
     target.upstream.count_bytes(written);
@@ -246,7 +277,57 @@ async fn download(
     let (Some(temp), false) = (temp, fill.relaying()) else {
         return Ok(false);
     };
-    publish(ctx, fill, temp, written, target.upstream.name()).await
+    let published = publish(ctx, fill, temp, written, target.upstream.name()).await;
+    drop(filling);
+    published
+}
+
+/// The most bytes a fill may take, and what set that bound. Upstream's `Content-Length`
+/// must agree with the size the manifest declared, and neither may pass the maximum.
+fn size_bound(
+    max: u64,
+    declared: Option<u64>,
+    total: Option<u64>,
+) -> Result<(u64, &'static str), UpstreamError> {
+    if let (Some(declared), Some(total)) = (declared, total) {
+        if declared != total {
+            return Err(UpstreamError::Invalid(format!(
+                "announced a blob of {total} bytes where the repository's manifest declared {declared}"
+            )));
+        }
+    }
+    let (limit, bound) = [
+        (Some(max), "cache.max_blob_bytes limit"),
+        (declared, "size its manifest declared"),
+        (total, "length upstream announced"),
+    ]
+    .into_iter()
+    .filter_map(|(n, bound)| Some((n?, bound)))
+    .min_by_key(|(n, _)| *n)
+    .expect("the maximum is always there");
+    if total.is_some_and(|t| t > max) {
+        return Err(UpstreamError::TooLarge { limit, bound });
+    }
+    Ok((limit, bound))
+}
+
+/// What a fill's temp file holds, counted toward the disk budget until the fill ends.
+struct Filling {
+    disk: Arc<Disk>,
+    bytes: AtomicU64,
+}
+
+impl Filling {
+    fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.disk.fill_grew(bytes);
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        self.disk.fill_ended(self.bytes.load(Ordering::Relaxed));
+    }
 }
 
 /// Moves a verified fill into the store. A failure here still serves the readers (they

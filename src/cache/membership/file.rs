@@ -39,6 +39,27 @@ pub fn path(store: &Store, upstream: &str, repo: &RepoName) -> PathBuf {
         .join(FILE_NAME)
 }
 
+/// Beside the upstreams' directories: which trust domain delivered which digests. `@`
+/// cannot start an upstream name, so no upstream's records can land here.
+pub const DELIVERED_DIR: &str = "@delivered";
+
+/// Sharded by the digest's first two hex digits, so a lookup that misses memory reads a
+/// small file, not every digest the domain ever delivered.
+pub fn delivered_path(store: &Store, domain: &str, digest: &Digest) -> PathBuf {
+    store
+        .root()
+        .join("members")
+        .join(DELIVERED_DIR)
+        .join(delivered_shard(domain, digest))
+        .join(FILE_NAME)
+}
+
+/// `<domain>/<xx>`: the "repository" part of a delivered record's key.
+pub fn delivered_shard(domain: &str, digest: &Digest) -> String {
+    let hex = digest.hex();
+    format!("{domain}/{}", &hex[..2.min(hex.len())])
+}
+
 pub fn read(path: &Path) -> io::Result<Vec<Digest>> {
     let text = match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),

@@ -6,7 +6,10 @@
 //! once upstream answered for it under that repository's name. Lookups are in memory
 //! (bounded); every new record is also appended to
 //! `v1/members/<upstream>/<repo>/_members` (one digest a line, see `file`), read back on a
-//! memory miss, so a restart keeps what was learned. Appends are not synced: a record lost
+//! memory miss, so a restart keeps what was learned. Beside them, `v1/members/@delivered/
+//! <trust domain>/_members` records which trust domain's upstreams delivered a digest's
+//! bytes themselves: content one domain fetched is served for another only once that one
+//! delivered it too (see `Cache::trusted`). Appends are not synced: a record lost
 //! in a crash only costs a confirmation upstream later. `prune` keeps the files to the
 //! content the cache holds.
 
@@ -54,10 +57,34 @@ impl Membership {
 
     /// Memory first, then the repository's file on disk (whose records return to memory).
     pub async fn contains(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> bool {
-        if self.known(upstream, repo, digest) {
+        self.lookup(upstream, repo.as_str(), self.path(upstream, repo), digest)
+            .await
+    }
+
+    /// Whether upstreams of trust domain `domain` delivered `digest`'s bytes themselves.
+    pub async fn delivered(&self, domain: &str, digest: &Digest) -> bool {
+        let path = file::delivered_path(&self.store, domain, digest);
+        let shard = file::delivered_shard(domain, digest);
+        self.lookup(file::DELIVERED_DIR, &shard, path, digest).await
+    }
+
+    /// Records that an upstream of `domain` delivered `digest` (verified).
+    pub fn record_delivered(&self, domain: &str, digest: &Digest) {
+        let path = file::delivered_path(&self.store, domain, digest);
+        let shard = file::delivered_shard(domain, digest);
+        self.append(
+            file::DELIVERED_DIR,
+            &shard,
+            path,
+            std::slice::from_ref(digest),
+        );
+    }
+
+    /// `contains` for any record file: `(upstream, repo)` as named in memory keys.
+    async fn lookup(&self, upstream: &str, repo: &str, path: PathBuf, digest: &Digest) -> bool {
+        if self.memory.contains_key(&key(upstream, repo, digest)) {
             return true;
         }
-        let path = self.path(upstream, repo);
         let read = tokio::task::spawn_blocking(move || file::read(&path)).await;
         let records = match read {
             Ok(Ok(records)) => records,
@@ -70,7 +97,7 @@ impl Membership {
         let mut found = false;
         for d in records {
             found |= d == *digest;
-            self.memory.insert(key(upstream, repo.as_str(), &d), ());
+            self.memory.insert(key(upstream, repo, &d), ());
         }
         found
     }
@@ -78,9 +105,14 @@ impl Membership {
     /// Records that `digests` belong to `repo` on `upstream`: in memory now, appended to
     /// disk in the background (only the ones memory did not hold).
     pub fn record(&self, upstream: &str, repo: &RepoName, digests: &[Digest]) {
+        let path = self.path(upstream, repo);
+        self.append(upstream, repo.as_str(), path, digests);
+    }
+
+    fn append(&self, upstream: &str, repo: &str, path: PathBuf, digests: &[Digest]) {
         let mut new = String::new();
         for d in digests {
-            let k = key(upstream, repo.as_str(), d);
+            let k = key(upstream, repo, d);
             if !self.memory.contains_key(&k) {
                 self.memory.insert(k, ());
                 new.push_str(&d.to_string());
@@ -90,7 +122,6 @@ impl Membership {
         if new.is_empty() {
             return;
         }
-        let path = self.path(upstream, repo);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = file::append(&path, new.as_bytes()) {
                 tracing::warn!(error = %e, path = %path.display(), "writing a membership record failed; it stays in memory only");
@@ -132,11 +163,12 @@ impl Membership {
 }
 
 /// Records, straight in the store, that an image and everything it references belong to
-/// `repo` on `upstream`: for `regcache import`, which fills a cache outside the daemon.
-/// Blocks.
+/// `repo` on `upstream` and were delivered for trust domain `domain` (import verified every
+/// byte): for `regcache import`, which fills a cache outside the daemon. Blocks.
 pub fn record_image(
     store: &Store,
     upstream: &str,
+    domain: &str,
     repo: &RepoName,
     top: &Digest,
 ) -> io::Result<()> {
@@ -147,8 +179,10 @@ pub fn record_image(
             continue;
         }
         lines.push_str(&format!("{digest}\n"));
-        if let Some((_, body)) = store.read_manifest(&digest)?.found() {
-            todo.extend(references(&body));
+        let delivered = file::delivered_path(store, domain, &digest);
+        file::append(&delivered, format!("{digest}\n").as_bytes())?;
+        if let Some((media_type, body)) = store.read_manifest(&digest)?.found() {
+            todo.extend(references(&media_type, &body));
         }
     }
     file::append(&file::path(store, upstream, repo), lines.as_bytes())
@@ -160,10 +194,11 @@ pub fn prune_files(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Resu
     prune::prune(store, present)
 }
 
-/// What a manifest makes part of its repository: an image's config and layers, an
-/// index's child manifests. Anything unparsable references nothing.
-pub fn references(body: &[u8]) -> Vec<Digest> {
-    let found = crate::oci::manifest_references(body);
+/// What a manifest makes part of its repository: only the fields its media type defines
+/// (an image's config and layers, an index's child manifests). A document that does not
+/// read cleanly as its type references nothing.
+pub fn references(media_type: &str, body: &[u8]) -> Vec<Digest> {
+    let found = crate::oci::manifest::references(media_type, body);
     found.blobs.into_iter().chain(found.manifests).collect()
 }
 
@@ -240,18 +275,25 @@ mod tests {
     }
 
     #[test]
-    fn references_are_config_layers_and_child_manifests() {
+    fn references_are_read_by_media_type() {
+        use crate::oci::media::{DOCKER_MANIFEST_V2, OCI_INDEX};
         let (c, l, m) = (
             Digest::of(Algorithm::Sha256, b"c"),
             Digest::of(Algorithm::Sha256, b"l"),
             Digest::of(Algorithm::Sha256, b"m"),
         );
         let image = format!(
-            r#"{{"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}},{{"digest":"bad"}}]}}"#
+            r#"{{"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}}]}}"#
         );
-        assert_eq!(references(image.as_bytes()), [c, l]);
+        assert_eq!(references(DOCKER_MANIFEST_V2, image.as_bytes()), [c.clone(), l]);
         let index = format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#);
-        assert_eq!(references(index.as_bytes()), [m]);
-        assert!(references(b"not json").is_empty());
+        assert_eq!(references(OCI_INDEX, index.as_bytes()), [m.clone()]);
+        // The same document under another type, or with fields of both, claims nothing.
+        assert!(references(DOCKER_MANIFEST_V2, index.as_bytes()).is_empty());
+        let smuggled = format!(
+            r#"{{"config":{{"digest":"{c}"}},"layers":[],"manifests":[{{"digest":"{m}"}}]}}"#
+        );
+        assert!(references(DOCKER_MANIFEST_V2, smuggled.as_bytes()).is_empty());
+        assert!(references(OCI_INDEX, b"not json").is_empty());
     }
 }
