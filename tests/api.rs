@@ -214,7 +214,11 @@ async fn malformed_requests_get_oci_errors() {
         ("/v2/UPPER/manifests/v1", 400, "NAME_INVALID"),
         // A reference that cannot name a manifest is unknown (the OCI conformance suite).
         ("/v2/a/manifests/-bad", 404, "MANIFEST_UNKNOWN"),
-        ("/v2/a/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
+        (
+            "/v2/a/manifests/.INVALID_MANIFEST_NAME",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         ("/v2/a/manifests/sha256:zz", 400, "DIGEST_INVALID"),
         ("/v2/a/blobs/sha256:abc", 400, "DIGEST_INVALID"),
         (

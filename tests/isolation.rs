@@ -27,13 +27,19 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     (status, code, message)
 }
 
+/// An image manifest. Its descriptors leave `size` out: a declared size bounds the fill,
+/// and these tests are about who may read what, not about sizes.
 fn image(config: &str, layers: &[&str]) -> Vec<u8> {
     let layers: Vec<String> = layers
         .iter()
-        .map(|d| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}"#))
+        .map(|d| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}"}}"#
+            )
+        })
         .collect();
     format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":1}},"layers":[{}]}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}"}},"layers":[{}]}}"#,
         layers.join(",")
     )
     .into_bytes()
@@ -185,13 +191,15 @@ async fn a_blob_cached_from_one_upstream_is_not_served_through_another() {
     let via_other = proxy.url(&format!("/v2/other/team/x/blobs/{layer}"));
     let (status, code, _) = error_of(get(&via_other).await).await;
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
-    // And one that does: confirmed by a HEAD, served from the cache.
-    let response = get(&proxy.url(&format!("/v2/other/team/app/blobs/{layer}"))).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.bytes().await.unwrap(), bytes);
-    assert_eq!(other.count("GET", &format!("/blobs/{layer}")), 0);
+    // And one that does: another trust domain, so it delivers the bytes itself once; then
+    // they are a hit for it too.
+    for _ in 0..2 {
+        let response = get(&proxy.url(&format!("/v2/other/team/app/blobs/{layer}"))).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap(), bytes);
+    }
     assert_eq!(
-        other.count("HEAD", &format!("/v2/team/app/blobs/{layer}")),
+        other.count("GET", &format!("/v2/team/app/blobs/{layer}")),
         1
     );
 
@@ -199,7 +207,7 @@ async fn a_blob_cached_from_one_upstream_is_not_served_through_another() {
     let via_dark = proxy.url(&format!("/v2/dark/team/app/blobs/{layer}"));
     let (status, code, message) = error_of(get(&via_dark).await).await;
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
-    assert!(message.contains("could not be asked"), "{message}");
+    assert!(message.contains("offline"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,7 +263,9 @@ impl Disk {
             return (0, 0);
         }
         let filling = self.filling.load(Ordering::Relaxed);
-        let victims = self.index.take_victims(self.limits.low.saturating_sub(filling));
+        let victims = self
+            .index
+            .take_victims(self.limits.low.saturating_sub(filling));
         // Counted as they leave the index (and the gauges), before their files go, so no
         // one sees a file gone and its eviction not yet counted.
         if !victims.is_empty() {

@@ -342,7 +342,9 @@ impl Cache {
         }
         // Read strictly by its type before anything trusts what it references.
         let document = oci::manifest::read(content_type(&headers), &bytes).map_err(|e| {
-            upstream.error(UpstreamError::Invalid(format!("manifest {actual} refused: {e}")))
+            upstream.error(UpstreamError::Invalid(format!(
+                "manifest {actual} refused: {e}"
+            )))
         })?;
         let media_type: Arc<str> = document.media_type.into();
         self.put_manifest(&actual, &media_type, &bytes, upstream.name());

@@ -367,7 +367,9 @@ impl Cache {
             return;
         }
         let found = crate::oci::manifest::references(&manifest.media_type, bytes);
-        self.ctx.declared.record(upstream, &target.name, &found.sizes);
+        self.ctx
+            .declared
+            .record(upstream, &target.name, &found.sizes);
         // The references first: the manifest's own record means "its children are recorded".
         let mut digests: Vec<Digest> = found.blobs.into_iter().chain(found.manifests).collect();
         digests.push(manifest.digest.clone());

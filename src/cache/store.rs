@@ -438,8 +438,14 @@ mod tests {
         let e = Store::open(dir.path()).err().expect("the store is locked");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         let message = e.to_string();
-        assert!(message.contains(&dir.path().display().to_string()), "{message}");
-        assert!(message.contains(&std::process::id().to_string()), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&std::process::id().to_string()),
+            "{message}"
+        );
         assert!(temp.exists(), "the first daemon's fill is left alone");
         // Beside processes (import, prefetch) never take the lock.
         Store::open_beside(dir.path()).unwrap();

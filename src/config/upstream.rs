@@ -306,7 +306,8 @@ impl RawUpstream {
             );
         }
         // A directory name under the store: it starts with a letter or digit, so never `..`.
-        let domain_ok = |d: &str| valid_name(d) && d.starts_with(|c: char| c.is_ascii_alphanumeric());
+        let domain_ok =
+            |d: &str| valid_name(d) && d.starts_with(|c: char| c.is_ascii_alphanumeric());
         let trust_domain = self.trust_domain.unwrap_or_else(|| name.clone());
         if trust_domain != name && !domain_ok(&trust_domain) {
             problems.add(

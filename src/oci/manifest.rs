@@ -42,18 +42,13 @@ pub enum ManifestError {
     NotObject,
     #[error("the manifest declares mediaType {declared:?} but was served as {served:?}")]
     TypeMismatch { declared: String, served: String },
-    #[error("a {media_type} must not have a {field:?} field (it belongs to another manifest type)")]
+    #[error(
+        "a {media_type} must not have a {field:?} field (it belongs to another manifest type)"
+    )]
     ForeignField {
         media_type: &'static str,
         field: &'static str,
     },
-    #[error("a {media_type} needs a {field:?} field")]
-    MissingField {
-        media_type: &'static str,
-        field: &'static str,
-    },
-    #[error("the manifest's {field:?} holds a descriptor without a valid digest")]
-    BadDescriptor { field: &'static str },
     #[error("the manifest has both image fields (config, layers) and index fields (manifests) and no media type to choose between them")]
     Ambiguous,
 }
@@ -126,29 +121,28 @@ pub fn read(served: Option<&str>, bytes: &[u8]) -> Result<Document, ManifestErro
             field,
         });
     }
+    // A missing field or a descriptor without a valid digest references nothing: it can
+    // claim no content, so it is no reason to refuse the document.
     let references = match kind {
-        Kind::Image(name) => {
-            let config = object.get("config").ok_or(ManifestError::MissingField {
-                media_type: name,
-                field: "config",
-            })?;
-            let config = descriptor(config, "digest").ok_or(ManifestError::BadDescriptor {
-                field: "config",
-            })?;
-            let mut found = vec![config];
-            found.extend(listed(object, name, "layers", "digest")?);
+        Kind::Image(_) => {
+            let config = object.get("config").and_then(|c| descriptor(c, "digest"));
+            let mut found: Vec<_> = config.into_iter().collect();
+            found.extend(listed(object, "layers", "digest"));
             References {
-                sizes: found.iter().filter_map(|(d, s)| Some((d.clone(), (*s)?))).collect(),
-                blobs: found.into_iter().map(|(d, _)| d).collect(),
+                sizes: found
+                    .iter()
+                    .filter_map(|(d, s)| Some((d.clone(), (*s)?)))
+                    .collect(),
+                blobs: digests(found),
                 ..References::default()
             }
         }
-        Kind::Index(name) => References {
-            manifests: digests(listed(object, name, "manifests", "digest")?),
+        Kind::Index(_) => References {
+            manifests: digests(listed(object, "manifests", "digest")),
             ..References::default()
         },
-        Kind::Schema1(name) => References {
-            blobs: digests(listed(object, name, "fsLayers", "blobSum")?),
+        Kind::Schema1(_) => References {
+            blobs: digests(listed(object, "fsLayers", "blobSum")),
             ..References::default()
         },
     };
@@ -187,21 +181,13 @@ fn digests(found: Vec<(Digest, Option<u64>)>) -> Vec<Digest> {
     found.into_iter().map(|(d, _)| d).collect()
 }
 
-/// Every descriptor in the array `field`; one without a valid digest refuses all.
-fn listed(
-    object: &Map<String, Value>,
-    media_type: &'static str,
-    field: &'static str,
-    key: &str,
-) -> Result<Vec<(Digest, Option<u64>)>, ManifestError> {
-    let items = object
-        .get(field)
-        .ok_or(ManifestError::MissingField { media_type, field })?
-        .as_array()
-        .ok_or(ManifestError::BadDescriptor { field })?;
+/// The descriptors in the array `field` that have a valid digest.
+fn listed(object: &Map<String, Value>, field: &str, key: &str) -> Vec<(Digest, Option<u64>)> {
+    let items = object.get(field).and_then(Value::as_array);
     items
-        .iter()
-        .map(|item| descriptor(item, key).ok_or(ManifestError::BadDescriptor { field }))
+        .into_iter()
+        .flatten()
+        .filter_map(|item| descriptor(item, key))
         .collect()
 }
 
@@ -267,13 +253,19 @@ mod tests {
                 field: "manifests"
             })
         );
-        assert_eq!(references(DOCKER_MANIFEST_V2, doc.as_bytes()), References::default());
+        assert_eq!(
+            references(DOCKER_MANIFEST_V2, doc.as_bytes()),
+            References::default()
+        );
         let index = format!(
             r#"{{"mediaType":"{OCI_INDEX}","manifests":[],"layers":[{{"digest":"{v}"}}]}}"#
         );
         assert!(matches!(
             read(None, index.as_bytes()),
-            Err(ManifestError::ForeignField { field: "layers", .. })
+            Err(ManifestError::ForeignField {
+                field: "layers",
+                ..
+            })
         ));
     }
 
@@ -293,9 +285,15 @@ mod tests {
     fn without_a_type_the_fields_decide_and_both_kinds_are_ambiguous() {
         let (c, m) = (d("c"), d("m"));
         let old_image = format!(r#"{{"config":{{"digest":"{c}"}},"layers":[]}}"#);
-        assert_eq!(read(None, old_image.as_bytes()).unwrap().media_type, OCI_MANIFEST);
+        assert_eq!(
+            read(None, old_image.as_bytes()).unwrap().media_type,
+            OCI_MANIFEST
+        );
         let old_index = format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#);
-        assert_eq!(read(None, old_index.as_bytes()).unwrap().media_type, OCI_INDEX);
+        assert_eq!(
+            read(None, old_index.as_bytes()).unwrap().media_type,
+            OCI_INDEX
+        );
         let both = format!(
             r#"{{"config":{{"digest":"{c}"}},"layers":[],"manifests":[{{"digest":"{m}"}}]}}"#
         );
@@ -303,22 +301,22 @@ mod tests {
     }
 
     #[test]
-    fn broken_descriptors_and_non_objects_are_refused() {
+    fn broken_descriptors_claim_nothing_and_non_objects_are_refused() {
+        let c = d("c");
         let bad = format!(
-            r#"{{"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"layers":[{{"digest":"bad"}}]}}"#,
-            d("c")
+            r#"{{"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{c}"}},"layers":[{{"digest":"bad"}},{{"size":3}}]}}"#
         );
+        assert_eq!(read(None, bad.as_bytes()).unwrap().references.blobs, [c]);
+        let no_config = format!(r#"{{"mediaType":"{OCI_MANIFEST}","layers":{{}}}}"#);
         assert_eq!(
-            read(None, bad.as_bytes()),
-            Err(ManifestError::BadDescriptor { field: "layers" })
+            read(None, no_config.as_bytes()).unwrap().references,
+            References::default()
         );
-        let no_config = format!(r#"{{"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
-        assert!(matches!(
-            read(None, no_config.as_bytes()),
-            Err(ManifestError::MissingField { field: "config", .. })
-        ));
         for junk in [&b"[]"[..], b"not json", b"\xff", b"3"] {
-            assert_eq!(read(Some(OCI_MANIFEST), junk), Err(ManifestError::NotObject));
+            assert_eq!(
+                read(Some(OCI_MANIFEST), junk),
+                Err(ManifestError::NotObject)
+            );
         }
     }
 

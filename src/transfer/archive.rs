@@ -528,8 +528,14 @@ pub fn import(
             .write_tag(&upstream.name, &repo, tag, &record)
             .map_err(io_error(format!("writing the tag record of {name}")))?;
         // Without this the daemon would not hand the imported content out for `repo`.
-        crate::cache::record_image(&store, &upstream.name, &upstream.trust_domain, &repo, digest)
-            .map_err(io_error(format!("recording what {name} contains")))?;
+        crate::cache::record_image(
+            &store,
+            &upstream.name,
+            &upstream.trust_domain,
+            &repo,
+            digest,
+        )
+        .map_err(io_error(format!("recording what {name} contains")))?;
         report.tags.push(format!("{}/{repo}:{tag}", upstream.name));
     }
     Ok(report)

@@ -277,7 +277,7 @@ async fn put_blob(url: &str, auth: Option<&str>, repo: &str, digest: &str, body:
 }
 
 /// PUTs a manifest and returns its digest, checked against the registry's answer.
-async fn put_manifest(
+pub async fn put_manifest(
     url: &str,
     auth: Option<&str>,
     repo: &str,

@@ -8,6 +8,7 @@ pub mod images;
 pub mod proxy;
 pub mod regcache;
 pub mod registry;
+pub mod scripted;
 pub mod skopeo;
 pub mod store;
 pub mod token_issuer;

@@ -22,11 +22,13 @@ pub(super) enum CopyError<E> {
 }
 
 /// Copies the body into `sink` (the fill's file) while hashing it, and publishes progress
-/// (also to `on_progress`, with the bytes added since its last call). After the first write
-/// error the rest goes through the fill's relay; `on_sink_error` hears of that error once.
-/// A body longer than `limit` stops the copy. Runs on a blocking thread.
+/// (also to `on_progress`, with the bytes added since its last call). `next` gives each
+/// chunk and whether more is ready at once; progress is published before the copy waits,
+/// so readers of a stalled upstream are not kept from what already arrived. After the
+/// first write error the rest goes through the fill's relay; `on_sink_error` hears of that
+/// error once. A body longer than `limit` stops the copy. Runs on a blocking thread.
 pub(super) fn copy<E>(
-    next: &mut dyn FnMut() -> Result<Option<Bytes>, E>,
+    next: &mut dyn FnMut() -> Result<Option<(Bytes, bool)>, E>,
     fill: &Fill,
     limit: u64,
     mut sink: Option<&mut dyn Write>,
@@ -39,7 +41,7 @@ pub(super) fn copy<E>(
     if fill.relaying() {
         sink = None;
     }
-    while let Some(chunk) = next().map_err(CopyError::Body)? {
+    while let Some((chunk, more_ready)) = next().map_err(CopyError::Body)? {
         if written + chunk.len() as u64 > limit {
             fill.update(|p| p.written = written);
             on_progress(written - published.0);
@@ -58,7 +60,10 @@ pub(super) fn copy<E>(
             fill.push_relay(chunk);
         }
         written += len;
-        if written - published.0 >= PUBLISH_BYTES || published.1.elapsed() >= PUBLISH_EVERY {
+        if !more_ready
+            || written - published.0 >= PUBLISH_BYTES
+            || published.1.elapsed() >= PUBLISH_EVERY
+        {
             fill.update(|p| p.written = written);
             on_progress(written - published.0);
             published = (written, Instant::now());
@@ -107,7 +112,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fill = Arc::new(Fill::new(digest.clone(), Some(file.try_clone().unwrap())));
         let mut chunks = data.chunks(100_000).map(Bytes::copy_from_slice);
-        let mut next = || Ok::<_, ()>(chunks.next());
+        let mut next = || Ok::<_, ()>(chunks.next().map(|c| (c, true)));
         let mut sink = FullAfter {
             file: &file,
             left: 1_050_000,
@@ -143,7 +148,7 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, &data);
         let fill = Arc::new(Fill::new(digest, None));
         let mut once = Some(Bytes::from(data.clone()));
-        let mut next = || Ok::<_, ()>(once.take());
+        let mut next = || Ok::<_, ()>(once.take().map(|c| (c, false)));
         let copied = copy(
             &mut next,
             &fill,
@@ -161,7 +166,7 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, b"whatever");
         let fill = Fill::new(digest, Some(tempfile::tempfile().unwrap()));
         let mut chunks = std::iter::repeat_with(|| Bytes::from_static(&[7u8; 1000])).take(100);
-        let mut next = || Ok::<_, ()>(chunks.next());
+        let mut next = || Ok::<_, ()>(chunks.next().map(|c| (c, true)));
         let mut sink = Vec::new();
         let mut counted = 0;
         let copied = copy(

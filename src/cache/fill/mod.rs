@@ -85,7 +85,10 @@ impl Fills {
         target: &Target,
         force: bool,
     ) -> Result<Joined, Error> {
-        let key = (target.upstream.config().trust_domain.clone(), digest.clone());
+        let key = (
+            target.upstream.config().trust_domain.clone(),
+            digest.clone(),
+        );
         let mut active = self.active.lock().expect("fills lock");
         if let Some(fill) = active.get(&key) {
             return Ok(Joined::Fill {
@@ -194,8 +197,8 @@ async fn download(
     let declared = ctx
         .declared
         .get(upstream.name(), &target.name, &fill.digest);
-    let (limit, bound) = size_bound(ctx.max_blob_bytes, declared, total)
-        .map_err(|cause| upstream.error(cause))?;
+    let (limit, bound) =
+        size_bound(ctx.max_blob_bytes, declared, total).map_err(|cause| upstream.error(cause))?;
     // The network side stays async and hands over batches of chunks, so the blocking side
     // (hash, disk write) wakes once per batch rather than once per small chunk.
     let (batches, mut received) = mpsc::channel(PUMP_DEPTH);
@@ -223,7 +226,8 @@ async fn download(
         let mut pending = VecDeque::new();
         let mut next = || loop {
             if let Some(chunk) = pending.pop_front() {
-                return Ok(Some(chunk));
+                let more_ready = !pending.is_empty() || !received.is_empty();
+                return Ok(Some((chunk, more_ready)));
             }
             match received.blocking_recv() {
                 Some(Ok(batch)) => pending.extend(batch),
@@ -242,7 +246,14 @@ async fn download(
         let mut file_ref: Option<&File> = file.as_deref();
         let sink = file_ref.as_mut().map(|f| f as &mut dyn Write);
         let mut on_progress = |n: u64| grew.add(n);
-        copy(&mut next, &writer, limit, sink, &mut on_error, &mut on_progress)
+        copy(
+            &mut next,
+            &writer,
+            limit,
+            sink,
+            &mut on_error,
+            &mut on_progress,
+        )
     })
     .await
     .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;

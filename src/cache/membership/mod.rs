@@ -282,10 +282,11 @@ mod tests {
             Digest::of(Algorithm::Sha256, b"l"),
             Digest::of(Algorithm::Sha256, b"m"),
         );
-        let image = format!(
-            r#"{{"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}}]}}"#
+        let image = format!(r#"{{"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}}]}}"#);
+        assert_eq!(
+            references(DOCKER_MANIFEST_V2, image.as_bytes()),
+            [c.clone(), l]
         );
-        assert_eq!(references(DOCKER_MANIFEST_V2, image.as_bytes()), [c.clone(), l]);
         let index = format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#);
         assert_eq!(references(OCI_INDEX, index.as_bytes()), [m.clone()]);
         // The same document under another type, or with fields of both, claims nothing.
