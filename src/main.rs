@@ -137,6 +137,11 @@ struct ServeArgs {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Without it, freed pages go back only when the allocator is next busy: an idle daemon
+    // would keep the memory of a burst that has ended.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("regcache: jemalloc background purging unavailable: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),

@@ -38,7 +38,7 @@ pub use fill::{Fill, Phase, Progress};
 pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
 pub use persist::{read_snapshot, walk, Found};
-pub use reader::{BlobReader, Piece};
+pub use reader::{BlobReader, Piece, CHUNK, H2_CHUNK};
 pub use store::{
     parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, TagRecord, LAYOUT_VERSION,
 };

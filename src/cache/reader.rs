@@ -18,10 +18,15 @@ use super::fill::{At, Fill, Phase, Progress};
 use super::index::Pin;
 use super::store::unix_millis;
 
-/// Bytes read per step. Each open response holds about one step in hyper's write queue, so
-/// this times the number of streams is most of the memory of a busy mirror (256 KiB x 32
-/// streams = 8 MiB); a 512 MiB blob is still only 2048 reads.
-const CHUNK: u64 = 256 << 10;
+/// Bytes read per step on an HTTP/1.1 connection. Each open response holds about one step
+/// in hyper's write queue, so this times the number of streams is most of the memory of a
+/// busy mirror (256 KiB x 32 streams = 8 MiB); a 512 MiB blob is still only 2048 reads.
+pub const CHUNK: u64 = 256 << 10;
+
+/// Bytes read per step on an h2 stream. h2 takes a whole step into its buffer as soon as
+/// the stream's window has room for one byte, so a client that never opens its window pins
+/// one step per stream, times the streams of every connection: keep it small.
+pub const H2_CHUNK: u64 = 32 << 10;
 
 /// Where the bytes of one response come from.
 pub struct BlobReader {
@@ -85,10 +90,11 @@ impl BlobReader {
         }
     }
 
-    pub fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        stream::unfold(Some(self), |state| async move {
+    /// The bytes as a stream of pieces of at most `chunk` bytes.
+    pub fn into_stream(self, chunk: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        stream::unfold(Some(self), move |state| async move {
             let mut reader = state?;
-            match reader.next_chunk().await {
+            match reader.next_chunk(chunk).await {
                 Ok(Some(bytes)) => Some((Ok(bytes), Some(reader))),
                 Ok(None) => None,
                 // An error item ends the body abnormally; nothing may follow it.
@@ -138,8 +144,8 @@ impl BlobReader {
         Ok(Some(piece))
     }
 
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        match self.next_piece(CHUNK).await? {
+    async fn next_chunk(&mut self, chunk: u64) -> io::Result<Option<Bytes>> {
+        match self.next_piece(chunk).await? {
             None => Ok(None),
             Some(Piece::Bytes(bytes)) => Ok(Some(bytes)),
             Some(Piece::File {
@@ -234,7 +240,7 @@ mod tests {
 
     async fn collect(reader: BlobReader) -> (Vec<u8>, Option<io::Error>) {
         let mut out = Vec::new();
-        let mut stream = std::pin::pin!(reader.into_stream());
+        let mut stream = std::pin::pin!(reader.into_stream(CHUNK));
         while let Some(item) = stream.next().await {
             match item {
                 Ok(b) => out.extend_from_slice(&b),
@@ -278,7 +284,7 @@ mod tests {
         });
         let rx = fill.subscribe();
         let mut stream =
-            Box::pin(BlobReader::filling(fill.clone(), rx.clone(), 0, 6).into_stream());
+            Box::pin(BlobReader::filling(fill.clone(), rx.clone(), 0, 6).into_stream(CHUNK));
         assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"abcde");
         let error = crate::error::Error::local("test", io::Error::other("bad digest"));
         fill.update(|p| p.phase = Phase::Failed(Arc::new(error)));

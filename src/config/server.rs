@@ -24,6 +24,7 @@ pub(super) struct RawServer {
     header_read_timeout_secs: Option<u64>,
     max_header_bytes: Option<ByteSize>,
     max_headers: Option<usize>,
+    max_streams_per_connection: Option<u32>,
     idle_timeout_secs: Option<u64>,
     send_timeout_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
@@ -44,9 +45,12 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Number of request headers (HTTP/1.1); more get 431.
     pub max_headers: usize,
+    /// Concurrent h2 streams one connection may open.
+    pub max_streams_per_connection: u32,
     /// A connection with no request in flight and no bytes moving is closed after this.
     pub idle_timeout: Duration,
-    /// A write to a client that makes no progress for this long aborts the connection.
+    /// A write to a client that makes no progress for this long aborts the connection, and
+    /// so does an h2 stream whose client opens no window for it for this long.
     pub send_timeout: Duration,
     /// How long transfers in flight may go on after shutdown was asked for.
     pub shutdown_grace: Duration,
@@ -104,6 +108,16 @@ impl RawServer {
         if max_headers == 0 {
             problems.add("server.max_headers", "0", "must be at least 1; try 100");
         }
+        // Registry clients pull a handful of layers at once; each stream may pin a read
+        // buffer while its client holds its window shut.
+        let max_streams = self.max_streams_per_connection.unwrap_or(100);
+        if max_streams == 0 {
+            problems.add(
+                "server.max_streams_per_connection",
+                "0",
+                "must be at least 1; the default is 100",
+            );
+        }
         let tls = match (self.tls_cert_file, self.tls_key_file) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -126,6 +140,7 @@ impl RawServer {
             header_read_timeout,
             max_header_bytes: header_bytes.clamp(MIN_HEADER_BYTES, u64::from(u32::MAX)) as usize,
             max_headers: max_headers.max(1),
+            max_streams_per_connection: max_streams.max(1),
             idle_timeout,
             send_timeout,
             shutdown_grace,

@@ -12,7 +12,7 @@ use super::body::{self, empty, full, Body, Sendable};
 use super::respond::{oci_error, DOCKER_CONTENT_DIGEST};
 use super::service::Reply;
 use super::State;
-use crate::cache::{BlobReader, BlobSource, Phase, Progress};
+use crate::cache::{self, BlobReader, BlobSource, Phase, Progress};
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
 use crate::oci::{self, ByteRange, Digest, ErrorCode};
@@ -38,6 +38,11 @@ pub async fn get(
         return head_blob(state, target, digest).await;
     }
     let range = requested_range(parts)?;
+    let chunk = match parts.version {
+        http::Version::HTTP_2 => cache::H2_CHUNK,
+        _ => cache::CHUNK,
+    };
+    let sendable = move |reader| sendable(reader, chunk);
     let source = state.cache.blob(digest, target).await?;
     let outcome = source.outcome();
     let (total, body): (Option<u64>, Box<dyn FnOnce(Span) -> Sent + Send>) = match source {
@@ -93,8 +98,8 @@ pub async fn get(
 /// A body, and the handle to send its bytes another way if it streams from a reader.
 type Sent = (Body, Option<Sendable>);
 
-fn sendable(reader: BlobReader) -> Sent {
-    let (body, sendable) = body::blob(reader);
+fn sendable(reader: BlobReader, chunk: u64) -> Sent {
+    let (body, sendable) = body::blob(reader, chunk);
     (body, Some(sendable))
 }
 

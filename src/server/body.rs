@@ -1,7 +1,7 @@
 //! Response bodies: one boxed type for every answer, a blob body whose reader a plain
-//! HTTP/1.1 connection may take over (to send file bytes with `sendfile`), and a wrapper
+//! HTTP/1.1 connection may take over (to send file bytes with `sendfile`), a wrapper
 //! that counts the bytes a client actually received, recorded once when the body is
-//! dropped (never per chunk).
+//! dropped (never per chunk), and one that reports to the connection's stall watch.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +14,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use prometheus::IntCounter;
 
+use super::guard::RequestGuard;
 use crate::cache::BlobReader;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,18 +49,56 @@ impl Sendable {
     }
 }
 
-/// A blob body over `reader`, and the handle that can take the reader instead.
-pub fn blob(reader: BlobReader) -> (Body, Sendable) {
+/// A blob body over `reader` read `chunk` bytes at a time, and the handle that can take
+/// the reader instead.
+pub fn blob(reader: BlobReader, chunk: u64) -> (Body, Sendable) {
     let sendable = Sendable(Arc::new(Mutex::new(Some(reader))));
     let slot = sendable.clone();
     let body = futures_util::stream::once(async move {
         // Taken means another path sent the bytes; this body must not look complete.
         slot.take()
-            .map(BlobReader::into_stream)
+            .map(|reader| reader.into_stream(chunk))
             .ok_or_else(|| io::Error::other("blob body already sent another way"))
     })
     .try_flatten();
     (stream(body), sendable)
+}
+
+/// `inner`, reporting to `guard` when hyper asks for a frame and when it takes one, so a
+/// stream that waits too long between the two can be told from one waiting on upstream.
+/// The guard ends the request when the body is dropped, however it ends.
+pub fn watched(inner: Body, guard: RequestGuard) -> Body {
+    Watched { inner, guard }.boxed_unsync()
+}
+
+struct Watched {
+    inner: Body,
+    guard: RequestGuard,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.guard.polled();
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.guard.handed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The served-bytes counter of a response whose bytes may bypass its body ([`Sendable`]).

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -16,10 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::Body;
+use super::body::{self, Body};
 use super::guard::{Activity, Guarded};
 use super::{plain, Peer, Serving};
 use crate::metrics::Limit;
+
+/// Bytes h2 buffers per stream ahead of the client's window (hyper's default is 400 KiB).
+const H2_SEND_BUFFER: usize = 2 * crate::cache::H2_CHUNK as usize;
 
 /// What every connection of one listener shares.
 pub struct Shared {
@@ -41,7 +43,10 @@ impl Shared {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32);
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            // What h2 queues per stream beyond what the window lets out.
+            .max_send_buf_size(H2_SEND_BUFFER);
         Shared { serving, builder }
     }
 }
@@ -111,15 +116,7 @@ async fn drive<I, F, Fut>(
         let handler = handler.clone();
         async move {
             let response = handler(request).await;
-            // The closure owns the guard: the request counts as in flight until hyper
-            // drops the body, however the body ends.
-            let body = |body: Body| {
-                body.map_frame(move |frame| {
-                    let _in_flight = &guard;
-                    frame
-                })
-            };
-            Ok::<_, Infallible>(response.map(|b| body(b).boxed_unsync()))
+            Ok::<_, Infallible>(response.map(|b| body::watched(b, guard)))
         }
     });
     let connection = shared
@@ -127,7 +124,15 @@ async fn drive<I, F, Fut>(
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let mut draining = false;
+    // A graceful close waits for open streams; one the client holds shut would never end.
+    let mut drain_deadline = None;
     let result = loop {
+        let drained = async {
+            match drain_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = closing.wait_for(|c| *c), if !draining => {
@@ -137,7 +142,19 @@ async fn drive<I, F, Fut>(
             () = activity.idle_for(limits.idle_timeout), if !draining => {
                 metrics.limit_hit(Limit::IdleTimeout);
                 draining = true;
+                drain_deadline = Some(tokio::time::Instant::now() + limits.send_timeout);
                 connection.as_mut().graceful_shutdown();
+            }
+            () = activity.stalled(limits.send_timeout) => {
+                // Dropping the connection ends every stream and frees what they buffered.
+                metrics.limit_hit(Limit::SendTimeout);
+                tracing::debug!(%peer, "a stream's window stayed shut past the send timeout; connection closed");
+                return;
+            }
+            () = drained => {
+                metrics.limit_hit(Limit::SendTimeout);
+                tracing::debug!(%peer, "streams still open past the send timeout after closing; connection closed");
+                return;
             }
         }
     };

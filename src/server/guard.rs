@@ -1,7 +1,8 @@
 //! Per-connection guards against clients that hold resources without using them: an I/O
 //! wrapper that notes when bytes last moved and aborts a write (or a sendfile) that stalls
-//! past the send timeout, and the in-flight count that tells an idle connection from a
-//! busy one.
+//! past the send timeout, the in-flight count that tells an idle connection from a busy
+//! one, and per-response clocks that tell when an h2 client keeps a stream's window shut
+//! (its socket is fine, so the I/O wrapper sees nothing).
 //!
 //! Only clocks and counters here; what to do when a guard trips is `conn`'s business.
 
@@ -11,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +28,12 @@ pub struct Activity {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     send_timed_out: AtomicBool,
+    /// The clocks of the responses in flight (see [`RequestGuard::handed`]).
+    clocks: Mutex<Vec<Weak<AtomicU64>>>,
 }
+
+/// A response clock that is not waiting to be asked for its next frame.
+const NOT_WAITING: u64 = u64::MAX;
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
@@ -37,12 +43,16 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             send_timed_out: AtomicBool::new(false),
+            clocks: Mutex::default(),
         })
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -72,20 +82,65 @@ impl Activity {
         }
     }
 
+    /// Resolves once a response has waited `limit` to be asked for its next frame after
+    /// handing one over: hyper asks only when the stream can send, so its client has kept
+    /// the stream's window shut (or stopped reading) all that time.
+    pub async fn stalled(&self, limit: Duration) {
+        let every = (limit / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.now_ms();
+            let limit = limit.as_millis() as u64;
+            let mut clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+            clocks.retain(|c| c.strong_count() > 0);
+            let stalled = clocks.iter().filter_map(Weak::upgrade).any(|c| {
+                let handed = c.load(Ordering::Relaxed);
+                handed != NOT_WAITING && now.saturating_sub(handed) >= limit
+            });
+            if stalled {
+                return;
+            }
+        }
+    }
+
     /// Marks a request as started; the returned guard ends it when dropped.
     pub fn start_request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        let clock = Arc::new(AtomicU64::new(NOT_WAITING));
+        let mut clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.push(Arc::downgrade(&clock));
+        RequestGuard {
+            activity: self.clone(),
+            clock,
+        }
     }
 }
 
-pub struct RequestGuard(Arc<Activity>);
+/// One request in flight; its response body reports to it when hyper takes a frame and
+/// when hyper asks for the next.
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+    /// When the body last handed over a frame and was not asked for another since.
+    clock: Arc<AtomicU64>,
+}
+
+impl RequestGuard {
+    /// hyper asked the body for a frame.
+    pub fn polled(&self) {
+        self.clock.store(NOT_WAITING, Ordering::Relaxed);
+    }
+
+    /// The body handed hyper a frame.
+    pub fn handed(&self) {
+        self.clock.store(self.activity.now_ms(), Ordering::Relaxed);
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -134,7 +134,7 @@ mod tests {
         fill.update(|p| p.phase = Phase::Done);
 
         let reader = BlobReader::filling(fill.clone(), fill.subscribe(), 0, written);
-        let mut stream = std::pin::pin!(reader.into_stream());
+        let mut stream = std::pin::pin!(reader.into_stream(crate::cache::reader::CHUNK));
         let mut got = Vec::new();
         while let Some(chunk) = stream.next().await {
             got.extend_from_slice(&chunk.unwrap());

@@ -288,7 +288,10 @@ mod tests {
             [c.clone(), l]
         );
         let index = format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#);
-        assert_eq!(references(OCI_INDEX, index.as_bytes()), [m.clone()]);
+        assert_eq!(
+            references(OCI_INDEX, index.as_bytes()),
+            std::slice::from_ref(&m)
+        );
         // The same document under another type, or with fields of both, claims nothing.
         assert!(references(DOCKER_MANIFEST_V2, index.as_bytes()).is_empty());
         let smuggled = format!(
