@@ -9,6 +9,7 @@ use url::Url;
 
 pub use super::credentials::{Credentials, EcrConfig};
 use super::credentials::{RawEcr, RawSources, Sources};
+use super::hosts;
 use super::{Overrides, Problems};
 use crate::upstream::policy::{Pattern, Policy};
 
@@ -276,17 +277,7 @@ fn valid_name(name: &str) -> bool {
 impl RawUpstream {
     fn validate(self, i: usize, single: bool, problems: &mut Problems) -> Option<UpstreamConfig> {
         let key = |k: &str| format!("upstream[{i}].{k}");
-        let url = match Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
-            _ => {
-                problems.add(
-                    key("url"),
-                    &self.url,
-                    "must be an http:// or https:// URL with a host, e.g. https://registry-1.docker.io",
-                );
-                return None;
-            }
-        };
+        let url = hosts::upstream_url(&self.url, &key("url"), problems)?;
         let host = url.host_str().unwrap_or_default().to_string();
         let name = self.name.unwrap_or_else(|| match url.port() {
             Some(p) => format!("{host}:{p}"),

@@ -10,6 +10,7 @@ mod ecr;
 mod helper;
 pub mod policy;
 mod ratelimit;
+pub mod redact;
 mod retry;
 pub mod router;
 
