@@ -58,6 +58,9 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("token service: {0}")]
     Token(String),
+    /// A redirect regcache would not follow; never passed on to the client.
+    #[error("redirect not followed: {0}")]
+    Redirect(String),
     /// The upstream is configured offline and what was asked is not cached.
     #[error("is offline (offline = true) and this is not in the cache")]
     Offline { by_digest: bool },
@@ -202,6 +205,7 @@ impl Error {
                 | UpstreamError::Truncated { .. }
                 | UpstreamError::Invalid(_)
                 | UpstreamError::Token(_)
+                | UpstreamError::Redirect(_)
                 | UpstreamError::Credentials(_) => {
                     (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
                 }

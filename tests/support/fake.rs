@@ -1,6 +1,7 @@
 //! An in-process fake upstream registry, for what a real registry cannot do on demand:
 //! corrupt bytes, bodies cut mid-way (and resumed by `Range`), 500s, 429s with
-//! `Retry-After`, slow or held bodies, auth challenges, rate-limit headers.
+//! `Retry-After`, slow or held bodies, auth challenges, rate-limit headers, redirects
+//! anywhere.
 //! It counts every request so tests can assert exactly what went upstream.
 
 use std::collections::HashMap;
@@ -57,6 +58,10 @@ struct State {
     /// Require this Bearer token (issued by /token) when set.
     bearer: Option<String>,
     tokens_issued: usize,
+    /// path -> `Location` answered with a 307 (after the auth check).
+    redirects: HashMap<String, String>,
+    /// The `Authorization` sent with each `/v2/` request, by path.
+    authorizations: Vec<(String, Option<String>)>,
     /// Require Basic credentials when set.
     basic: Option<String>,
     /// Digest header to send on manifests instead of the real one.
@@ -226,6 +231,23 @@ impl FakeRegistry {
         self.state.lock().unwrap().bearer = Some(token.into());
     }
 
+    /// Answers `GET path` (e.g. `/v2/a/tags/list`) with `307 Location: location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.redirects.insert(path.into(), location.into());
+    }
+
+    /// The `Authorization` of each `/v2/` request whose path ends in `suffix`.
+    pub fn authorizations(&self, suffix: &str) -> Vec<Option<String>> {
+        let state = self.state.lock().unwrap();
+        state
+            .authorizations
+            .iter()
+            .filter(|(p, _)| p.ends_with(suffix))
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
     pub fn require_basic(&self, user: &str, password: &str) {
         use base64::Engine as _;
         let encoded =
@@ -293,16 +315,31 @@ impl FakeRegistry {
     async fn answer_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
-        self.state
-            .lock()
-            .unwrap()
-            .log
-            .push((method.clone(), path.clone()));
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        {
+            let mut state = self.state.lock().unwrap();
+            state.log.push((method.clone(), path.clone()));
+            if path != "/token" {
+                state.authorizations.push((path.clone(), authorization));
+            }
+        }
         if path == "/token" {
             return self.issue_token();
         }
         if let Some(denied) = self.check_auth(&req) {
             return denied;
+        }
+        let redirect = self.state.lock().unwrap().redirects.get(&path).cloned();
+        if let Some(location) = redirect {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", location)
+                .body(empty())
+                .unwrap();
         }
         if let Some(failure) = self.injected_failure() {
             return failure;
