@@ -1,14 +1,18 @@
 //! What a hostile or spoofed upstream may not make regcache do: follow a redirect to its
-//! own admin port or another network; and what the config may not hold: a password in an
-//! upstream URL. Every server here is an in-process fake on 127.0.0.1.
+//! own admin port or another network, hand the upstream's credentials to a token realm
+//! on another host or over plain http; and what the config may not hold: a password in
+//! an upstream URL. Every server here is an in-process fake on 127.0.0.1.
 
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine as _;
 use support::fake::FakeRegistry;
 use support::proxy::Proxy;
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -22,6 +26,13 @@ async fn get(url: &str) -> (u16, String) {
     let response = client().get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+fn manifest_body() -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[]}}"#,
+        "0".repeat(64)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,6 +106,65 @@ async fn a_blob_redirect_to_an_address_off_the_upstreams_network_is_refused() {
     assert!(body.contains("redirect not followed"), "{body}");
     assert!(body.contains("0.0.0.0"), "{body}");
     assert_eq!(storage.count("GET", &digest), 0, "storage was never asked");
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+const CREDENTIALS: &str = "username = \"alice\"\npassword = \"secretpw\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_go_only_to_a_token_realm_on_the_upstreams_host_or_a_listed_one() {
+    let upstream = FakeRegistry::start().await;
+    upstream.require_bearer("granted");
+    upstream.add_manifest("team/app", "1.0", MANIFEST, manifest_body());
+    let issuer = FakeRegistry::start().await;
+    issuer.require_bearer("granted");
+    let port = issuer.url().rsplit(':').next().unwrap().to_string();
+    // `localhost` is not the upstream's host (127.0.0.1): another host, for the test.
+    upstream.set_realm(&format!("http://localhost:{port}/token"));
+    let path = "/v2/team/app/manifests/1.0";
+
+    let proxy = Proxy::start_with(&upstream.url(), CREDENTIALS, None).await;
+    let (status, body) = get(&proxy.url(path)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("token_realm_hosts = [\\\"localhost\\\"]"),
+        "{body}"
+    );
+    assert!(issuer.token_authorizations().is_empty(), "nothing sent");
+    proxy.stop().await;
+
+    let listed = format!("{CREDENTIALS}token_realm_hosts = [\"localhost\"]\n");
+    let proxy = Proxy::start_with(&upstream.url(), &listed, None).await;
+    let (status, body) = get(&proxy.url(path)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        issuer.token_authorizations(),
+        [Some(basic("alice", "secretpw"))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_never_sends_credentials_to_a_plain_http_realm() {
+    let upstream = FakeRegistry::start_untrusted_tls().await;
+    upstream.require_bearer("granted");
+    upstream.add_manifest("team/app", "1.0", MANIFEST, manifest_body());
+    let issuer = FakeRegistry::start().await;
+    issuer.require_bearer("granted");
+    upstream.set_realm(&format!("{}/token", issuer.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, upstream.cert_pem().unwrap()).unwrap();
+    let extra = format!("{CREDENTIALS}ca_file = \"{}\"\n", ca.display());
+
+    let proxy = Proxy::start_with(&upstream.url(), &extra, None).await;
+    let (status, body) = get(&proxy.url("/v2/team/app/manifests/1.0")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("plain-http token realm"), "{body}");
+    assert!(issuer.token_authorizations().is_empty(), "nothing sent");
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub(super) struct RawUpstream {
     credential_helper: Option<String>,
     credential_helper_ttl_secs: Option<u64>,
     #[serde(default)]
+    token_realm_hosts: Vec<String>,
+    #[serde(default)]
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
@@ -90,6 +92,9 @@ pub struct UpstreamConfig {
     pub credential_helper: Option<String>,
     /// How long the helper's answer is used before it is asked again.
     pub credential_helper_ttl: Duration,
+    /// Hosts besides the upstream's own whose token realms get its credentials
+    /// (normalized; `auth.docker.io` included for Docker Hub).
+    pub token_realm_hosts: Vec<String>,
     /// Which repositories (as this upstream names them) the mirror serves.
     pub policy: Policy,
 }
@@ -120,6 +125,7 @@ impl RawUpstream {
             ecr: None,
             credential_helper: None,
             credential_helper_ttl_secs: None,
+            token_realm_hosts: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
         }
@@ -279,6 +285,12 @@ impl RawUpstream {
         let key = |k: &str| format!("upstream[{i}].{k}");
         let url = hosts::upstream_url(&self.url, &key("url"), problems)?;
         let host = url.host_str().unwrap_or_default().to_string();
+        let token_realm_hosts = hosts::realm_hosts(
+            self.token_realm_hosts,
+            &host,
+            &key("token_realm_hosts"),
+            problems,
+        );
         let name = self.name.unwrap_or_else(|| match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -410,6 +422,7 @@ impl RawUpstream {
             ecr: sources.ecr,
             credential_helper: sources.credential_helper,
             credential_helper_ttl,
+            token_realm_hosts,
         })
     }
 }

@@ -23,6 +23,7 @@ use super::auth::Auth;
 use super::credentials::Source;
 use super::ratelimit;
 use super::reach::{Guarded, Reach};
+use super::realm::Realms;
 use super::redirect::{self, Hop, Stop};
 use super::retry::{Decision, Policy};
 use crate::config::UpstreamConfig;
@@ -103,7 +104,7 @@ impl Answer {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig, metrics: Metrics) -> Result<Upstream, reqwest::Error> {
-        let reach = Arc::new(Reach::new(&config.url, &[]));
+        let reach = Arc::new(Reach::new(&config.url, &config.token_realm_hosts));
         // HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are read from the environment by reqwest.
         // Redirects are followed by `send_with`, for blobs only.
         let mut builder = reqwest::Client::builder()
@@ -122,7 +123,10 @@ impl Upstream {
         let http = builder.build()?;
         Ok(Upstream {
             base: config.url.as_str().trim_end_matches('/').to_string(),
-            auth: Auth::new(Source::from_config(&config)),
+            auth: Auth::new(
+                Source::from_config(&config),
+                Realms::new(&config, reach.clone()),
+            ),
             reach,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             policy: Policy {
@@ -357,7 +361,7 @@ pub fn classify(e: &reqwest::Error) -> UpstreamError {
 }
 
 /// reqwest's Display hides the cause (DNS, refused, TLS); operators need it.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

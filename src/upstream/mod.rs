@@ -12,6 +12,7 @@ mod helper;
 pub mod policy;
 mod ratelimit;
 mod reach;
+mod realm;
 pub mod redact;
 mod redirect;
 mod retry;
