@@ -157,7 +157,9 @@ pub async fn run(
         } else {
             "http"
         };
-        tracing::info!(%addr, scheme, upstream = %upstream.url, cache = %config.cache.dir.display(), "regcache listening");
+        // The config refuses userinfo in URLs; redacting keeps a slip out of the log anyway.
+        let upstream = crate::upstream::redact::url(&upstream.url);
+        tracing::info!(%addr, scheme, %upstream, cache = %config.cache.dir.display(), "regcache listening");
         if let Some(warning) = config
             .server
             .auth

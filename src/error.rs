@@ -61,6 +61,9 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("token service: {0}")]
     Token(String),
+    /// A redirect regcache would not follow; never passed on to the client.
+    #[error("redirect not followed: {0}")]
+    Redirect(String),
     /// The upstream is configured offline and what was asked is not cached.
     #[error("is offline (offline = true) and this is not in the cache")]
     Offline { by_digest: bool },
@@ -206,6 +209,7 @@ impl Error {
                 | UpstreamError::TooLarge { .. }
                 | UpstreamError::Invalid(_)
                 | UpstreamError::Token(_)
+                | UpstreamError::Redirect(_)
                 | UpstreamError::Credentials(_) => {
                     (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
                 }

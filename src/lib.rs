@@ -12,8 +12,9 @@
 //!   (`cache::ops`: gc, verify, stats) that `main` exposes. Held content is served for a
 //!   repository only once it is known to belong to it (`cache::membership`).
 //! - [`upstream`]: routes the request to an upstream (`ns=`, path prefix, Host, default)
-//!   and talks to it (auth, retries, concurrency cap, rate-limit gauges, error classes);
-//!   `upstream::policy` holds each upstream's repository `allow`/`deny` patterns.
+//!   and talks to it (auth, retries, blob redirects, concurrency cap, rate-limit gauges,
+//!   error classes); `upstream::policy` holds each upstream's repository `allow`/`deny`
+//!   patterns.
 //!
 //! Around them: [`config`] (TOML, validated with messages naming the key), [`metrics`]
 //! (Prometheus), [`telemetry`] (tracing), [`error`] (the error type), [`systemd`]

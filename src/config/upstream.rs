@@ -9,6 +9,7 @@ use url::Url;
 
 pub use super::credentials::{Credentials, EcrConfig};
 use super::credentials::{RawEcr, RawSources, Sources};
+use super::hosts;
 use super::{Overrides, Problems};
 use crate::upstream::policy::{Pattern, Policy};
 
@@ -45,6 +46,8 @@ pub(super) struct RawUpstream {
     ecr: Option<RawEcr>,
     credential_helper: Option<String>,
     credential_helper_ttl_secs: Option<u64>,
+    #[serde(default)]
+    token_realm_hosts: Vec<String>,
     #[serde(default)]
     allow: Vec<String>,
     #[serde(default)]
@@ -94,6 +97,9 @@ pub struct UpstreamConfig {
     pub credential_helper: Option<String>,
     /// How long the helper's answer is used before it is asked again.
     pub credential_helper_ttl: Duration,
+    /// Hosts besides the upstream's own whose token realms get its credentials
+    /// (normalized; `auth.docker.io` included for Docker Hub).
+    pub token_realm_hosts: Vec<String>,
     /// Which repositories (as this upstream names them) the mirror serves.
     pub policy: Policy,
 }
@@ -125,6 +131,7 @@ impl RawUpstream {
             ecr: None,
             credential_helper: None,
             credential_helper_ttl_secs: None,
+            token_realm_hosts: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
         }
@@ -282,18 +289,14 @@ fn valid_name(name: &str) -> bool {
 impl RawUpstream {
     fn validate(self, i: usize, single: bool, problems: &mut Problems) -> Option<UpstreamConfig> {
         let key = |k: &str| format!("upstream[{i}].{k}");
-        let url = match Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
-            _ => {
-                problems.add(
-                    key("url"),
-                    &self.url,
-                    "must be an http:// or https:// URL with a host, e.g. https://registry-1.docker.io",
-                );
-                return None;
-            }
-        };
+        let url = hosts::upstream_url(&self.url, &key("url"), problems)?;
         let host = url.host_str().unwrap_or_default().to_string();
+        let token_realm_hosts = hosts::realm_hosts(
+            self.token_realm_hosts,
+            &host,
+            &key("token_realm_hosts"),
+            problems,
+        );
         let name = self.name.unwrap_or_else(|| match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -439,6 +442,7 @@ impl RawUpstream {
             ecr: sources.ecr,
             credential_helper: sources.credential_helper,
             credential_helper_ttl,
+            token_realm_hosts,
         })
     }
 }

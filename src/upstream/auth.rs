@@ -5,7 +5,8 @@
 //!
 //! The username and password come from a [`Source`]: fixed in the config, or fetched (a
 //! credential helper, Amazon ECR). A 401 to credentials that were sent drops them from
-//! their source, so the one retry of the request uses fresh ones.
+//! their source, so the one retry of the request uses fresh ones. Which token realms may
+//! receive them is decided by [`Realms`].
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +17,10 @@ use moka::future::Cache;
 use moka::Expiry;
 use serde::Deserialize;
 
+use super::client::error_chain;
 use super::credentials::Source;
+use super::realm::{Realms, Trust};
+use super::redact;
 use crate::config::Credentials;
 use crate::error::UpstreamError;
 use crate::oci::Challenge;
@@ -54,6 +58,7 @@ enum Scheme {
 
 pub struct Auth {
     source: Source,
+    realms: Realms,
     scheme: RwLock<Scheme>,
     tokens: Cache<String, Token>,
 }
@@ -66,9 +71,10 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(source: Source) -> Auth {
+    pub fn new(source: Source, realms: Realms) -> Auth {
         Auth {
             source,
+            realms,
             scheme: RwLock::new(Scheme::Unknown),
             tokens: Cache::builder()
                 .max_capacity(10_000)
@@ -140,9 +146,17 @@ impl Auth {
         scope: &str,
     ) -> Result<HeaderValue, UpstreamError> {
         let fetch = async {
-            let current = self.source.get().await?;
-            let result =
-                fetch_token(http, realm, scope, current.as_ref().map(|c| &c.credentials)).await;
+            let (url, trust) = self
+                .realms
+                .judge(&realm.realm, self.source.is_some())
+                .map_err(UpstreamError::Token)?;
+            // Not even asked for credentials when the realm may not have them.
+            let current = match trust {
+                Trust::Credentials => self.source.get().await?,
+                Trust::Anonymous => None,
+            };
+            let credentials = current.as_ref().map(|c| &c.credentials);
+            let result = fetch_token(http, url, realm, scope, credentials).await;
             if let (Err(UpstreamError::Refused { .. }), Some(c)) = (&result, &current) {
                 self.source.rejected(c.generation).await;
             }
@@ -162,14 +176,15 @@ pub struct Sent {
     basic_generation: Option<u64>,
 }
 
+/// Asks the realm at `url` (already judged, see [`Realms`]) for a token.
 async fn fetch_token(
     http: &reqwest::Client,
+    mut url: url::Url,
     realm: &Realm,
     scope: &str,
     credentials: Option<&Credentials>,
 ) -> Result<Token, UpstreamError> {
-    let mut url = url::Url::parse(&realm.realm)
-        .map_err(|e| UpstreamError::Token(format!("realm {:?} is not a URL: {e}", realm.realm)))?;
+    let shown = redact::url(&url);
     {
         let mut query = url.query_pairs_mut();
         if let Some(service) = &realm.service {
@@ -186,17 +201,14 @@ async fn fetch_token(
     let response = request
         .send()
         .await
-        .map_err(|e| UpstreamError::Token(format!("{}: {e}", url.host_str().unwrap_or(""))))?;
+        .map_err(|e| UpstreamError::Token(format!("{shown}: {}", error_chain(&e))))?;
     let status = response.status();
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         // The token service refused the credentials (or their absence).
         return Err(UpstreamError::Refused { status });
     }
     if !status.is_success() {
-        return Err(UpstreamError::Token(format!(
-            "{} answered {status}",
-            realm.realm
-        )));
+        return Err(UpstreamError::Token(format!("{shown} answered {status}")));
     }
     let body: TokenResponse = response
         .json()

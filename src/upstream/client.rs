@@ -2,8 +2,8 @@
 //!
 //! Every request goes through [`Upstream::send`], which refuses at once when the upstream
 //! is offline, waits for one of the upstream's request permits, adds credentials, answers
-//! one auth challenge, retries what may be retried (see `retry`), counts the request, and
-//! turns every non-2xx answer into an
+//! one auth challenge, follows a blob's redirects (see `redirect`), retries what may be
+//! retried (see `retry`), counts the request, and turns every non-2xx answer into an
 //! [`UpstreamError`] so callers only ever see success or a classified failure.
 
 use std::ops::{Deref, DerefMut};
@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Method, StatusCode};
 use reqwest::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +22,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth::Auth;
 use super::credentials::Source;
 use super::ratelimit;
+use super::reach::{Guarded, Reach};
+use super::realm::Realms;
+use super::redirect::{self, Hop, Stop};
 use super::retry::{Decision, Policy};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result, UpstreamError};
@@ -37,6 +42,8 @@ pub struct Upstream {
     base: String,
     http: reqwest::Client,
     auth: Auth,
+    /// Where the client may connect besides the upstream (redirects, token realms).
+    reach: Arc<Reach>,
     /// One per request in flight (body included): `max_concurrent_requests`.
     permits: Arc<Semaphore>,
     policy: Policy,
@@ -97,8 +104,12 @@ impl Answer {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig, metrics: Metrics) -> Result<Upstream, reqwest::Error> {
+        let reach = Arc::new(Reach::new(&config.url, &config.token_realm_hosts));
         // HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are read from the environment by reqwest.
+        // Redirects are followed by `send_with`, for blobs only.
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Guarded(reach.clone())))
             .user_agent(concat!("regcache/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.idle_timeout)
@@ -112,7 +123,11 @@ impl Upstream {
         let http = builder.build()?;
         Ok(Upstream {
             base: config.url.as_str().trim_end_matches('/').to_string(),
-            auth: Auth::new(Source::from_config(&config)),
+            auth: Auth::new(
+                Source::from_config(&config),
+                Realms::new(&config, reach.clone()),
+            ),
+            reach,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             policy: Policy {
                 retries: config.retries,
@@ -185,6 +200,8 @@ impl Upstream {
         }
         let url = format!("{}/v2/{}/{}", self.base, name, path);
         let scope = oci::scope_for_pull(name);
+        let range =
+            range_from.map(|from| HeaderValue::try_from(format!("bytes={from}-")).expect("digits"));
         let mut challenged = false;
         let mut attempt = 0;
         loop {
@@ -198,8 +215,8 @@ impl Upstream {
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(from) = range_from {
-                request = request.header(RANGE, format!("bytes={from}-"));
+            if let Some(range) = &range {
+                request = request.header(RANGE, range.clone());
             }
             let sent = self
                 .auth
@@ -209,15 +226,21 @@ impl Upstream {
             if let Some(sent) = &sent {
                 request = request.header(AUTHORIZATION, sent.value.clone());
             }
-            let result = request.send().await;
-            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            let hop = Hop {
+                method: &method,
+                authorization: sent.as_ref().map(|s| &s.value),
+                range: range.as_ref(),
+            };
+            let result = self.exchange(request, kind, hop).await;
+            let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
             self.metrics
                 .upstream_requests
                 .with_label_values(&[self.name(), kind.as_str(), status_class(status)])
                 .inc();
-            let response = match result {
-                Ok(response) => response,
-                Err(e) => {
+            let (response, followed) = match result {
+                Ok(answered) => answered,
+                Err(Stop::Refused(cause)) => return Err(self.error(cause)),
+                Err(Stop::Transport(e)) => {
                     drop(permit);
                     match self.policy.after_connect_error(attempt) {
                         Decision::RetryAfter(wait) if e.is_connect() => {
@@ -237,7 +260,8 @@ impl Upstream {
                     _permit: permit,
                 });
             }
-            if status == StatusCode::UNAUTHORIZED && !challenged {
+            // A challenge from where a redirect led is not the upstream's to learn from.
+            if status == StatusCode::UNAUTHORIZED && !challenged && !followed {
                 let challenges = challenges(response.headers());
                 if self
                     .auth
@@ -262,6 +286,26 @@ impl Upstream {
             }
             return Err(self.error(failure(response).await));
         }
+    }
+
+    /// Sends one request. A blob's redirects are followed (`followed` is then true); any
+    /// other redirect is refused, never passed on.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        kind: Kind,
+        hop: Hop<'_>,
+    ) -> Result<(Response, bool), Stop> {
+        let response = request.send().await.map_err(Stop::Transport)?;
+        if !redirect::is_redirect(response.status()) {
+            return Ok((response, false));
+        }
+        if !matches!(kind, Kind::Blob) || !matches!(*hop.method, Method::GET | Method::HEAD) {
+            return Err(Stop::Refused(redirect::not_followed(&response)));
+        }
+        redirect::follow(&self.http, &self.reach, &self.config.url, hop, response)
+            .await
+            .map(|response| (response, true))
     }
 
     async fn pause(&self, wait: Duration, attempt: u32) {
@@ -317,7 +361,7 @@ pub fn classify(e: &reqwest::Error) -> UpstreamError {
 }
 
 /// reqwest's Display hides the cause (DNS, refused, TLS); operators need it.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,6 +1,7 @@
 //! Upstream registries: which one serves a request ([`router`]), and the client that talks
-//! to it (auth, timeouts, error classification). Nothing here caches; see `cache`.
+//! to it (auth, blob redirects, timeouts, error classification). Nothing here caches; see `cache`.
 
+mod address;
 mod auth;
 mod client;
 mod credentials;
@@ -10,6 +11,10 @@ mod ecr;
 mod helper;
 pub mod policy;
 mod ratelimit;
+mod reach;
+mod realm;
+pub mod redact;
+mod redirect;
 mod retry;
 pub mod router;
 

@@ -1,6 +1,7 @@
 //! An in-process fake upstream registry, for what a real registry cannot do on demand:
 //! corrupt bytes, bodies cut mid-way (and resumed by `Range`), 500s, 429s with
-//! `Retry-After`, slow or held bodies, auth challenges, rate-limit headers.
+//! `Retry-After`, slow or held bodies, auth challenges (with any realm), rate-limit
+//! headers, redirects anywhere.
 //! It counts every request so tests can assert exactly what went upstream.
 
 use std::collections::HashMap;
@@ -57,6 +58,14 @@ struct State {
     /// Require this Bearer token (issued by /token) when set.
     bearer: Option<String>,
     tokens_issued: usize,
+    /// The `Authorization` each `/token` request carried.
+    token_authorizations: Vec<Option<String>>,
+    /// The realm of the Bearer challenge, when not this fake's own `/token`.
+    realm: Option<String>,
+    /// path -> `Location` answered with a 307 (after the auth check).
+    redirects: HashMap<String, String>,
+    /// The `Authorization` sent with each `/v2/` request, by path.
+    authorizations: Vec<(String, Option<String>)>,
     /// Require Basic credentials when set.
     basic: Option<String>,
     /// Digest header to send on manifests instead of the real one.
@@ -81,6 +90,8 @@ pub struct FakeRegistry {
     state: Arc<Mutex<State>>,
     gate: Arc<Semaphore>,
     tls: bool,
+    /// The self-signed certificate of a TLS fake (PEM), to trust it with `ca_file`.
+    cert_pem: Option<String>,
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -93,11 +104,13 @@ impl FakeRegistry {
     }
 
     /// The same fake over TLS with a self-signed certificate for 127.0.0.1 that no
-    /// client trusts: [`FakeRegistry::url`] is `https://`.
+    /// client trusts unless given [`FakeRegistry::cert_pem`]: [`FakeRegistry::url`] is
+    /// `https://`.
     pub async fn start_untrusted_tls() -> FakeRegistry {
         use tokio_rustls::rustls::crypto::ring;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let pem = made.cert.pem();
         let cert = CertificateDer::from(made.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
         let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -108,16 +121,19 @@ impl FakeRegistry {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .unwrap();
-        FakeRegistry::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        FakeRegistry::serve(Some((acceptor, pem))).await
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
+    async fn serve(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> FakeRegistry {
+        let (tls, cert_pem) = tls.unzip();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let fake = FakeRegistry {
             addr: listener.local_addr().unwrap(),
             state: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
             tls: tls.is_some(),
+            cert_pem,
         };
         let server = fake.clone();
         tokio::spawn(async move {
@@ -226,6 +242,38 @@ impl FakeRegistry {
         self.state.lock().unwrap().bearer = Some(token.into());
     }
 
+    /// The certificate a TLS fake serves (PEM); `None` for plain HTTP.
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
+    }
+
+    /// Challenges with this realm instead of the fake's own `http://<addr>/token`.
+    pub fn set_realm(&self, realm: &str) {
+        self.state.lock().unwrap().realm = Some(realm.into());
+    }
+
+    /// Answers `GET path` (e.g. `/v2/a/tags/list`) with `307 Location: location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.redirects.insert(path.into(), location.into());
+    }
+
+    /// The `Authorization` each `/token` request carried, in order.
+    pub fn token_authorizations(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().token_authorizations.clone()
+    }
+
+    /// The `Authorization` of each `/v2/` request whose path ends in `suffix`.
+    pub fn authorizations(&self, suffix: &str) -> Vec<Option<String>> {
+        let state = self.state.lock().unwrap();
+        state
+            .authorizations
+            .iter()
+            .filter(|(p, _)| p.ends_with(suffix))
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
     pub fn require_basic(&self, user: &str, password: &str) {
         use base64::Engine as _;
         let encoded =
@@ -293,16 +341,33 @@ impl FakeRegistry {
     async fn answer_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
-        self.state
-            .lock()
-            .unwrap()
-            .log
-            .push((method.clone(), path.clone()));
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        {
+            let mut state = self.state.lock().unwrap();
+            state.log.push((method.clone(), path.clone()));
+            if path == "/token" {
+                state.token_authorizations.push(authorization);
+            } else {
+                state.authorizations.push((path.clone(), authorization));
+            }
+        }
         if path == "/token" {
             return self.issue_token();
         }
         if let Some(denied) = self.check_auth(&req) {
             return denied;
+        }
+        let redirect = self.state.lock().unwrap().redirects.get(&path).cloned();
+        if let Some(location) = redirect {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", location)
+                .body(empty())
+                .unwrap();
         }
         if let Some(failure) = self.injected_failure() {
             return failure;
@@ -487,9 +552,10 @@ impl FakeRegistry {
             .and_then(|v| v.to_str().ok());
         if let Some(token) = &state.bearer {
             if sent != Some(&format!("Bearer {token}")) {
+                let own = format!("http://{}/token", self.addr);
+                let realm = state.realm.as_deref().unwrap_or(&own);
                 let challenge = format!(
-                    "Bearer realm=\"http://{}/token\",service=\"fake\",scope=\"repository:x:pull\"",
-                    self.addr
+                    "Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:x:pull\""
                 );
                 return Some(unauthorized(&challenge));
             }
