@@ -108,6 +108,39 @@ async fn a_smuggled_manifests_list_discloses_no_private_content() {
     }
 }
 
+/// Issue 1, the index variant: OCI 1.1 lets a registry accept an index whose children are
+/// not in the repository (a sparse index; the fake, like such a registry, checks nothing).
+/// Listing a victim's manifest in one's own index must not make it one's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_index_does_not_claim_another_repositorys_manifest() {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let fake = FakeRegistry::start().await;
+    let config = fake.add_blob(b"{\"private\":1}".to_vec());
+    let image = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{config}","size":13}},"layers":[]}}"#
+    );
+    let victim = fake.add_manifest("victim/private", "v1", OCI_MANIFEST, image);
+    for digest in [&victim, &config] {
+        fake.only_in(digest, &["victim/private"]);
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{victim}","size":1}}]}}"#
+    );
+    fake.add_manifest("attacker/leak", "v1", OCI_INDEX, index);
+    let proxy = Proxy::start(&fake.url()).await;
+    let (status, _) = fetch(&proxy.url("/v2/victim/private/manifests/v1")).await;
+    assert_eq!(status, 200);
+    let (status, _) = fetch(&proxy.url("/v2/attacker/leak/manifests/v1")).await;
+    assert_eq!(status, 200, "the attacker's own index");
+    let child = proxy.url(&format!("/v2/attacker/leak/manifests/{victim}"));
+    let (status, body) = fetch(&child).await;
+    assert_eq!(status, 404, "{:?}", body.map(String::from_utf8));
+    assert_eq!(
+        fake.count("HEAD", &format!("/v2/attacker/leak/manifests/{victim}")),
+        1
+    );
+}
+
 /// A hostile upstream `y`: says yes to every HEAD (naming `tag_digest` for manifests),
 /// serves `lure` as `manifests/lure`, and has no other content.
 async fn hostile(lure: Vec<u8>, tag_digest: String) -> Scripted {

@@ -370,8 +370,12 @@ impl Cache {
         self.ctx
             .declared
             .record(upstream, &target.name, &found.sizes);
-        // The references first: the manifest's own record means "its children are recorded".
-        let mut digests: Vec<Digest> = found.blobs.into_iter().chain(found.manifests).collect();
+        // An image's config and layers: registries refuse an image manifest whose blobs the
+        // repository lacks. An index's children are not taken on its word: OCI 1.1 lets a
+        // registry accept an index whose children are elsewhere (a sparse index), so a child
+        // is confirmed upstream (a HEAD) unless this repository fetched it itself.
+        // The references first: the manifest's own record means "its blobs are recorded".
+        let mut digests = found.blobs;
         digests.push(manifest.digest.clone());
         self.members.record(upstream, &target.name, &digests);
     }

@@ -171,7 +171,9 @@ impl Regcache {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("exited with {status}"));
             }
-            if http_status(&self.addr(), "/v2/") == Some(200) {
+            // Over TLS the API does not speak plain HTTP; the admin listener always does.
+            let api = http_status(&self.addr(), "/v2/") == Some(200);
+            if api || http_status(&self.admin_addr(), "/healthz") == Some(200) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
