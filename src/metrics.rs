@@ -29,6 +29,7 @@ pub const MEMBERSHIP_CHECKS: &str = "regcache_membership_checks_total";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
     MaxConnections,
+    MaxConnectionsPerIp,
     HeaderReadTimeout,
     HeaderSize,
     IdleTimeout,
@@ -41,6 +42,7 @@ impl Limit {
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::MaxConnections => "max_connections",
+            Limit::MaxConnectionsPerIp => "max_connections_per_ip",
             Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::HeaderSize => "header_size",
             Limit::IdleTimeout => "idle_timeout",
