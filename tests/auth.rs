@@ -120,13 +120,12 @@ async fn an_address_outside_the_allow_list_is_denied() {
     assert!(response.text().await.unwrap().contains("\"DENIED\""));
     assert_eq!(proxy.metric(&failures("address")).await, 1.0);
 
-    let proxy = Proxy::start_server(
-        &fake.url(),
-        "[server.auth]\nallow_ips = [\"127.0.0.0/8\"]\n",
-    )
-    .await;
-    let response = get(&proxy.url("/v2/"), None).await;
-    assert_eq!(response.status().as_u16(), 200);
+    for allowed in ["127.0.0.0/8", "::ffff:127.0.0.1"] {
+        let server = format!("[server.auth]\nallow_ips = [\"{allowed}\"]\n");
+        let proxy = Proxy::start_server(&fake.url(), &server).await;
+        let response = get(&proxy.url("/v2/"), None).await;
+        assert_eq!(response.status().as_u16(), 200, "{allowed}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

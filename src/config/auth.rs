@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use super::Problems;
@@ -97,10 +97,24 @@ impl RawAuth {
 /// `10.0.0.0/8`, or a bare address meaning just that host.
 fn parse_network(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .map(|net| net.trunc())
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    Some(unmap(net))
+}
+
+/// `::ffff:a.b.c.d/n` (n >= 96) as the IPv4 network it stands for: peers are compared in
+/// their canonical form, so an IPv4 client on a dual-stack listener matches it.
+fn unmap(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else { return net };
+    match v6.addr().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4)
+        }
+        _ => net,
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +141,29 @@ mod tests {
         let (_, problems) = parse(r#"allow_ips = ["10.0.0.0/8", "10.0.0.0/33"]"#);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].starts_with("server.auth.allow_ips[1] = 10.0.0.0/33"));
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_mean_their_ipv4_network() {
+        let (c, problems) =
+            parse(r#"allow_ips = ["::ffff:10.1.2.3", "::ffff:192.168.0.0/112", "::ffff:0:0/95"]"#);
+        assert!(problems.is_empty(), "{problems:?}");
+        let shown: Vec<String> = c.allow_ips.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.1.2.3/32", "192.168.0.0/16", "::fffe:0:0/95"]);
+    }
+
+    #[test]
+    fn login_limits_have_defaults_and_refuse_zero() {
+        let (c, problems) = parse("");
+        assert!(problems.is_empty());
+        assert_eq!(
+            (c.max_pending_logins, c.max_login_failures_per_min),
+            (32, 10)
+        );
+        let (_, problems) = parse("max_pending_logins = 0\nmax_login_failures_per_min = 0");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("server.auth.max_pending_logins = 0"));
+        assert!(problems[1].contains("after a typo"));
     }
 
     #[test]
