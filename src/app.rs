@@ -89,7 +89,7 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
             source,
         })?;
     let upstreams = Upstreams::new(config, &metrics)?;
-    let access = Access::load(&config.server.auth)?;
+    let access = Access::load(&config.server.auth, metrics.auth_bcrypt_runs.clone())?;
     Ok(Arc::new(State {
         cache,
         upstreams,

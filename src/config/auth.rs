@@ -1,9 +1,11 @@
 //! `[server.auth]`: who may use the mirror: an IP allow list and the files holding client
-//! credentials (htpasswd bcrypt users, static bearer tokens).
+//! credentials (htpasswd bcrypt users, static bearer tokens), and how much bcrypt work
+//! Basic logins may cause (logins waiting for a verification, failures per address).
 //!
 //! Only the keys are validated here; the files are read and checked by `server::auth`,
-//! which `check-config` also runs. Also the exposure check: a listener reachable from
-//! other hosts with no authentication and no allow list is an open proxy.
+//! which `check-config` also runs. Also the exposure checks: a listener reachable from
+//! other hosts with no authentication and no allow list is an open proxy, and the admin
+//! listener never has any.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,17 +21,31 @@ pub(super) struct RawAuth {
     htpasswd_file: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
     allow_ips: Option<Vec<String>>,
+    max_pending_logins: Option<usize>,
+    max_login_failures_per_min: Option<u32>,
 }
 
 /// Validated `[server.auth]` settings. The default lets everyone in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// htpasswd file of `user:bcrypt-hash` lines (Basic auth).
     pub htpasswd_file: Option<PathBuf>,
     /// One static bearer token per line; `#` starts a comment.
     pub tokens_file: Option<PathBuf>,
-    /// Client networks allowed in; empty allows every address.
+    /// Client networks allowed in; empty allows every address. IPv4-mapped IPv6 entries
+    /// (`::ffff:10.0.0.0/104`) are kept as the IPv4 networks they mean.
     pub allow_ips: Vec<IpNet>,
+    /// Basic logins waiting for or running a bcrypt verification at once; more get 429.
+    pub max_pending_logins: usize,
+    /// Failed Basic logins allowed per client address (IPv6: per /64) per minute, as a
+    /// burst refilled evenly; past it, logins not remembered get 429 until it refills.
+    pub max_login_failures_per_min: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        RawAuth::default().validate(&mut Problems::default())
+    }
 }
 
 impl AuthConfig {
@@ -86,10 +102,28 @@ impl RawAuth {
                 );
             }
         }
+        let max_pending_logins = self.max_pending_logins.unwrap_or(32);
+        if max_pending_logins == 0 {
+            problems.add(
+                "server.auth.max_pending_logins",
+                "0",
+                "must be at least 1; it caps Basic logins waiting for bcrypt (try 32)",
+            );
+        }
+        let max_login_failures_per_min = self.max_login_failures_per_min.unwrap_or(10);
+        if max_login_failures_per_min == 0 {
+            problems.add(
+                "server.auth.max_login_failures_per_min",
+                "0",
+                "must be at least 1, or no address could ever log in after a typo (try 10)",
+            );
+        }
         AuthConfig {
             htpasswd_file: self.htpasswd_file,
             tokens_file: self.tokens_file,
             allow_ips,
+            max_pending_logins: max_pending_logins.max(1),
+            max_login_failures_per_min: max_login_failures_per_min.max(1),
         }
     }
 }
@@ -137,13 +171,6 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_network_names_its_index() {
-        let (_, problems) = parse(r#"allow_ips = ["10.0.0.0/8", "10.0.0.0/33"]"#);
-        assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("server.auth.allow_ips[1] = 10.0.0.0/33"));
-    }
-
-    #[test]
     fn ipv4_mapped_entries_mean_their_ipv4_network() {
         let (c, problems) =
             parse(r#"allow_ips = ["::ffff:10.1.2.3", "::ffff:192.168.0.0/112", "::ffff:0:0/95"]"#);
@@ -164,6 +191,13 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("server.auth.max_pending_logins = 0"));
         assert!(problems[1].contains("after a typo"));
+    }
+
+    #[test]
+    fn a_bad_network_names_its_index() {
+        let (_, problems) = parse(r#"allow_ips = ["10.0.0.0/8", "10.0.0.0/33"]"#);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("server.auth.allow_ips[1] = 10.0.0.0/33"));
     }
 
     #[test]
