@@ -226,6 +226,16 @@ fn check_config_warns_about_open_listeners_and_checks_the_files() {
     let (ok, out) = check_config(dir.path(), &allowed);
     assert!(ok && !out.contains("warning"), "{out}");
 
+    let admin = |addr: &str| format!("admin_listen = \"{addr}\"\n{upstream}");
+    let (ok, out) = check_config(dir.path(), &admin("0.0.0.0:5001"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: admin_listen = 0.0.0.0:5001 is reachable from other hosts"),
+        "{out}"
+    );
+    let (ok, out) = check_config(dir.path(), &admin("127.0.0.1:5001"));
+    assert!(ok && !out.contains("warning"), "{out}");
+
     std::fs::write(dir.path().join("htpasswd"), "alice:$apr1$not-bcrypt\n").unwrap();
     let bad = format!(
         "[server.auth]\nhtpasswd_file = \"{}\"\n{upstream}",

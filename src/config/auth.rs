@@ -77,6 +77,20 @@ impl AuthConfig {
     }
 }
 
+/// A warning when the admin listener on `addr` is reachable from other hosts: it has no
+/// authentication and no allow list. `None` on loopback.
+pub fn admin_exposure_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "admin_listen = {addr} is reachable from other hosts, and the admin listener has no \
+         authentication: anyone who can connect reads /metrics; bind it to 127.0.0.1 or a \
+         private interface (e.g. admin_listen = \"127.0.0.1:{}\"), or firewall the port",
+        addr.port()
+    ))
+}
+
 impl RawAuth {
     pub(super) fn validate(self, problems: &mut Problems) -> AuthConfig {
         let mut allow_ips = Vec::new();
@@ -224,5 +238,15 @@ mod tests {
             .unwrap()
             .contains("clear text"));
         assert!(users.exposure_warning(any, true).is_none());
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_warns() {
+        for private in ["127.0.0.1:5001", "[::1]:5001", "[::ffff:127.0.0.1]:5001"] {
+            assert_eq!(admin_exposure_warning(private.parse().unwrap()), None);
+        }
+        let warning = admin_exposure_warning("0.0.0.0:5001".parse().unwrap()).unwrap();
+        assert!(warning.starts_with("admin_listen = 0.0.0.0:5001 is reachable"));
+        assert!(warning.contains("127.0.0.1:5001"));
     }
 }
