@@ -32,6 +32,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use admin::admin_response;
+/// The plain path's request-head parser, for the fuzz target.
+pub use plain::request::{parse as parse_plain_head, Head as PlainHead};
 pub use service::handle;
 
 use crate::cache::Cache;
