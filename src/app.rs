@@ -90,7 +90,7 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
         })?
         .one_trust_domain(config.one_trust_domain());
     let upstreams = Upstreams::new(config, &metrics)?;
-    let access = Access::load(&config.server.auth)?;
+    let access = Access::load(&config.server.auth, metrics.auth_bcrypt_runs.clone())?;
     Ok(Arc::new(State {
         cache,
         upstreams,
@@ -133,6 +133,13 @@ pub async fn run(
         let state = state.clone();
         let mut stopped = stopped.clone();
         tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "admin listening");
+        if let Some(warning) = listener
+            .local_addr()
+            .ok()
+            .and_then(crate::config::admin_exposure_warning)
+        {
+            tracing::warn!("{warning}");
+        }
         // The admin port stays clear text: it is meant for a private interface.
         let admin_serving = Serving {
             tls: None,

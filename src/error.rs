@@ -5,6 +5,7 @@
 //! a log line and a metric happens in one place only: `server::respond`.
 
 use std::io;
+use std::time::Duration;
 
 use http::StatusCode;
 
@@ -20,6 +21,12 @@ pub enum Error {
         status: StatusCode,
         code: ErrorCode,
         message: String,
+    },
+    /// The client must slow down before asking again: 429 with `Retry-After`.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: Duration,
     },
     /// An upstream registry failed or refused.
     #[error("upstream {upstream}: {cause}")]
@@ -85,6 +92,13 @@ impl Clone for Error {
                 code: *code,
                 message: message.clone(),
             },
+            Error::Throttled {
+                message,
+                retry_after,
+            } => Error::Throttled {
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
             Error::Upstream { upstream, cause } => Error::Upstream {
                 upstream: upstream.clone(),
                 cause: cause.clone(),
@@ -136,6 +150,21 @@ impl Error {
         Error::client(StatusCode::NOT_FOUND, code, message)
     }
 
+    pub fn throttled(message: impl Into<String>, retry_after: Duration) -> Error {
+        Error::Throttled {
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// How long the client should wait before asking again, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub fn upstream(upstream: &str, cause: UpstreamError) -> Error {
         Error::Upstream {
             upstream: upstream.to_string(),
@@ -149,7 +178,7 @@ impl Error {
 
     pub fn source_kind(&self) -> Source {
         match self {
-            Error::Client { .. } => Source::Client,
+            Error::Client { .. } | Error::Throttled { .. } => Source::Client,
             Error::Upstream { .. } => Source::Upstream,
             Error::Local { .. } => Source::Local,
         }
@@ -191,6 +220,7 @@ impl Error {
     pub fn status_and_code(&self, missing: ErrorCode) -> (StatusCode, ErrorCode) {
         match self {
             Error::Client { status, code, .. } => (*status, *code),
+            Error::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
             Error::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
             Error::Upstream { cause, .. } => match cause {
                 UpstreamError::Status { status, code, .. } => {

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
 use regcache::cache::ops;
-use regcache::config::{Config, Overrides};
+use regcache::config::{admin_exposure_warning, Config, Overrides};
 use regcache::transfer::{archive, prefetch, ImageRef, Platform, Progress};
 
 #[derive(Parser)]
@@ -184,6 +184,9 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
             if let Some(warning) = auth.exposure_warning(config.listen, config.server.tls.is_some())
             {
+                println!("warning: {warning}");
+            }
+            if let Some(warning) = config.admin_listen.and_then(admin_exposure_warning) {
                 println!("warning: {warning}");
             }
             println!("{}: ok", file.display());

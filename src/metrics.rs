@@ -21,6 +21,7 @@ pub const CACHE_BYTES: &str = "regcache_memory_bytes";
 pub const LIMIT_REJECTIONS: &str = "regcache_limit_rejections_total";
 pub const CONNECTIONS: &str = "regcache_connections";
 pub const AUTH_FAILURES: &str = "regcache_auth_failures_total";
+pub const AUTH_BCRYPT_RUNS: &str = "regcache_auth_bcrypt_runs_total";
 pub const POLICY_DENIALS: &str = "regcache_policy_denials_total";
 pub const MEMBERSHIP_CHECKS: &str = "regcache_membership_checks_total";
 
@@ -29,6 +30,7 @@ pub const MEMBERSHIP_CHECKS: &str = "regcache_membership_checks_total";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
     MaxConnections,
+    MaxConnectionsPerIp,
     HeaderReadTimeout,
     HeaderSize,
     IdleTimeout,
@@ -41,6 +43,7 @@ impl Limit {
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::MaxConnections => "max_connections",
+            Limit::MaxConnectionsPerIp => "max_connections_per_ip",
             Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::HeaderSize => "header_size",
             Limit::IdleTimeout => "idle_timeout",
@@ -119,6 +122,7 @@ pub struct Metrics {
     pub evictions: IntCounterVec,
     pub offline_misses: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub auth_bcrypt_runs: IntCounter,
     pub policy_denials: IntCounterVec,
     pub membership_checks: IntCounterVec,
 }
@@ -200,7 +204,7 @@ impl Metrics {
         );
         let auth_failures = counter_vec(
             AUTH_FAILURES,
-            "Requests refused by [server.auth], by reason (address, missing, malformed, rejected).",
+            "Requests refused by [server.auth], by reason (address, missing, malformed, rejected, busy, throttled).",
             &["reason"],
         );
         let policy_denials = counter_vec(
@@ -220,6 +224,14 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(cache_write_errors.clone()))
+            .expect("unique metric");
+        let auth_bcrypt_runs = IntCounter::new(
+            AUTH_BCRYPT_RUNS,
+            "bcrypt verifications run for Basic logins (the rest were answered from memory or refused first).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(auth_bcrypt_runs.clone()))
             .expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -282,6 +294,7 @@ impl Metrics {
             evictions,
             offline_misses,
             auth_failures,
+            auth_bcrypt_runs,
             policy_denials,
             membership_checks,
         }

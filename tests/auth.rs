@@ -108,6 +108,40 @@ async fn users_and_tokens_get_in_and_everyone_else_gets_a_challenge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_gets_429_with_retry_after() {
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_htpasswd(&dir.path().join("htpasswd"), &[("alice", "wonderland")]);
+    let server = format!(
+        "[server.auth]\nhtpasswd_file = \"{}\"\nmax_login_failures_per_min = 2\n",
+        dir.path().join("htpasswd").display()
+    );
+    let proxy = Proxy::start_server(&fake.url(), &server).await;
+    for guess in ["one", "two"] {
+        let response = get(&proxy.url("/v2/"), Some(&basic("alice", guess))).await;
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    let again = get(&proxy.url("/v2/"), Some(&basic("alice", "one"))).await;
+    assert_eq!(
+        again.status().as_u16(),
+        401,
+        "a remembered failure is not throttled"
+    );
+    let response = get(&proxy.url("/v2/"), Some(&basic("alice", "wonderland"))).await;
+    assert_eq!(response.status().as_u16(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("\"TOOMANYREQUESTS\""), "{body}");
+    assert_eq!(proxy.metric(&failures("throttled")).await, 1.0);
+    assert_eq!(proxy.metric("regcache_auth_bcrypt_runs_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_outside_the_allow_list_is_denied() {
     let fake = FakeRegistry::start().await;
     let proxy = Proxy::start_server(
@@ -120,13 +154,12 @@ async fn an_address_outside_the_allow_list_is_denied() {
     assert!(response.text().await.unwrap().contains("\"DENIED\""));
     assert_eq!(proxy.metric(&failures("address")).await, 1.0);
 
-    let proxy = Proxy::start_server(
-        &fake.url(),
-        "[server.auth]\nallow_ips = [\"127.0.0.0/8\"]\n",
-    )
-    .await;
-    let response = get(&proxy.url("/v2/"), None).await;
-    assert_eq!(response.status().as_u16(), 200);
+    for allowed in ["127.0.0.0/8", "::ffff:127.0.0.1"] {
+        let server = format!("[server.auth]\nallow_ips = [\"{allowed}\"]\n");
+        let proxy = Proxy::start_server(&fake.url(), &server).await;
+        let response = get(&proxy.url("/v2/"), None).await;
+        assert_eq!(response.status().as_u16(), 200, "{allowed}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,6 +224,16 @@ fn check_config_warns_about_open_listeners_and_checks_the_files() {
         "listen = \"0.0.0.0:5000\"\n[server.auth]\nallow_ips = [\"10.0.0.0/8\"]\n{upstream}"
     );
     let (ok, out) = check_config(dir.path(), &allowed);
+    assert!(ok && !out.contains("warning"), "{out}");
+
+    let admin = |addr: &str| format!("admin_listen = \"{addr}\"\n{upstream}");
+    let (ok, out) = check_config(dir.path(), &admin("0.0.0.0:5001"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: admin_listen = 0.0.0.0:5001 is reachable from other hosts"),
+        "{out}"
+    );
+    let (ok, out) = check_config(dir.path(), &admin("127.0.0.1:5001"));
     assert!(ok && !out.contains("warning"), "{out}");
 
     std::fs::write(dir.path().join("htpasswd"), "alice:$apr1$not-bcrypt\n").unwrap();

@@ -1,6 +1,7 @@
 //! The `[server]` limits against misbehaving clients: oversized heads, slow heads, idle
 //! and non-reading clients, too many connections, and graceful shutdown with a transfer
-//! in flight. Each limit must be counted in `regcache_limit_rejections_total`.
+//! in flight, one address holding every connection. Each limit must be counted in
+//! `regcache_limit_rejections_total`.
 
 mod support;
 
@@ -130,6 +131,36 @@ async fn connections_past_the_maximum_are_refused() {
         wait_for_metric(&proxy, &rejections("max_connections"), 1.0).await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_flood_from_one_address_does_not_lock_out_another() {
+    let fake = FakeRegistry::start().await;
+    // Fewer connections than the flood, as in the issue; the per-address cap is the default.
+    let proxy = Proxy::start_server(&fake.url(), "max_connections = 128").await;
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        // A head that never ends: only header_read_timeout_secs (30 s) would close it.
+        let _ = stream.write_all(b"GET /v2/ HTTP/1.1\r\nx-slow: ").await;
+        held.push(stream);
+    }
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let response = other.get(proxy.url("/v2/")).send().await;
+    assert_eq!(
+        response.map(|r| r.status().as_u16()).ok(),
+        Some(200),
+        "another address still gets in"
+    );
+    let refused = wait_for_metric(&proxy, &rejections("max_connections_per_ip"), 86.0).await;
+    assert_eq!(refused, 86.0, "150 - the default of 64 per address");
+    assert_eq!(proxy.metric(&rejections("max_connections")).await, 0.0);
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,14 +1,16 @@
 //! `[server.auth]`: who may use the mirror: an IP allow list and the files holding client
-//! credentials (htpasswd bcrypt users, static bearer tokens).
+//! credentials (htpasswd bcrypt users, static bearer tokens), and how much bcrypt work
+//! Basic logins may cause (logins waiting for a verification, failures per address).
 //!
 //! Only the keys are validated here; the files are read and checked by `server::auth`,
-//! which `check-config` also runs. Also the exposure check: a listener reachable from
-//! other hosts with no authentication and no allow list is an open proxy.
+//! which `check-config` also runs. Also the exposure checks: a listener reachable from
+//! other hosts with no authentication and no allow list is an open proxy, and the admin
+//! listener never has any.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use super::Problems;
@@ -19,17 +21,31 @@ pub(super) struct RawAuth {
     htpasswd_file: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
     allow_ips: Option<Vec<String>>,
+    max_pending_logins: Option<usize>,
+    max_login_failures_per_min: Option<u32>,
 }
 
 /// Validated `[server.auth]` settings. The default lets everyone in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// htpasswd file of `user:bcrypt-hash` lines (Basic auth).
     pub htpasswd_file: Option<PathBuf>,
     /// One static bearer token per line; `#` starts a comment.
     pub tokens_file: Option<PathBuf>,
-    /// Client networks allowed in; empty allows every address.
+    /// Client networks allowed in; empty allows every address. IPv4-mapped IPv6 entries
+    /// (`::ffff:10.0.0.0/104`) are kept as the IPv4 networks they mean.
     pub allow_ips: Vec<IpNet>,
+    /// Basic logins waiting for or running a bcrypt verification at once; more get 429.
+    pub max_pending_logins: usize,
+    /// Failed Basic logins allowed per client address (IPv6: per /64) per minute, as a
+    /// burst refilled evenly; past it, logins not remembered get 429 until it refills.
+    pub max_login_failures_per_min: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        RawAuth::default().validate(&mut Problems::default())
+    }
 }
 
 impl AuthConfig {
@@ -61,6 +77,20 @@ impl AuthConfig {
     }
 }
 
+/// A warning when the admin listener on `addr` is reachable from other hosts: it has no
+/// authentication and no allow list. `None` on loopback.
+pub fn admin_exposure_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "admin_listen = {addr} is reachable from other hosts, and the admin listener has no \
+         authentication: anyone who can connect reads /metrics; bind it to 127.0.0.1 or a \
+         private interface (e.g. admin_listen = \"127.0.0.1:{}\"), or firewall the port",
+        addr.port()
+    ))
+}
+
 impl RawAuth {
     pub(super) fn validate(self, problems: &mut Problems) -> AuthConfig {
         let mut allow_ips = Vec::new();
@@ -86,10 +116,28 @@ impl RawAuth {
                 );
             }
         }
+        let max_pending_logins = self.max_pending_logins.unwrap_or(32);
+        if max_pending_logins == 0 {
+            problems.add(
+                "server.auth.max_pending_logins",
+                "0",
+                "must be at least 1; it caps Basic logins waiting for bcrypt (try 32)",
+            );
+        }
+        let max_login_failures_per_min = self.max_login_failures_per_min.unwrap_or(10);
+        if max_login_failures_per_min == 0 {
+            problems.add(
+                "server.auth.max_login_failures_per_min",
+                "0",
+                "must be at least 1, or no address could ever log in after a typo (try 10)",
+            );
+        }
         AuthConfig {
             htpasswd_file: self.htpasswd_file,
             tokens_file: self.tokens_file,
             allow_ips,
+            max_pending_logins: max_pending_logins.max(1),
+            max_login_failures_per_min: max_login_failures_per_min.max(1),
         }
     }
 }
@@ -97,10 +145,24 @@ impl RawAuth {
 /// `10.0.0.0/8`, or a bare address meaning just that host.
 fn parse_network(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .map(|net| net.trunc())
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    Some(unmap(net))
+}
+
+/// `::ffff:a.b.c.d/n` (n >= 96) as the IPv4 network it stands for: peers are compared in
+/// their canonical form, so an IPv4 client on a dual-stack listener matches it.
+fn unmap(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else { return net };
+    match v6.addr().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4)
+        }
+        _ => net,
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +182,29 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let shown: Vec<String> = c.allow_ips.iter().map(|n| n.to_string()).collect();
         assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_mean_their_ipv4_network() {
+        let (c, problems) =
+            parse(r#"allow_ips = ["::ffff:10.1.2.3", "::ffff:192.168.0.0/112", "::ffff:0:0/95"]"#);
+        assert!(problems.is_empty(), "{problems:?}");
+        let shown: Vec<String> = c.allow_ips.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.1.2.3/32", "192.168.0.0/16", "::fffe:0:0/95"]);
+    }
+
+    #[test]
+    fn login_limits_have_defaults_and_refuse_zero() {
+        let (c, problems) = parse("");
+        assert!(problems.is_empty());
+        assert_eq!(
+            (c.max_pending_logins, c.max_login_failures_per_min),
+            (32, 10)
+        );
+        let (_, problems) = parse("max_pending_logins = 0\nmax_login_failures_per_min = 0");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("server.auth.max_pending_logins = 0"));
+        assert!(problems[1].contains("after a typo"));
     }
 
     #[test]
@@ -153,5 +238,15 @@ mod tests {
             .unwrap()
             .contains("clear text"));
         assert!(users.exposure_warning(any, true).is_none());
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_warns() {
+        for private in ["127.0.0.1:5001", "[::1]:5001", "[::ffff:127.0.0.1]:5001"] {
+            assert_eq!(admin_exposure_warning(private.parse().unwrap()), None);
+        }
+        let warning = admin_exposure_warning("0.0.0.0:5001".parse().unwrap()).unwrap();
+        assert!(warning.starts_with("admin_listen = 0.0.0.0:5001 is reachable"));
+        assert!(warning.contains("127.0.0.1:5001"));
     }
 }

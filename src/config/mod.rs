@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use auth::AuthConfig;
+pub use auth::{admin_exposure_warning, AuthConfig};
 pub use cache::{CacheConfig, DiskBudget};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};

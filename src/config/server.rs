@@ -1,6 +1,6 @@
-//! `[server]`: how the listeners treat clients: connection and header limits, timeouts
-//! for idle and slow clients, the shutdown grace period, TLS certificate files, and
-//! (in `[server.auth]`, see `auth`) who may connect.
+//! `[server]`: how the listeners treat clients: connection limits (in all and per client
+//! address), header limits, timeouts for idle and slow clients, the shutdown grace
+//! period, TLS certificate files, and (in `[server.auth]`, see `auth`) who may connect.
 //!
 //! Every limit has a safe default so an operator who writes nothing still gets a mirror
 //! that one misbehaving client cannot exhaust.
@@ -21,6 +21,7 @@ const MIN_HEADER_BYTES: u64 = 8 * 1024;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     max_header_bytes: Option<ByteSize>,
     max_headers: Option<usize>,
@@ -39,6 +40,9 @@ pub(super) struct RawServer {
 pub struct ServerConfig {
     /// Connections held at once on each listener; more are closed on accept.
     pub max_connections: usize,
+    /// Connections held at once from one client address on each listener, so one host
+    /// cannot take every connection; more are closed on accept.
+    pub max_connections_per_ip: usize,
     /// Time to receive a request head (HTTP/1.1: also the keep-alive wait between requests).
     pub header_read_timeout: Duration,
     /// Bytes of request line and headers; larger heads get 431.
@@ -96,6 +100,14 @@ impl RawServer {
                 "must be at least 1; it caps connections held at once",
             );
         }
+        let max_connections_per_ip = self.max_connections_per_ip.unwrap_or(64);
+        if max_connections_per_ip == 0 {
+            problems.add(
+                "server.max_connections_per_ip",
+                "0",
+                "must be at least 1; it caps connections from one client address (try 64)",
+            );
+        }
         let header_bytes = self.max_header_bytes.map_or(64 * 1024, |b| b.as_u64());
         if !(MIN_HEADER_BYTES..=u64::from(u32::MAX)).contains(&header_bytes) {
             problems.add(
@@ -137,6 +149,7 @@ impl RawServer {
         };
         ServerConfig {
             max_connections: max_connections.max(1),
+            max_connections_per_ip: max_connections_per_ip.max(1),
             header_read_timeout,
             max_header_bytes: header_bytes.clamp(MIN_HEADER_BYTES, u64::from(u32::MAX)) as usize,
             max_headers: max_headers.max(1),
@@ -166,6 +179,7 @@ mod tests {
         let (c, problems) = parse("");
         assert!(problems.is_empty());
         assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.max_connections_per_ip, 64);
         assert_eq!(c.max_header_bytes, 64 * 1024);
         assert_eq!(c.send_timeout, Duration::from_secs(60));
         assert!(c.tls.is_none());
@@ -174,9 +188,12 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_the_fix() {
         let (_, problems) = parse(
-            "max_connections = 0\nmax_header_bytes = \"1KiB\"\nsend_timeout_secs = 0\ntls_cert_file = \"c.pem\"",
+            "max_connections = 0\nmax_connections_per_ip = 0\nmax_header_bytes = \"1KiB\"\nsend_timeout_secs = 0\ntls_cert_file = \"c.pem\"",
         );
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("server.max_connections_per_ip = 0")));
         assert!(problems[0].starts_with("server.send_timeout_secs = 0"));
         assert!(problems
             .iter()

@@ -1,24 +1,29 @@
 //! Client access control on the registry API (`[server.auth]`): the IP allow list, then
 //! Basic credentials checked against htpasswd bcrypt entries or Bearer tokens from a file.
 //!
-//! bcrypt is slow on purpose, so verifications run on the blocking pool, a few at a time,
-//! and a success is remembered for [`VERIFIED_TTL`] under a hash of the header (never the
-//! password itself). Tokens are kept as SHA-256 hashes and compared in constant time.
-//! This module decides; turning a [`Denial`] into a response is `respond`'s business.
+//! bcrypt is slow on purpose, so a success is remembered for [`VERIFIED_TTL`] and a
+//! failure for [`FAILED_TTL`], under a hash of the header (never the password itself):
+//! a login retried with the same wrong password costs no bcrypt. What does need bcrypt is
+//! bounded by [`throttle`]: a few verifications at once, a bounded queue, a few places
+//! and a failure budget per client address. A login whose client left while it waited
+//! is dropped with its request and never verified. Tokens are kept as SHA-256 hashes and
+//! compared in constant time. This module decides; turning a [`Denial`] into a response
+//! is `respond`'s business.
+
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
+use prometheus::IntCounter;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
 use crate::error::Error;
@@ -28,6 +33,12 @@ use crate::oci::ErrorCode;
 pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// Verified credentials remembered at once.
 const VERIFIED_MAX: u64 = 10_000;
+/// How long a failed Basic login is answered 401 without running bcrypt again. Longer
+/// than a success: a wrong password stays wrong until the files change, and a reload
+/// forgets it.
+pub const FAILED_TTL: Duration = Duration::from_secs(300);
+/// Failed credentials remembered at once; a flood of distinct ones meets the throttle.
+const FAILED_MAX: u64 = 10_000;
 /// Tokens shorter than this are refused in the tokens file: they can be guessed.
 const MIN_TOKEN_LEN: usize = 16;
 /// The challenge sent with every 401.
@@ -46,6 +57,10 @@ pub enum Denial {
     Malformed,
     /// Unknown user, wrong password or unknown token.
     Rejected,
+    /// Too many logins wait for a verification: come back after this long.
+    Busy(Duration),
+    /// The client's address failed to log in too often: come back after this long.
+    Throttled(Duration),
 }
 
 impl Denial {
@@ -55,10 +70,13 @@ impl Denial {
             Denial::Missing => "missing",
             Denial::Malformed => "malformed",
             Denial::Rejected => "rejected",
+            Denial::Busy(_) => "busy",
+            Denial::Throttled(_) => "throttled",
         }
     }
 
-    /// 403 `DENIED` for an address, 401 `UNAUTHORIZED` (with [`CHALLENGE`]) otherwise.
+    /// 403 `DENIED` for an address, 429 `TOOMANYREQUESTS` (with `Retry-After`) for a busy
+    /// or throttled login, 401 `UNAUTHORIZED` (with [`CHALLENGE`]) otherwise.
     pub fn into_error(self) -> Error {
         let unauthorized = |message: &str| {
             Error::client(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
@@ -74,6 +92,14 @@ impl Denial {
                 unauthorized("malformed Authorization header; send Basic or Bearer credentials")
             }
             Denial::Rejected => unauthorized("invalid credentials"),
+            Denial::Busy(wait) => Error::throttled(
+                "too many logins are waiting to be verified; retry shortly",
+                wait,
+            ),
+            Denial::Throttled(wait) => Error::throttled(
+                "too many failed logins from your address; retry later with the right password",
+                wait,
+            ),
         }
     }
 }
@@ -261,19 +287,20 @@ pub struct Access {
     config: AuthConfig,
     secrets: RwLock<Arc<Secrets>>,
     verified: moka::sync::Cache<Hash, ()>,
-    bcrypt_slots: Semaphore,
-    bcrypt_runs: AtomicU64,
+    failed: moka::sync::Cache<Hash, ()>,
+    throttle: throttle::Throttle,
+    bcrypt_runs: IntCounter,
 }
 
 impl Access {
-    /// Reads the credential files (blocking; at startup).
-    pub fn load(config: &AuthConfig) -> Result<Access, AuthFileError> {
+    /// Reads the credential files (blocking; at startup). `bcrypt_runs` counts the
+    /// verifications that ran.
+    pub fn load(config: &AuthConfig, bcrypt_runs: IntCounter) -> Result<Access, AuthFileError> {
         let secrets = Secrets::read(config)?;
-        Ok(Access::with_secrets(config, secrets))
+        Ok(Access::with_secrets(config, secrets, bcrypt_runs))
     }
 
-    fn with_secrets(config: &AuthConfig, secrets: Secrets) -> Access {
-        let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
+    fn with_secrets(config: &AuthConfig, secrets: Secrets, bcrypt_runs: IntCounter) -> Access {
         Access {
             allow: config.allow_ips.clone(),
             config: config.clone(),
@@ -282,8 +309,15 @@ impl Access {
                 .max_capacity(VERIFIED_MAX)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
-            bcrypt_slots: Semaphore::new(slots),
-            bcrypt_runs: AtomicU64::new(0),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(FAILED_MAX)
+                .time_to_live(FAILED_TTL)
+                .build(),
+            throttle: throttle::Throttle::new(
+                config.max_pending_logins,
+                config.max_login_failures_per_min,
+            ),
+            bcrypt_runs,
         }
     }
 
@@ -293,7 +327,8 @@ impl Access {
     }
 
     /// Reads the files again (on SIGHUP); on failure the current credentials stay.
-    /// Remembered verifications are forgotten, so a removed user is out at once.
+    /// Remembered verifications are forgotten, so a removed user is out at once (and a
+    /// changed password works at once).
     pub async fn reload(&self) -> Result<(), AuthFileError> {
         let config = self.config.clone();
         let secrets = tokio::task::spawn_blocking(move || Secrets::read(&config))
@@ -301,12 +336,13 @@ impl Access {
             .map_err(|e| AuthFileError(vec![format!("reading the credential files: {e}")]))??;
         *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(secrets);
         self.verified.invalidate_all();
+        self.failed.invalidate_all();
         Ok(())
     }
 
     /// How many bcrypt verifications ran (the rest were answered from memory).
     pub fn bcrypt_runs(&self) -> u64 {
-        self.bcrypt_runs.load(Ordering::Relaxed)
+        self.bcrypt_runs.get()
     }
 
     /// Lets a request in, or says why not.
@@ -315,12 +351,12 @@ impl Access {
         peer: Option<IpAddr>,
         authorization: Option<&HeaderValue>,
     ) -> Result<(), Denial> {
-        if !self.allow.is_empty() {
-            // A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d.
-            let peer = peer.map(|ip| ip.to_canonical());
-            if !peer.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip))) {
-                return Err(Denial::Address);
-            }
+        // A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d.
+        let peer = peer.map(|ip| ip.to_canonical());
+        if !self.allow.is_empty()
+            && !peer.is_some_and(|ip| self.allow.iter().any(|net| net.contains(&ip)))
+        {
+            return Err(Denial::Address);
         }
         if !self.config.requires_credentials() {
             return Ok(());
@@ -345,6 +381,9 @@ impl Access {
         if self.verified.contains_key(&key) {
             return Ok(());
         }
+        if self.failed.contains_key(&key) {
+            return Err(Denial::Rejected);
+        }
         let (hash, known) = match secrets.users.get(&user) {
             Some(hash) => (hash.clone(), true),
             // An unknown user costs as much as a wrong password, so timing does not
@@ -354,19 +393,28 @@ impl Access {
                 None => return Err(Denial::Rejected),
             },
         };
-        let _slot = self
-            .bcrypt_slots
-            .acquire()
-            .await
-            .map_err(|_| Denial::Rejected)?;
-        self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
-        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .is_ok_and(|r| r.unwrap_or(false));
+        let ticket = self
+            .throttle
+            .admit(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+            .map_err(|refusal| match refusal {
+                throttle::Refusal::Busy(wait) => Denial::Busy(wait),
+                throttle::Refusal::Throttled(wait) => Denial::Throttled(wait),
+            })?;
+        // Waiting here ends when the client leaves: its connection drops this request.
+        let slot = ticket.slot().await;
+        self.bcrypt_runs.inc();
+        let matched = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            bcrypt::verify(password, &hash)
+        })
+        .await
+        .is_ok_and(|r| r.unwrap_or(false));
         if matched && known {
             self.verified.insert(key, ());
             Ok(())
         } else {
+            self.failed.insert(key, ());
+            ticket.failed();
             Err(Denial::Rejected)
         }
     }
@@ -393,7 +441,8 @@ mod tests {
         for (_, entry) in parse_tokens(tokens) {
             secrets.tokens.push(entry.unwrap().1);
         }
-        Access::with_secrets(&config, secrets)
+        let runs = IntCounter::new("runs", "bcrypt runs").unwrap();
+        Access::with_secrets(&config, secrets, runs)
     }
 
     fn with_users() -> AuthConfig {
@@ -470,6 +519,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_mapped_entry_matches_the_ipv4_peer() {
+        let text = "[server.auth]\nallow_ips = [\"::ffff:127.0.0.1\"]\n\
+                    [[upstream]]\nurl = \"http://127.0.0.1:1\"\n";
+        let parsed = crate::config::Config::parse(text, "test", &Default::default());
+        let config = parsed.unwrap().server.auth;
+        let access = access(config, "", "");
+        assert_eq!(access.check(local(), None).await, Ok(()));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(access.check(Some(mapped), None).await, Ok(()));
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(access.check(Some(other), None).await, Err(Denial::Address));
+    }
+
+    #[tokio::test]
+    async fn an_address_that_fails_too_often_is_throttled_but_others_are_not() {
+        let hash = bcrypt::hash("s3cret", COST).unwrap();
+        let config = AuthConfig {
+            max_login_failures_per_min: 3,
+            ..with_users()
+        };
+        let access = access(config, &format!("alice:{hash}"), "");
+        let good = basic("alice", "s3cret");
+        assert_eq!(access.check(local(), Some(&good)).await, Ok(()));
+        for n in 0..3 {
+            let wrong = basic("alice", &format!("guess{n}"));
+            assert_eq!(
+                access.check(local(), Some(&wrong)).await,
+                Err(Denial::Rejected)
+            );
+        }
+        let next = basic("alice", "guess3");
+        let Err(Denial::Throttled(wait)) = access.check(local(), Some(&next)).await else {
+            panic!("the fourth failure in a minute is not verified");
+        };
+        assert!(wait <= Duration::from_secs(20), "{wait:?}");
+        assert_eq!(access.bcrypt_runs(), 4);
+        let repeated = basic("alice", "guess0");
+        assert_eq!(
+            access.check(local(), Some(&repeated)).await,
+            Err(Denial::Rejected),
+            "a remembered failure is still a plain 401"
+        );
+        assert_eq!(
+            access.check(local(), Some(&good)).await,
+            Ok(()),
+            "a remembered login still gets in"
+        );
+        let elsewhere: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            access.check(Some(elsewhere), Some(&next)).await,
+            Err(Denial::Rejected)
+        );
+        assert_eq!(access.bcrypt_runs(), 5);
+        let error = Denial::Throttled(wait).into_error();
+        assert_eq!(error.status_and_code(ErrorCode::Unknown).0, 429);
+        assert_eq!(error.retry_after(), Some(wait));
+    }
+
+    #[tokio::test]
     async fn basic_users_are_verified_once_then_remembered() {
         let hash = bcrypt::hash("s3cret", COST).unwrap();
         let access = access(with_users(), &format!("alice:{hash}"), "");
@@ -478,16 +586,20 @@ mod tests {
         assert_eq!(access.check(local(), Some(&good)).await, Ok(()));
         assert_eq!(access.bcrypt_runs(), 1, "the second check came from memory");
         let wrong = basic("alice", "guess");
-        assert_eq!(
-            access.check(local(), Some(&wrong)).await,
-            Err(Denial::Rejected)
-        );
         let unknown = basic("mallory", "s3cret");
+        for _ in 0..3 {
+            for credentials in [&wrong, &unknown] {
+                assert_eq!(
+                    access.check(local(), Some(credentials)).await,
+                    Err(Denial::Rejected)
+                );
+            }
+        }
         assert_eq!(
-            access.check(local(), Some(&unknown)).await,
-            Err(Denial::Rejected)
+            access.bcrypt_runs(),
+            3,
+            "a repeated failure costs no bcrypt"
         );
-        assert_eq!(access.bcrypt_runs(), 3, "failures are never remembered");
         assert_eq!(access.check(local(), None).await, Err(Denial::Missing));
         let odd = HeaderValue::from_static("Negotiate abc");
         assert_eq!(

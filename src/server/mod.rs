@@ -2,7 +2,7 @@
 //! service, and the admin endpoints. Handlers live one per file; errors leave through
 //! `respond`. A plain-text connection starts in `plain` (simple requests, sendfile for
 //! blob bytes) and goes to hyper at the first request `plain` does not take. The
-//! `[server]` limits are enforced here and in `conn`, `plain` and `guard`;
+//! `[server]` limits are enforced here and in `conn`, `peers`, `plain` and `guard`;
 //! `[server.auth]` in `auth`.
 
 mod admin;
@@ -13,6 +13,7 @@ mod conn;
 mod guard;
 mod manifest;
 mod passthrough;
+mod peers;
 mod plain;
 mod respond;
 mod rewind;
@@ -31,6 +32,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use admin::admin_response;
+/// The plain path's request-head parser, for the fuzz target.
+pub use plain::request::{parse as parse_plain_head, Head as PlainHead};
 pub use service::handle;
 
 use crate::cache::Cache;
@@ -72,6 +75,7 @@ pub async fn serve<F, Fut>(
     let grace = serving.limits.shutdown_grace;
     let metrics = serving.metrics.clone();
     let permits = Arc::new(Semaphore::new(serving.limits.max_connections));
+    let peers = peers::Peers::new(serving.limits.max_connections_per_ip);
     let shared = Arc::new(conn::Shared::new(serving));
     let (closing, closing_seen) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -90,6 +94,11 @@ pub async fn serve<F, Fut>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let Some(peer_slot) = peers.admit(peer.ip()) else {
+            metrics.limit_hit(Limit::MaxConnectionsPerIp);
+            tracing::debug!(%peer, "connection refused: server.max_connections_per_ip reached");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Closing at once is cheaper than holding a socket we will not serve.
             metrics.limit_hit(Limit::MaxConnections);
@@ -107,7 +116,7 @@ pub async fn serve<F, Fut>(
         connections.spawn(
             async move {
                 task.await;
-                drop(permit);
+                drop((permit, peer_slot));
             }
             .instrument(tracing::debug_span!("connection", %peer)),
         );

@@ -1,6 +1,6 @@
 //! The one place where an error becomes a response, a log line and a metric.
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::auth;
@@ -14,7 +14,8 @@ pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// Answers `error` with an OCI error body. `missing` is the code a bare 404 gets.
 /// A 401 is always this mirror's own refusal (upstream's become 403), so it carries
-/// the challenge that makes clients send their credentials.
+/// the challenge that makes clients send their credentials. A throttled client is told
+/// when to come back (`Retry-After`, whole seconds).
 pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<Body> {
     let (status, code) = error.status_and_code(missing);
     log(error, status);
@@ -27,6 +28,12 @@ pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<B
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    }
+    if let Some(wait) = error.retry_after() {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     response
 }

@@ -4,8 +4,12 @@
 //! and answered by this loop through the same handler hyper calls. The first request that
 //! is not simple, and the rest of the connection with it, goes to hyper, which replays
 //! the bytes already read and answers it, errors and limits included.
+//!
+//! While a request is being answered the socket is still read, as hyper does: a client
+//! that hangs up drops its request with whatever it waited for (a login queued for
+//! bcrypt, say), instead of leaving the work to run for nobody.
 
-mod request;
+pub(super) mod request;
 mod response;
 
 use std::future::Future;
@@ -65,7 +69,16 @@ where
         request.extensions_mut().insert(Peer(peer));
         let head_only = request.method() == Method::HEAD;
         let guard = activity.start_request();
-        let response = handler(request).await;
+        let answering = handler(request);
+        let response = tokio::select! {
+            // An answer that is ready goes out even if the client has closed its side.
+            biased;
+            response = answering => response,
+            () = hung_up(&mut io, &mut buf, serving.limits.max_header_bytes) => {
+                tracing::debug!("client left before its answer; request dropped");
+                return Ended::Closed;
+            }
+        };
         let close = close || *closing.borrow();
         let written = response::write(&mut io, &mut socket, response, head_only, close).await;
         drop(guard);
@@ -81,6 +94,22 @@ where
             return Ended::Closed;
         }
     }
+}
+
+/// Resolves when the client closes its side (or the socket fails) while its request is
+/// answered. Bytes it sends meanwhile (a pipelined request) are kept in `buf`; once `max`
+/// are there, this stops reading and never resolves.
+async fn hung_up(io: &mut Guarded<TcpStream>, buf: &mut BytesMut, max: usize) {
+    while buf.len() < max {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_BUF);
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 // Short-lived, on the stack: boxing the request would cost an allocation per request.
