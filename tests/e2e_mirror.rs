@@ -1,7 +1,7 @@
 //! End to end, the way podman, CRI-O and skopeo use a mirror: a `registries.conf` whose
 //! `[[registry.mirror]]` is regcache with a path prefix naming the upstream
 //! (`127.0.0.1:PORT/reg-a`), in front of two Debian `docker-registry` upstreams served by
-//! one regcache.
+//! one regcache, declared one trust domain so they share what either delivered.
 //!
 //! skopeo falls back to a registry's own `location` when the mirror fails, so a pull that
 //! succeeds is not proof enough: the test checks regcache's metrics per upstream, and pulls
@@ -38,11 +38,13 @@ name = "reg-a"
 url = "{}"
 aliases = ["registry-a.test"]
 default = true
+trust_domain = "e2e"
 
 [[upstream]]
 name = "reg-b"
 url = "{}"
 aliases = ["registry-b.test"]
+trust_domain = "e2e"
 "#,
         reg_a.url(),
         reg_b.url()
@@ -73,7 +75,7 @@ aliases = ["registry-b.test"]
     assert_eq!(
         reg_b.blob_gets(),
         0,
-        "blobs regcache holds by digest are not fetched again from another upstream"
+        "blobs regcache holds by digest are not fetched again from an upstream of the same trust domain"
     );
 
     let pulled = skopeo_pull(
