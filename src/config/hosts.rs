@@ -68,14 +68,7 @@ pub(super) fn realm_hosts(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, Overrides};
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, "test", &Overrides::default()) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use super::super::{problems, Config, Overrides};
 
     #[test]
     fn a_password_in_the_url_is_refused_without_being_shown() {

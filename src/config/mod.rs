@@ -216,6 +216,15 @@ impl Problems {
     }
 }
 
+/// Every problem a config text has, as printed: for the config modules' unit tests.
+#[cfg(test)]
+pub(crate) fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text, "test", &Overrides::default()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -449,13 +449,25 @@ impl RawUpstream {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, Overrides};
+    use super::super::{problems, Config, Overrides};
 
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, "test", &Overrides::default()) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
-        }
+    #[test]
+    fn trust_domains_default_to_each_upstream_and_can_be_shared() {
+        let two = |a: &str, b: &str| {
+            format!("[[upstream]]\nurl = \"https://a.example\"\ndefault = true\n{a}\n[[upstream]]\nurl = \"https://b.example\"\n{b}\n")
+        };
+        let parse = |text: &str| Config::parse(text, "test", &Overrides::default()).unwrap();
+        let apart = parse(&two("", ""));
+        assert_eq!(apart.upstreams[0].trust_domain, "a.example");
+        assert!(!apart.one_trust_domain());
+        let shared = parse(&two("trust_domain = \"corp\"", "trust_domain = \"corp\""));
+        assert!(shared.one_trust_domain());
+        let found = problems(&two("trust_domain = \"../x\"", "trust_domain = \".\""));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("upstream[0].trust_domain"),
+            "{found:?}"
+        );
     }
 
     #[test]
