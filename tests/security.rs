@@ -306,8 +306,8 @@ async fn a_fill_stops_at_the_size_it_may_have() {
     assert_eq!((status, body.unwrap().len()), (200, 100 << 10));
 }
 
-/// Issue 7, the budget: what a fill has written counts before it is published, so a
-/// large fill makes room while it runs rather than after.
+/// Issue 7, the budget: a fill counts before it is published (its announced length at
+/// once, or what it wrote so far), so a large fill makes room while it runs, not after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_in_progress_counts_toward_the_disk_budget() {
     let fake = FakeRegistry::start().await;
@@ -321,7 +321,7 @@ async fn a_fill_in_progress_counts_toward_the_disk_budget() {
     let evictions = r#"regcache_evictions_total{reason="budget"}"#;
     assert_eq!(proxy.metric(evictions).await, 0.0);
 
-    // Half of the large blob (1 MiB) arrives, then upstream holds the rest.
+    // Upstream announces 2 MiB, sends half, then holds the rest.
     let url = proxy.url(&format!("/v2/a/b/blobs/{large}"));
     let pull = tokio::spawn(async move { fetch(&url).await });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -331,7 +331,7 @@ async fn a_fill_in_progress_counts_toward_the_disk_budget() {
     assert_eq!(
         proxy.metric(evictions).await,
         1.0,
-        "1 MiB stored + 1 MiB filling passed the high mark before the fill ended"
+        "1 MiB stored + 2 MiB filling passed the high mark before the fill ended"
     );
     assert!(!pull.is_finished());
     fake.release();

@@ -219,7 +219,13 @@ async fn download(
     let filling = Arc::new(Filling {
         disk: ctx.disk.clone(),
         bytes: AtomicU64::new(0),
+        reserved: total.is_some(),
     });
+    // A known length is counted whole at once, so eviction makes room before the bytes
+    // arrive (and evicts the same whatever the moment it runs).
+    if let Some(total) = total {
+        filling.count(total);
+    }
     let grew = filling.clone();
     // Hashing and file writes block; keep them off the async workers.
     let copied = tokio::task::spawn_blocking(move || {
@@ -245,7 +251,7 @@ async fn download(
         let file = writer.file.clone();
         let mut file_ref: Option<&File> = file.as_deref();
         let sink = file_ref.as_mut().map(|f| f as &mut dyn Write);
-        let mut on_progress = |n: u64| grew.add(n);
+        let mut on_progress = |n: u64| grew.grew(n);
         copy(
             &mut next,
             &writer,
@@ -288,9 +294,10 @@ async fn download(
     let (Some(temp), false) = (temp, fill.relaying()) else {
         return Ok(false);
     };
-    let published = publish(ctx, fill, temp, written, target.upstream.name()).await;
+    // Uncounted first: counted twice (as filling and as published) for a moment, the store
+    // would look over its budget and evict for nothing.
     drop(filling);
-    published
+    publish(ctx, fill, temp, written, target.upstream.name()).await
 }
 
 /// The most bytes a fill may take, and what set that bound. Upstream's `Content-Length`
@@ -322,16 +329,26 @@ fn size_bound(
     Ok((limit, bound))
 }
 
-/// What a fill's temp file holds, counted toward the disk budget until the fill ends.
+/// What a fill's temp file holds (or will, when upstream announced its length), counted
+/// toward the disk budget until the fill ends.
 struct Filling {
     disk: Arc<Disk>,
     bytes: AtomicU64,
+    /// The announced length was counted up front; progress adds nothing.
+    reserved: bool,
 }
 
 impl Filling {
-    fn add(&self, bytes: u64) {
+    fn count(&self, bytes: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.disk.fill_grew(bytes);
+    }
+
+    /// The copy wrote `bytes` more.
+    fn grew(&self, bytes: u64) {
+        if !self.reserved {
+            self.count(bytes);
+        }
     }
 }
 
