@@ -2,12 +2,10 @@
 //! any byte reached a client, a cut blob download resumed with `Range`, and the
 //! per-upstream cap on concurrent requests.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::fake::{FakeRegistry, Fault};
-use support::proxy::Proxy;
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::proxy::Proxy;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -1,7 +1,7 @@
 //! Upstream auth against the real `docker-registry` (distribution 2.8), pulled through
 //! regcache with skopeo:
 //!
-//! - `auth: token`: the Bearer flow with the test's token issuer (`support::token_issuer`),
+//! - `auth: token`: the Bearer flow with the test's token issuer (`crate::support::token_issuer`),
 //!   whose signing certificate is the registry's `rootcertbundle`. Tokens are cached per
 //!   scope: however many requests a pull makes, one token request per repository.
 //! - `auth: htpasswd`: Basic, which is how Amazon ECR looks on the wire.
@@ -9,13 +9,11 @@
 //! In both, a regcache with the credentials in its config pulls; one without is refused
 //! (403 to its client) and skopeo's pull fails.
 
-mod support;
-
-use support::images::{self, PushedImage};
-use support::regcache::Regcache;
-use support::registry::Registry;
-use support::skopeo;
-use support::token_issuer::TokenIssuer;
+use crate::support::images::{self, PushedImage};
+use crate::support::regcache::Regcache;
+use crate::support::registry::Registry;
+use crate::support::skopeo;
+use crate::support::token_issuer::TokenIssuer;
 
 const USER: &str = "puller";
 const PASSWORD: &str = "pull-pw";

@@ -1,13 +1,11 @@
 //! Running for months: the disk budget and LRU eviction, corrupt files on disk, offline
 //! operation, and a disk that fills up during a fill. Against the in-process fake upstream.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::fake::{sha256, FakeRegistry};
-use support::proxy::Proxy;
+use crate::support::fake::{sha256, FakeRegistry};
+use crate::support::proxy::Proxy;
 
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

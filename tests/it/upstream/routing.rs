@@ -2,10 +2,8 @@
 //! prefix (podman / CRI-O mirrors), by `Host`, or to the default, and content shared by
 //! upstreams is stored once (and delivered once by each trust domain).
 
-mod support;
-
-use support::fake::{sha256, FakeRegistry};
-use support::proxy::Proxy;
+use crate::support::fake::{sha256, FakeRegistry};
+use crate::support::proxy::Proxy;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 

@@ -3,12 +3,10 @@
 //! in flight, one address holding every connection. Each limit must be counted in
 //! `regcache_limit_rejections_total`.
 
-mod support;
-
 use std::time::Duration;
 
-use support::fake::{FakeRegistry, Fault};
-use support::proxy::Proxy;
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,20 +1,18 @@
 //! Regression tests for the holes a hostile tenant or upstream could use: each test makes
 //! the attack as it was reproduced and checks it now fails, while honest pulls still work.
 
-mod support;
-
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::fake::{sha256, FakeRegistry, Fault};
+use crate::support::images;
+use crate::support::proxy::Proxy;
+use crate::support::regcache::Regcache;
+use crate::support::registry::{run_bounded, Registry};
+use crate::support::scripted::{self, Scripted};
 use serde_json::json;
-use support::fake::{sha256, FakeRegistry, Fault};
-use support::images;
-use support::proxy::Proxy;
-use support::regcache::Regcache;
-use support::registry::{run_bounded, Registry};
-use support::scripted::{self, Scripted};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -374,7 +372,7 @@ async fn a_second_daemon_on_one_cache_dir_is_refused() {
         "the first daemon's temp file was removed"
     );
     assert_eq!(
-        support::registry::http_status(&first.addr(), "/v2/"),
+        crate::support::registry::http_status(&first.addr(), "/v2/"),
         Some(200)
     );
 }

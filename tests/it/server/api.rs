@@ -1,10 +1,8 @@
 //! The pull API against an in-process fake upstream: manifests and tags, Accept, auth,
 //! malformed input, read-only methods, and restarts.
 
-mod support;
-
-use support::fake::{sha256, FakeRegistry};
-use support::proxy::Proxy;
+use crate::support::fake::{sha256, FakeRegistry};
+use crate::support::proxy::Proxy;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

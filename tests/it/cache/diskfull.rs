@@ -4,14 +4,12 @@
 //! tests say so and pass (the relay itself is unit-tested with a failing writer in
 //! `cache::fill::copy`, the emergency eviction's choice of victims in `cache::disk`).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use std::time::Duration;
 
-use support::proxy::Proxy;
+use crate::support::proxy::Proxy;
 
 /// A small tmpfs mounted for the test's lifetime.
 struct Tmpfs(PathBuf);
@@ -34,7 +32,7 @@ impl Drop for Tmpfs {
 }
 
 fn files_under(dir: &Path) -> usize {
-    support::store::files(dir).len()
+    crate::support::store::files(dir).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -44,7 +42,7 @@ async fn a_full_disk_still_serves_the_blob_and_caching_resumes_when_space_return
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let fake = support::fake::FakeRegistry::start().await;
+    let fake = crate::support::fake::FakeRegistry::start().await;
     let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
     let big_digest = fake.add_blob(big.clone());
     let small = vec![7u8; 1 << 20];
@@ -116,7 +114,7 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let fake = support::fake::FakeRegistry::start().await;
+    let fake = crate::support::fake::FakeRegistry::start().await;
     let old: Vec<(String, Vec<u8>)> = (1..=3)
         .map(|n| {
             let data = blob_data(n, 2 << 20);
@@ -136,7 +134,7 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
         assert!(get_blob(&proxy, digest).await[..] == data[..]);
     }
     assert!(get_blob(&proxy, &old[0].0).await[..] == old[0].1[..]);
-    assert_eq!(support::store::verified_blobs(&fs.0), 3);
+    assert_eq!(crate::support::store::verified_blobs(&fs.0), 3);
     assert_eq!(proxy.metric(full).await, 0.0);
 
     // 3 MiB do not fit: the client still gets every byte, through the relay...
@@ -164,7 +162,7 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
     );
     let held = |digest: &str| {
         let hex = digest.trim_start_matches("sha256:");
-        support::store::files(&fs.0.join("v1/blobs"))
+        crate::support::store::files(&fs.0.join("v1/blobs"))
             .iter()
             .any(|p| p.file_name().is_some_and(|n| n == hex))
     };
@@ -183,7 +181,10 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
     assert_eq!(upstream_gets(&new_digest), 2, "served from the cache");
     assert_eq!(upstream_gets(&old[0].0), 1);
     assert_eq!(proxy.metric(uncached).await, 1.0);
-    assert_eq!(support::store::verified_blobs(&fs.0), 4 - evicted as usize);
+    assert_eq!(
+        crate::support::store::verified_blobs(&fs.0),
+        4 - evicted as usize
+    );
     assert_eq!(files_under(&fs.0.join("v1/tmp")), 0);
     proxy.stop().await;
 }

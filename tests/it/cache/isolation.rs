@@ -2,10 +2,8 @@
 //! `allow`/`deny` patterns exclude, or hand out cached content through a repository
 //! (or upstream) that regcache has not seen it belong to.
 
-mod support;
-
-use support::fake::FakeRegistry;
-use support::proxy::Proxy;
+use crate::support::fake::FakeRegistry;
+use crate::support::proxy::Proxy;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -237,7 +235,7 @@ async fn a_manifest_by_digest_follows_the_same_rule() {
         let response = get(&by_digest("team/c")).await;
         assert_eq!(response.status(), 200);
         assert_eq!(
-            support::fake::sha256(&response.bytes().await.unwrap()),
+            crate::support::fake::sha256(&response.bytes().await.unwrap()),
             manifest
         );
     }

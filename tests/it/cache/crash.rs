@@ -3,16 +3,14 @@
 //! no leftovers, the daemon's index must agree with the files, and the operator commands
 //! must agree with both.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::fake::{FakeRegistry, Fault};
-use support::fake_images::{add_image, pull_checked, FakeImage, OCI_MANIFEST};
-use support::regcache::{metric_sum, Regcache};
-use support::store::{
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::fake_images::{add_image, pull_checked, FakeImage, OCI_MANIFEST};
+use crate::support::regcache::{metric_sum, Regcache};
+use crate::support::store::{
     age_snapshot, files, member_records, stale_members, usage, verified_blobs, verified_objects,
 };
 

@@ -7,15 +7,13 @@
 //! succeeds is not proof enough: the test checks regcache's metrics per upstream, and pulls
 //! once more with both registries stopped, which only regcache can answer.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::images::{self, sha256_digest, PushedImage};
-use support::regcache::{metric_sum, Regcache};
-use support::registry::{run_bounded, Registry};
+use crate::support::images::{self, sha256_digest, PushedImage};
+use crate::support::regcache::{metric_sum, Regcache};
+use crate::support::registry::{run_bounded, Registry};
 
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -1,12 +1,10 @@
 //! Hostile and malformed requests: each gets its own error (with an OCI body where it is
 //! a registry answer) while another client's slow transfer goes on undisturbed.
 
-mod support;
-
 use std::time::Duration;
 
-use support::fake::{FakeRegistry, Fault};
-use support::proxy::Proxy;
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,15 +3,13 @@
 //! binary mid-transfer. For each: the client gets a clear error or correct bytes, never
 //! wrong bytes presented as complete, and the cache holds only verified content after.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::fake::{FakeRegistry, Fault, Silent};
-use support::proxy::Proxy;
-use support::regcache::Regcache;
-use support::store::verified_objects;
+use crate::support::fake::{FakeRegistry, Fault, Silent};
+use crate::support::proxy::Proxy;
+use crate::support::regcache::Regcache;
+use crate::support::store::verified_objects;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -39,7 +37,7 @@ async fn a_silent_upstream_gets_504_within_its_idle_timeout() {
     let silent = Silent::start().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&silent.url(), "idle_timeout_secs = 1", Some(dir.path())).await;
-    let digest = support::fake::sha256(b"never sent");
+    let digest = crate::support::fake::sha256(b"never sent");
     for path in [
         "/v2/team/app/manifests/latest".to_string(),
         format!("/v2/team/app/blobs/{digest}"),

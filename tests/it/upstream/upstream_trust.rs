@@ -3,14 +3,12 @@
 //! on another host or over plain http; and what the config may not hold: a password in
 //! an upstream URL. Every server here is an in-process fake on 127.0.0.1.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::fake::FakeRegistry;
+use crate::support::proxy::Proxy;
 use base64::Engine as _;
-use support::fake::FakeRegistry;
-use support::proxy::Proxy;
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 

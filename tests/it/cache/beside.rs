@@ -3,16 +3,14 @@
 //! by the daemon within its `index_flush_secs` (its budget and eviction include it), and
 //! a prefetch leaves the daemon's fills in progress alone.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::fake::{FakeRegistry, Fault};
-use support::fake_images::{add_image, pull_checked, FakeImage};
-use support::regcache::{metric_sum, Regcache};
-use support::store::{files, usage, verified_objects};
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::fake_images::{add_image, pull_checked, FakeImage};
+use crate::support::regcache::{metric_sum, Regcache};
+use crate::support::store::{files, usage, verified_objects};
 
 const KIB: usize = 1 << 10;
 
@@ -34,7 +32,7 @@ fn regcache(args: &[&str], cache: &Path) -> String {
         .arg(cache.with_extension("toml"))
         .arg("--cache-dir")
         .arg(cache);
-    let status = support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
+    let status = crate::support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.is_some_and(|s| s.success()),

@@ -4,8 +4,6 @@
 //! Runs the real binary, so its RSS is the daemon's alone; over cleartext (prior knowledge)
 //! and over TLS with ALPN.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +12,8 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use support::fake::FakeRegistry;
-use support::regcache::Regcache;
+use crate::support::fake::FakeRegistry;
+use crate::support::regcache::Regcache;
 
 const CONNECTIONS: usize = 4;
 const STREAMS: usize = 200;

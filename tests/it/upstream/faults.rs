@@ -1,13 +1,11 @@
 //! Blob fills against an in-process fake upstream: corrupt and cut bodies, upstream errors,
 //! slow bodies, and single flight.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::fake::{sha256, FakeRegistry, Fault};
-use support::proxy::Proxy;
+use crate::support::fake::{sha256, FakeRegistry, Fault};
+use crate::support::proxy::Proxy;
 use tokio::sync::Barrier;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {

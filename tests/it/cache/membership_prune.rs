@@ -2,16 +2,14 @@
 //! daemon's sweeps and `regcache gc` drop the records of content no longer cached and the
 //! files of repositories left with none, and content pulled again is recorded again.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::fake::FakeRegistry;
-use support::fake_images::{add_image, pull_checked, FakeImage};
-use support::regcache::Regcache;
-use support::store::{cached, member_records, stale_members, usage};
+use crate::support::fake::FakeRegistry;
+use crate::support::fake_images::{add_image, pull_checked, FakeImage};
+use crate::support::regcache::Regcache;
+use crate::support::store::{cached, member_records, stale_members, usage};
 
 const KIB: usize = 1 << 10;
 

@@ -6,14 +6,12 @@
 //! blob from the upstream, and that cached content is still served by digest with the
 //! upstream gone, before and after a restart of the proxy on the same cache.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::images::{self, sha256_digest, PushedImage};
-use support::regcache::Regcache;
-use support::registry::{run_bounded, Registry};
+use crate::support::images::{self, sha256_digest, PushedImage};
+use crate::support::regcache::Regcache;
+use crate::support::registry::{run_bounded, Registry};
 
 /// Upper bound for one skopeo run; the 100 MB pull takes a few seconds.
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(180);
@@ -106,7 +104,7 @@ fn skopeo_pull(
         Dest::Oci => format!("oci:{}:pulled", out.display()),
         Dest::Dir => format!("dir:{}", out.display()),
     };
-    let mut cmd = support::skopeo::copy_command();
+    let mut cmd = crate::support::skopeo::copy_command();
     cmd.arg("--preserve-digests");
     if dest == Dest::Oci {
         cmd.arg("--dest-oci-accept-uncompressed-layers");

@@ -2,10 +2,8 @@
 //! is revalidated, regcache serves the tag's last manifest, marked and counted, within
 //! `stale_if_error_secs`; a tag it never saw gets a clear error.
 
-mod support;
-
-use support::fake::FakeRegistry;
-use support::proxy::Proxy;
+use crate::support::fake::FakeRegistry;
+use crate::support::proxy::Proxy;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const BODY: &[u8] =

@@ -1,10 +1,8 @@
 //! Docker Hub's ways, against the in-process fake: rate-limit headers become gauges, and
 //! credentials come from the Docker CLI's config.json when the config has none.
 
-mod support;
-
-use support::fake::FakeRegistry;
-use support::proxy::Proxy;
+use crate::support::fake::FakeRegistry;
+use crate::support::proxy::Proxy;
 
 async fn status(url: &str) -> u16 {
     reqwest::get(url).await.unwrap().status().as_u16()

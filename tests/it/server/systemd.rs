@@ -4,13 +4,11 @@
 //!
 //! Skipped (with a note) where `systemd-socket-activate` is not installed.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::registry::{free_port, http_status};
+use crate::support::registry::{free_port, http_status};
 
 fn wait_for_datagram(socket: &UnixDatagram, wanted: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -3,12 +3,10 @@
 //! requests in order, and hand a connection to hyper at the first request it does not
 //! take, without losing a byte.
 
-mod support;
-
 use std::time::Duration;
 
-use support::fake::{sha256, FakeRegistry, Fault};
-use support::proxy::Proxy;
+use crate::support::fake::{sha256, FakeRegistry, Fault};
+use crate::support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

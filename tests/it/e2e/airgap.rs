@@ -4,15 +4,13 @@
 //! directory, and instance B, whose upstream is unreachable, serves skopeo the same
 //! digests. skopeo also reads the archive itself, which shows other tools accept it.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::images::{self, PushedImage};
-use support::regcache::Regcache;
-use support::registry::Registry;
+use crate::support::images::{self, PushedImage};
+use crate::support::regcache::Regcache;
+use crate::support::registry::Registry;
 
 /// Upper bound for one command (prefetch, export, import, or a skopeo copy).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
@@ -133,7 +131,7 @@ fn regcache_fails(args: &[&str], work: &Path) -> String {
 
 /// `skopeo copy SRC oci:DEST:pulled`, keeping digests; returns DEST.
 fn skopeo(src: &[&str], dest: &Path, all: bool, work: &Path) -> PathBuf {
-    let mut cmd = support::skopeo::copy_command();
+    let mut cmd = crate::support::skopeo::copy_command();
     cmd.arg("--preserve-digests")
         .arg("--dest-oci-accept-uncompressed-layers");
     if all {
@@ -148,7 +146,7 @@ fn skopeo(src: &[&str], dest: &Path, all: bool, work: &Path) -> PathBuf {
 /// Runs a command with its output in a file, killing it after [`COMMAND_TIMEOUT`].
 fn run(mut cmd: Command, work: &Path, name: &str) -> (bool, String) {
     let log = work.join(format!("{name}.log"));
-    let status = support::registry::run_bounded(&mut cmd, &log, COMMAND_TIMEOUT);
+    let status = crate::support::registry::run_bounded(&mut cmd, &log, COMMAND_TIMEOUT);
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     (status.is_some_and(|s| s.success()), out)
 }

@@ -1,0 +1,6 @@
+//! End to end against Debian's `docker-registry` with real clients (skopeo).
+
+mod airgap;
+mod auth;
+mod mirror;
+mod skopeo;
