@@ -2,7 +2,8 @@
 # The project's one test command, for developers and CI alike.
 #
 # Installs what the end-to-end tests drive when it is missing (Debian's
-# docker-registry as the upstream, skopeo as the client), then checks formatting,
+# docker-registry as the upstream, skopeo as the client, systemd's
+# systemd-socket-activate), then checks formatting,
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -14,6 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 missing=()
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
+command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 if ((${#missing[@]} > 0)); then
     as_root=()
     if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
@@ -23,6 +25,9 @@ if ((${#missing[@]} > 0)); then
     "${as_root[@]}" apt-get update -q
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
+
+# Here every test must run: one whose prerequisite is missing fails instead of skipping.
+export REGCACHE_REQUIRE_ALL=1
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
