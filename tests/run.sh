@@ -30,9 +30,9 @@ fi
 export REGCACHE_REQUIRE_ALL=1
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
-SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --test soak -- --ignored --nocapture
+cargo clippy --all-targets --features e2e -- -D warnings
+cargo test --all-targets --features e2e
+SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --features e2e --test soak -- --ignored --nocapture
 
 if [[ ${REGCACHE_FUZZ:-1} != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then
     FUZZ_SECONDS=${FUZZ_SECONDS:-20} fuzz/run.sh

@@ -9,6 +9,8 @@
 mod support;
 
 mod cache;
+// Needs Debian's docker-registry and skopeo: `--features e2e` (tests/run.sh sets it).
+#[cfg(feature = "e2e")]
 mod e2e;
 mod security;
 mod server;

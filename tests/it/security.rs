@@ -37,6 +37,10 @@ async fn fetch(url: &str) -> (u16, Result<Vec<u8>, reqwest::Error>) {
 /// manifest. Before the fix the proxy made them members of the attacker's repository and
 /// served the victim's bytes from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Debian's docker-registry: run with --features e2e"
+)]
 async fn a_smuggled_manifests_list_discloses_no_private_content() {
     let registry = Registry::start();
     let url = registry.url();
