@@ -7,9 +7,10 @@ use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use regcache::cache::lifecycle::Rules;
-use regcache::cache::{BlobSource, Cache};
+use regcache::cache::Cache;
 use regcache::config::{Config, Overrides};
 use regcache::metrics::Metrics;
+use regcache::metrics::Outcome;
 use regcache::oci::{self, Algorithm, Digest};
 
 fn store_blob(cache: &Cache, bytes: &[u8]) -> Digest {
@@ -62,19 +63,19 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("cache");
     group.throughput(Throughput::Elements(1));
     // The first lookup promotes the small blob to memory; the measured ones hit memory.
-    runtime.block_on(cache.stored_blob(&small));
+    runtime.block_on(cache.held_blob(&small));
     group.bench_function("memory_hit", |b| {
         b.to_async(&runtime).iter(|| async {
-            match cache.stored_blob(&small).await {
-                Some(BlobSource::Memory(bytes)) => bytes.len(),
+            match cache.held_blob(&small).await {
+                Some((Outcome::MemoryHit, len)) => len,
                 _ => panic!("expected a memory hit"),
             }
         })
     });
     group.bench_function("disk_lookup", |b| {
         b.to_async(&runtime).iter(|| async {
-            match cache.stored_blob(&large).await {
-                Some(BlobSource::Disk { len, .. }) => len,
+            match cache.held_blob(&large).await {
+                Some((Outcome::DiskHit, len)) => len,
                 _ => panic!("expected a disk hit"),
             }
         })

@@ -7,7 +7,8 @@
 //!   Plain HTTP/1.1 requests are answered by `server::plain` (blob bytes go out with
 //!   sendfile), everything else by hyper.
 //! - [`cache`]: answers from the memory tier or the disk store, or starts (or joins) a
-//!   single-flight fill that streams upstream bytes to every waiting client while hashing.
+//!   single-flight fill that streams upstream bytes to every waiting client while hashing;
+//!   a blob request is decided whole in `cache::blobs` (an answer ready to send).
 //!   It keeps the disk under its budget (LRU eviction) and hosts the operator commands
 //!   (`cache::ops`: gc, verify, stats) that `main` exposes. Held content is served for a
 //!   repository only once it is known to belong to it (`cache::membership`).

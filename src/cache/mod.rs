@@ -1,6 +1,7 @@
 //! The content-addressed cache: memory tier, disk store, single-flight fills and tag
-//! freshness. Handlers ask it for a blob or a manifest; it answers from memory, disk, or
-//! upstream (through `upstream`), and stores only what it verified.
+//! freshness. Handlers ask it for a blob (`blobs`) or a manifest (`manifests`) and get an
+//! answer ready to send; it answers from memory, disk, or upstream (through `upstream`),
+//! and stores only what it verified.
 //!
 //! The disk tier is bounded: `index` records every object's size and last access, `disk`
 //! evicts the least recently used past the budget (or at once when the filesystem is full,
@@ -11,6 +12,7 @@
 //! The cache never causes a failure: a disk error is logged, counted and served as a miss;
 //! a damaged file is removed and fetched again.
 
+mod blobs;
 mod declared;
 mod disk;
 mod fill;
@@ -28,13 +30,10 @@ mod space;
 mod store;
 mod tags;
 
-use std::fs::File;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+pub use blobs::{BlobAnswer, BlobBody};
 pub use disk::{Disk, Limits, Reason, Role, Swept};
-pub use fill::{Fill, Phase, Progress};
 pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
 pub use persist::{read_snapshot, walk, Found};
@@ -47,15 +46,15 @@ use http::Method;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result, UpstreamError};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
 use crate::upstream::{Kind, Target};
 use declared::Declared;
-use fill::{FillContext, Fills, Joined};
+use fill::{FillContext, Fills};
 use lifecycle::Rules;
 pub use membership::record_image;
 use membership::Membership;
-use memory::{Entry, Key, Memory};
+use memory::Memory;
 use tags::Tags;
 
 /// How many tag answers are kept in memory (the rest are read from disk when asked).
@@ -72,33 +71,6 @@ pub struct Cache {
     members: Membership,
     /// Every upstream is of one trust domain: who delivered content does not matter.
     one_domain: bool,
-}
-
-/// Where a blob's bytes will come from.
-pub enum BlobSource {
-    Memory(Bytes),
-    Disk { file: Arc<File>, len: u64, pin: Pin },
-    Fill { fill: Arc<Fill>, started: bool },
-}
-
-impl BlobSource {
-    /// The blob's length, when known (a fill knows it once upstream's headers arrived).
-    pub fn known_len(&self) -> Option<u64> {
-        match self {
-            BlobSource::Memory(bytes) => Some(bytes.len() as u64),
-            BlobSource::Disk { len, .. } => Some(*len),
-            BlobSource::Fill { fill, .. } => fill.subscribe().borrow().total,
-        }
-    }
-
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            BlobSource::Memory(_) => Outcome::MemoryHit,
-            BlobSource::Disk { .. } => Outcome::DiskHit,
-            BlobSource::Fill { started: true, .. } => Outcome::Miss,
-            BlobSource::Fill { started: false, .. } => Outcome::Coalesced,
-        }
-    }
 }
 
 impl Cache {
@@ -185,28 +157,8 @@ impl Cache {
         let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;
     }
 
-    /// The blob's bytes for `target`'s repository: from memory, from disk, or from a fill
-    /// (joined or started). Content regcache holds (or is fetching for another request) is
-    /// served only once it is known to belong to the repository (see [`Cache::ensure_member`]);
-    /// a fill this request started is upstream's own answer for the repository, recorded by
-    /// [`Cache::confirmed`] once upstream answered.
-    pub async fn blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
-        let source = match self.trusted(target, digest).await {
-            true => self.any_blob(digest, target).await?,
-            // Held for another trust domain: this upstream must deliver the bytes itself.
-            false => match self.fills.join_or_start(&self.ctx, digest, target, true)? {
-                Joined::Fill { fill, started } => BlobSource::Fill { fill, started },
-                Joined::Stored => return Err(vanished()),
-            },
-        };
-        if !matches!(source, BlobSource::Fill { started: true, .. }) {
-            self.ensure_member(target, digest, None).await?;
-        }
-        Ok(source)
-    }
-
     /// Records that upstream answered for `digest` under `target`'s repository.
-    pub fn confirmed(&self, target: &Target, digest: &Digest) {
+    fn confirmed(&self, target: &Target, digest: &Digest) {
         self.members.record(
             target.upstream.name(),
             &target.name,
@@ -217,7 +169,7 @@ impl Cache {
     /// Whether the blob is held for this repository (memory lookup, then its record on
     /// disk) and its upstream's trust domain delivered it. False means a HEAD must answer
     /// from upstream.
-    pub async fn is_member(&self, target: &Target, digest: &Digest) -> bool {
+    async fn is_member(&self, target: &Target, digest: &Digest) -> bool {
         self.members
             .contains(target.upstream.name(), &target.name, digest)
             .await
@@ -292,69 +244,6 @@ impl Cache {
                 ))
             }
         }
-    }
-
-    /// Any blob by digest, whichever repository it came from.
-    async fn any_blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
-        for _ in 0..2 {
-            if let Some(source) = self.stored_blob(digest).await {
-                return Ok(source);
-            }
-            match self.fills.join_or_start(&self.ctx, digest, target, false)? {
-                Joined::Fill { fill, started } => return Ok(BlobSource::Fill { fill, started }),
-                // Published between our lookup and the fills lock: look again.
-                Joined::Stored => continue,
-            }
-        }
-        Err(vanished())
-    }
-
-    /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit;
-    /// a damaged file is removed and reported as a miss, so it is fetched again.
-    pub async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
-        let key = Key::Blob(digest.clone());
-        if let Some(entry) = self.ctx.memory.get(&key) {
-            self.ctx
-                .disk
-                .index
-                .touch(&ObjectKey::blob(digest), unix_millis());
-            return Some(BlobSource::Memory(entry.bytes));
-        }
-        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
-        let opened = tokio::task::spawn_blocking(move || disk.open_blob(&d)).await;
-        let (file, len, pin) = match opened {
-            Ok(Ok(found)) => found.found()?,
-            Ok(Err(e)) => {
-                tracing::warn!(%digest, error = %e, "reading the disk store failed; treating as a miss");
-                return None;
-            }
-            Err(_) => return None,
-        };
-        if self.ctx.memory.admits(len) {
-            drop(pin);
-            let bytes = self.read_small(digest).await?;
-            let entry = Entry {
-                bytes: bytes.clone(),
-                media_type: None,
-            };
-            self.ctx.memory.insert(key, entry);
-            return Some(BlobSource::Memory(bytes));
-        }
-        Some(BlobSource::Disk {
-            file: Arc::new(file),
-            len,
-            pin,
-        })
-    }
-
-    /// Whole object in hand: check it, so a damaged file is never served from memory.
-    async fn read_small(&self, digest: &Digest) -> Option<Bytes> {
-        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || disk.read_verified_blob(&d))
-            .await
-            .ok()?
-            .ok()?
-            .found()
     }
 
     /// Records a manifest served for `target`'s repository together with what it references

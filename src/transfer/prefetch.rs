@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::image::{contents, Contents, ContentsError, Descriptor, ImageRef, Platform};
 use super::progress::Progress;
-use crate::cache::{BlobSource, Cache, Phase};
+use crate::cache::Cache;
 use crate::oci::media::MODERN_MANIFEST_TYPES;
 use crate::oci::{Accept, Digest, Reference};
 use crate::upstream::{RouteRequest, Target, Upstreams};
@@ -282,28 +282,9 @@ async fn local_blob(
     digest: &Digest,
     progress: &Progress,
 ) -> Result<u64, Arc<crate::error::Error>> {
-    let fill = match cache.blob(digest, target).await.map_err(Arc::new)? {
-        BlobSource::Fill { fill, .. } => fill,
-        found => {
-            let len = found.known_len().unwrap_or(0);
-            progress.advance(len);
-            return Ok(len);
-        }
-    };
-    let mut watch = fill.subscribe();
-    let mut seen = 0;
-    loop {
-        let now = watch.borrow_and_update().clone();
-        progress.advance(now.written.saturating_sub(seen));
-        seen = now.written;
-        match now.phase {
-            Phase::Done => return Ok(now.written),
-            Phase::Failed(e) => return Err(e),
-            Phase::Connecting | Phase::Streaming => {}
-        }
-        // The sender lives in the fill, which we hold: this only waits.
-        let _ = watch.changed().await;
-    }
+    cache
+        .hold_blob(digest, target, |bytes| progress.advance(bytes))
+        .await
 }
 
 fn local_target(upstreams: &Upstreams, image: &ImageRef) -> Result<Target, PrefetchError> {
