@@ -182,6 +182,13 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::FAILURE);
             }
+            // The daemon would refuse to start on a pair that does not load; say so now.
+            if let Some(files) = &config.server.tls {
+                if let Err(e) = regcache::server::tls::Tls::load(files) {
+                    println!("problem in server.tls_cert_file / server.tls_key_file: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             if let Some(warning) = auth.exposure_warning(config.listen, config.server.tls.is_some())
             {
                 println!("warning: {warning}");

@@ -244,4 +244,22 @@ fn check_config_warns_about_open_listeners_and_checks_the_files() {
     let (ok, out) = check_config(dir.path(), &bad);
     assert!(!ok, "{out}");
     assert!(out.contains("line 1: user alice: only bcrypt"), "{out}");
+
+    // The TLS pair is loaded as serve would: a key that is not PEM is a problem now.
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    let tls = format!(
+        "[server]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n{upstream}",
+        cert.display(),
+        key.display()
+    );
+    let (ok, out) = check_config(dir.path(), &tls);
+    assert!(!ok, "{out}");
+    assert!(out.contains("server.tls_cert_file"), "{out}");
+    assert!(out.contains(&key.display().to_string()), "{out}");
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let (ok, out) = check_config(dir.path(), &tls);
+    assert!(ok, "{out}");
 }
