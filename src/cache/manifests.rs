@@ -152,23 +152,12 @@ impl Cache {
         want_body: bool,
         known: bool,
     ) -> Result<Manifest> {
-        let upstream = target.upstream.name();
-        let ttl = target.upstream.config().tag_ttl;
-        let disk = self.disk();
         let path = format!("manifests/{tag}");
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
         if known || !want_body {
             if let Some(head) = self.head_upstream(target, &path, accept).await? {
                 if let Some(found) = self.held_manifest(target, &head.digest).await {
-                    self.tags.confirm(
-                        disk,
-                        upstream,
-                        &target.name,
-                        tag,
-                        &found.digest,
-                        &found.media_type,
-                        ttl,
-                    );
+                    self.confirm_tag(target, tag, &found);
                     return Ok(found);
                 }
                 if !want_body {
@@ -183,29 +172,28 @@ impl Cache {
                         Some(&head.digest),
                     )
                     .await?;
-                self.tags.confirm(
-                    disk,
-                    upstream,
-                    &target.name,
-                    tag,
-                    &fetched.digest,
-                    &fetched.media_type,
-                    ttl,
-                );
+                self.confirm_tag(target, tag, &fetched);
                 return Ok(fetched);
             }
         }
         let fetched = self.fetch(target, &path, accept, None).await?;
+        self.confirm_tag(target, tag, &fetched);
+        Ok(fetched)
+    }
+
+    /// Records that upstream says `tag` points at `manifest` now: fresh for the upstream's
+    /// tag TTL.
+    fn confirm_tag(&self, target: &Target, tag: &Tag, manifest: &Manifest) {
+        let ttl = target.upstream.config().tag_ttl;
         self.tags.confirm(
-            disk,
-            upstream,
+            self.disk(),
+            target.upstream.name(),
             &target.name,
             tag,
-            &fetched.digest,
-            &fetched.media_type,
+            &manifest.digest,
+            &manifest.media_type,
             ttl,
         );
-        Ok(fetched)
     }
 
     /// A manifest held that `target`'s trust domain delivered (see [`Cache::trusted`]):
