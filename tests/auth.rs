@@ -190,15 +190,8 @@ async fn sighup_rereads_the_credential_files_and_forgets_remembered_logins() {
 }
 
 fn check_config(dir: &Path, text: &str) -> (bool, String) {
-    let path = dir.join("regcache.toml");
-    std::fs::write(&path, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    (output.status.success(), stdout)
+    let (status, printed) = support::regcache::check_config(dir, text);
+    (status.success(), printed)
 }
 
 #[test]

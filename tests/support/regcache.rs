@@ -188,6 +188,24 @@ impl Drop for Regcache {
     }
 }
 
+/// Runs `regcache check-config` on `text` (written to `dir/regcache.toml`): how it exited,
+/// and everything it printed (stdout, then stderr).
+pub fn check_config(dir: &Path, text: &str) -> (std::process::ExitStatus, String) {
+    let path = dir.join("regcache.toml");
+    std::fs::write(&path, text).expect("write the config");
+    let output = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("run regcache check-config");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status, printed)
+}
+
 /// The sum of every sample of metric `name` (all label sets) in Prometheus text,
 /// or None if there is none.
 pub fn metric_sum(metrics: &str, name: &str) -> Option<f64> {
