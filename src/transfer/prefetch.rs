@@ -258,7 +258,9 @@ impl Source {
             }
             Source::Local { cache, upstreams } => {
                 let target = local_target(upstreams, image)?;
-                local_blob(cache, &target, digest, progress)
+                // Found, or a fill joined or started and waited for.
+                cache
+                    .hold_blob(digest, &target, |bytes| progress.advance(bytes))
                     .await
                     .map_err(|e| cache_error(image, e))?
             }
@@ -273,18 +275,6 @@ impl Source {
         }
         Ok(got)
     }
-}
-
-/// Waits for the cache to hold the blob: found, or a fill joined or started and finished.
-async fn local_blob(
-    cache: &Cache,
-    target: &Target,
-    digest: &Digest,
-    progress: &Progress,
-) -> Result<u64, Arc<crate::error::Error>> {
-    cache
-        .hold_blob(digest, target, |bytes| progress.advance(bytes))
-        .await
 }
 
 fn local_target(upstreams: &Upstreams, image: &ImageRef) -> Result<Target, PrefetchError> {
