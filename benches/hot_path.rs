@@ -6,14 +6,14 @@
 use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use regcache::cache::lifecycle::Rules;
-use regcache::cache::Cache;
 use regcache::config::{Config, Overrides};
 use regcache::metrics::Metrics;
 use regcache::metrics::Outcome;
+use regcache::mirror::Mirror;
 use regcache::oci::{self, Algorithm, Digest};
+use regcache::store::lifecycle::Rules;
 
-fn store_blob(cache: &Cache, bytes: &[u8]) -> Digest {
+fn store_blob(cache: &Mirror, bytes: &[u8]) -> Digest {
     let digest = Digest::of(Algorithm::Sha256, bytes);
     let (mut file, temp) = cache.store().temp_file().unwrap();
     file.write_all(bytes).unwrap();
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _entered = runtime.enter();
-    let cache = Cache::open(&config.cache, rules, Metrics::new()).unwrap();
+    let cache = Mirror::open(&config.cache, rules, Metrics::new()).unwrap();
     let small = store_blob(&cache, &[1u8; 16 << 10]);
     let large = store_blob(&cache, &vec![2u8; 8 << 20]);
 

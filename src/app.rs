@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::cache::lifecycle::Rules;
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 use crate::server::auth::{Access, AuthFileError};
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, Serving, State};
+use crate::store::lifecycle::Rules;
 use crate::upstream::Upstreams;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ impl Listeners {
 pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Cache::open(&config.cache, rules, metrics.clone())
+    let cache = Mirror::open(&config.cache, rules, metrics.clone())
         .map_err(|source| AppError::Cache {
             dir: config.cache.dir.display().to_string(),
             source,
@@ -100,11 +100,11 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
 }
 
 /// The cache and upstreams for an in-process prefetch, which may run beside a daemon on the
-/// same directory (see [`Cache::open_beside`]).
-pub fn beside(config: &Config) -> Result<(Cache, Upstreams), AppError> {
+/// same directory (see [`Mirror::open_beside`]).
+pub fn beside(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Cache::open_beside(&config.cache, rules, metrics.clone())
+    let cache = Mirror::open_beside(&config.cache, rules, metrics.clone())
         .map_err(|source| AppError::Cache {
             dir: config.cache.dir.display().to_string(),
             source,

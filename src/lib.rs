@@ -23,12 +23,13 @@
 //! and out of a cache for the operator commands (prefetch, OCI layout export and import).
 
 pub mod app;
-pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod server;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod transfer;

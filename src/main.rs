@@ -1,5 +1,5 @@
 //! The `regcache` command: parses flags, loads the config and runs the daemon or one of
-//! the operator commands (which live in `regcache::cache::ops`).
+//! the operator commands (which live in `regcache::store::ops`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
-use regcache::cache::ops;
 use regcache::config::{admin_exposure_warning, Config, Overrides};
+use regcache::store::ops;
 use regcache::transfer::{archive, prefetch, ImageRef, Platform, Progress};
 
 #[derive(Parser)]
@@ -289,7 +289,7 @@ fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
     let age = |ms: Option<u64>| match ms {
         Some(ms) => format!(
             "{}s ago",
-            regcache::cache::unix_millis().saturating_sub(ms) / 1000
+            regcache::store::unix_millis().saturating_sub(ms) / 1000
         ),
         None => "-".into(),
     };

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use regcache::cache::memory::{Entry, Memory};
-use regcache::cache::{Index, Limits};
+use regcache::store::memory::{Entry, Memory};
+use regcache::store::{Index, Limits};
 
 use crate::trace::Trace;
 

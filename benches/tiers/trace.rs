@@ -9,9 +9,9 @@
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use regcache::cache::memory;
-use regcache::cache::ObjectKey;
 use regcache::oci::{Algorithm, Digest};
+use regcache::store::memory;
+use regcache::store::ObjectKey;
 
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;

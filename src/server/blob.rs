@@ -10,9 +10,9 @@ use super::body::{self, empty, full, Body};
 use super::respond::{oci_error, DOCKER_CONTENT_DIGEST};
 use super::service::Reply;
 use super::State;
-use crate::cache::{self, BlobBody};
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
+use crate::mirror::{self, BlobBody};
 use crate::oci::{self, ByteRange, Digest, ErrorCode};
 use crate::upstream::Target;
 
@@ -43,8 +43,8 @@ pub async fn get(
     }
     let range = requested_range(parts)?;
     let chunk = match parts.version {
-        http::Version::HTTP_2 => cache::H2_CHUNK,
-        _ => cache::CHUNK,
+        http::Version::HTTP_2 => mirror::H2_CHUNK,
+        _ => mirror::CHUNK,
     };
     let answer = state
         .cache

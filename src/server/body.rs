@@ -15,7 +15,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBod
 use prometheus::IntCounter;
 
 use super::guard::RequestGuard;
-use crate::cache::BlobReader;
+use crate::mirror::BlobReader;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

@@ -21,7 +21,7 @@ use super::{plain, Peer, Serving};
 use crate::metrics::Limit;
 
 /// Bytes h2 buffers per stream ahead of the client's window (hyper's default is 400 KiB).
-const H2_SEND_BUFFER: usize = 2 * crate::cache::H2_CHUNK as usize;
+const H2_SEND_BUFFER: usize = 2 * crate::mirror::H2_CHUNK as usize;
 
 /// What every connection of one listener shares.
 pub struct Shared {

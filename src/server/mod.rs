@@ -36,14 +36,14 @@ pub use admin::admin_response;
 pub use plain::request::{parse as parse_plain_head, Head as PlainHead};
 pub use service::handle;
 
-use crate::cache::Cache;
 use crate::config::ServerConfig;
 use crate::metrics::{Limit, Metrics};
+use crate::mirror::Mirror;
 use crate::upstream::Upstreams;
 
 /// Everything a request handler may use.
 pub struct State {
-    pub cache: Cache,
+    pub cache: Mirror,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
     pub access: auth::Access,

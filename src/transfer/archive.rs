@@ -19,9 +19,9 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::image::{contents, Contents, ContentsError, Descriptor, ImageRef};
-use crate::cache::{unix_millis, Lookup, Store};
 use crate::config::{Config, UpstreamConfig};
 use crate::oci::{media, Digest, Reference, RepoName, Tag};
+use crate::store::{unix_millis, Lookup, Store};
 use crate::upstream::router::{Router, UnknownNamespace};
 use crate::upstream::MAX_MANIFEST_BYTES;
 
@@ -516,7 +516,7 @@ pub fn import(
             }
         };
         let digest = &entry.descriptor.digest;
-        let record = crate::cache::TagRecord {
+        let record = crate::store::TagRecord {
             digest: digest.to_string(),
             media_type: types
                 .get(digest)
@@ -528,7 +528,7 @@ pub fn import(
             .write_tag(&upstream.name, &repo, tag, &record)
             .map_err(io_error(format!("writing the tag record of {name}")))?;
         // Without this the daemon would not hand the imported content out for `repo`.
-        crate::cache::record_image(
+        crate::store::record_image(
             &store,
             &upstream.name,
             &upstream.trust_domain,

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::image::{contents, Contents, ContentsError, Descriptor, ImageRef, Platform};
 use super::progress::Progress;
-use crate::cache::Cache;
+use crate::mirror::Mirror;
 use crate::oci::media::MODERN_MANIFEST_TYPES;
 use crate::oci::{Accept, Digest, Reference};
 use crate::upstream::{RouteRequest, Target, Upstreams};
@@ -27,10 +27,10 @@ pub enum Source {
         client: reqwest::Client,
         base: String,
     },
-    /// A cache opened in this process ([`Cache::open_beside`]: a daemon may serve the same
+    /// A cache opened in this process ([`Mirror::open_beside`]: a daemon may serve the same
     /// directory meanwhile).
     Local {
-        cache: Box<Cache>,
+        cache: Box<Mirror>,
         upstreams: Upstreams,
     },
 }

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::cache::{BlobReader, Piece};
+use crate::mirror::{BlobReader, Piece};
 use crate::server::body::{Body, Sendable, ServedBytes};
 use crate::server::guard::Guarded;
 

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
 
-use crate::cache::store::Store;
 use crate::oci::{Digest, RepoName};
+use crate::store::files::Store;
 
 /// The file name that holds a repository's records (`_` cannot start a repo component).
 pub const FILE_NAME: &str = "_members";

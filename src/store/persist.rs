@@ -13,8 +13,8 @@ use std::fs;
 use std::io;
 use std::time::UNIX_EPOCH;
 
+use super::files::{ObjectKey, ObjectKind, Store};
 use super::index::{Index, Meta};
-use super::store::{ObjectKey, ObjectKind, Store};
 use crate::oci::Digest;
 
 const HEADER: &str = "regcache-index 1";
@@ -232,7 +232,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use crate::cache::store::put_test_blob as publish;
+    use crate::store::files::put_test_blob as publish;
 
     #[test]
     fn recency_survives_a_restart_and_truncation_is_caught() {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
-use super::store::Store;
+use super::files::Store;
 use crate::oci::{Digest, RepoName};
 pub use prune::Pruned;
 

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::files::{unix_millis, Lookup, ObjectKey, Store};
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
-use super::membership::Membership;
+use super::members::Membership;
 use super::persist;
 use super::reconcile::{self, Reconciled};
 use super::space::{self, Requests};
-use super::store::{unix_millis, Lookup, ObjectKey, Store};
 use crate::config::{CacheConfig, DiskBudget};
 use crate::metrics::Metrics;
 use crate::oci::Digest;

@@ -20,9 +20,9 @@
 use std::fs;
 use std::io;
 
+use super::files::Store;
 use super::index::Index;
 use super::persist::{modified_millis, read_snapshot, walk_keys, Recorded};
-use super::store::Store;
 
 /// What one reconciliation changed in the index.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -76,12 +76,12 @@ pub fn reconcile(store: &Store, index: &Index) -> io::Result<Reconciled> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::persist::merge_snapshot;
-    use crate::cache::store::ObjectKey;
     use crate::oci::{Algorithm, Digest};
+    use crate::store::files::ObjectKey;
+    use crate::store::persist::merge_snapshot;
     use std::sync::Arc;
 
-    use crate::cache::store::put_test_blob as publish;
+    use crate::store::files::put_test_blob as publish;
 
     #[test]
     fn objects_added_and_removed_by_others_are_adopted_and_dropped() {

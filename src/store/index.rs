@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::store::{ObjectKey, ObjectKind};
+use super::files::{ObjectKey, ObjectKind};
 use crate::oci::Digest;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

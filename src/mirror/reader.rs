@@ -15,8 +15,8 @@ use futures_util::stream::{self, Stream};
 use tokio::sync::watch;
 
 use super::fill::{At, Fill, Phase, Progress};
-use super::index::Pin;
-use super::store::unix_millis;
+use crate::store::unix_millis;
+use crate::store::Pin;
 
 /// Bytes read per step on an HTTP/1.1 connection. Each open response holds about one step
 /// in hyper's write queue, so this times the number of streams is most of the memory of a

@@ -13,11 +13,11 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::disk::{Disk, Limits, Role, Swept};
+use super::files::{parse_manifest, ObjectKey, ObjectKind, Store};
 use super::lifecycle::tag_records;
 use super::lifecycle::Rules;
-use super::membership::prune_files;
+use super::members::prune_files;
 use super::persist::{read_snapshot, walk};
-use super::store::{parse_manifest, ObjectKey, ObjectKind, Store};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -209,7 +209,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
 
-    use crate::cache::store::put_test_blob as publish;
+    use crate::store::files::put_test_blob as publish;
 
     #[test]
     fn verify_removes_what_does_not_hash_and_gc_applies_the_budget() {
@@ -234,9 +234,9 @@ mod tests {
         // Membership records of every blob in one repository, of the damaged one in another.
         let (a, b) = ("team/a".parse().unwrap(), "team/b".parse().unwrap());
         for key in &keys {
-            super::super::record_image(&store, "up", "up", &a, &key.digest).unwrap();
+            crate::store::record_image(&store, "up", "up", &a, &key.digest).unwrap();
         }
-        super::super::record_image(&store, "up", "up", &b, &keys[3].digest).unwrap();
+        crate::store::record_image(&store, "up", "up", &b, &keys[3].digest).unwrap();
         let report = gc(&config).unwrap();
         // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
         assert_eq!((report.removed, report.freed), (1, 1000));

@@ -9,9 +9,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
-use super::disk::Disk;
-use super::store::{unix_now, Store, TagRecord};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::store::Disk;
+use crate::store::{unix_now, Store, TagRecord};
 
 #[derive(Clone, Debug)]
 pub struct TagEntry {
@@ -127,10 +127,10 @@ impl Tags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::disk::Limits;
-    use crate::cache::lifecycle::Rules;
     use crate::metrics::Metrics;
     use crate::oci::Algorithm;
+    use crate::store::lifecycle::Rules;
+    use crate::store::Limits;
 
     async fn entry_now(tags: &Tags, store: &Arc<Store>) -> TagEntry {
         let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());
@@ -152,7 +152,7 @@ mod tests {
             store.clone(),
             limits,
             Rules::default(),
-            crate::cache::Role::Daemon,
+            crate::store::Role::Daemon,
             Metrics::new(),
         ));
         let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());

@@ -12,7 +12,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::store::{Store, TagRecord};
+use super::files::{Store, TagRecord};
 use crate::config::UpstreamConfig;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,16 +139,16 @@ fn visit_tags(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::ops;
-    use crate::cache::store::unix_millis;
     use crate::config::{Config, Overrides};
     use crate::oci::{RepoName, Tag};
+    use crate::store::files::unix_millis;
+    use crate::store::ops;
 
     #[test]
     fn old_objects_of_a_ruled_upstream_expire_and_surplus_tags_go() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let publish = |data: &[u8]| crate::cache::store::put_test_blob(&store, data);
+        let publish = |data: &[u8]| crate::store::files::put_test_blob(&store, data);
         let (old, recent, unknown) = (publish(b"old"), publish(b"recent"), publish(b"?"));
         let now = unix_millis();
         let two_days = 2 * 86_400_000;

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::cache::index::Pin;
 use crate::error::Error;
 use crate::oci::Digest;
+use crate::store::Pin;
 
 #[derive(Clone, Debug)]
 pub enum Phase {

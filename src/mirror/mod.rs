@@ -14,33 +14,16 @@
 
 mod blobs;
 mod declared;
-mod disk;
 mod fill;
-mod index;
-pub mod lifecycle;
 mod manifests;
-mod membership;
-// Public for the tiers bench, which replays traces against it.
-pub mod memory;
-pub mod ops;
-mod persist;
 mod reader;
-mod reconcile;
-mod space;
-mod store;
 mod tags;
 
 use std::sync::Arc;
 
 pub use blobs::{BlobAnswer, BlobBody};
-pub use disk::{Disk, Limits, Reason, Role, Swept};
-pub use index::{Index, Meta, Pin};
 pub use manifests::Manifest;
-pub use persist::{read_snapshot, walk, Found};
 pub use reader::{BlobReader, Piece, CHUNK, H2_CHUNK};
-pub use store::{
-    parse_manifest, unix_millis, Lookup, ObjectKey, ObjectKind, Store, TagRecord, LAYOUT_VERSION,
-};
 
 use http::Method;
 
@@ -48,13 +31,12 @@ use crate::config::CacheConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
+use crate::store::lifecycle::Rules;
+use crate::store::memory::Memory;
+use crate::store::{Disk, Limits, Membership, Role, Store};
 use crate::upstream::{Kind, Target};
 use declared::Declared;
 use fill::{FillContext, Fills};
-use lifecycle::Rules;
-pub use membership::record_image;
-use membership::Membership;
-use memory::Memory;
 use tags::Tags;
 
 /// How many tag answers are kept in memory (the rest are read from disk when asked).
@@ -64,7 +46,7 @@ const TAG_ENTRIES: u64 = 100_000;
 /// bytes each); the rest are read back from disk when asked.
 const MEMBER_ENTRIES: u64 = 250_000;
 
-pub struct Cache {
+pub struct Mirror {
     ctx: FillContext,
     fills: Arc<Fills>,
     tags: Tags,
@@ -73,25 +55,25 @@ pub struct Cache {
     one_domain: bool,
 }
 
-impl Cache {
+impl Mirror {
     /// Opens the store under the configured directory, removing leftovers of a crash, and
     /// starts loading the disk index in the background (lookups work meanwhile).
     /// Must be called within a tokio runtime.
-    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Cache> {
+    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Mirror> {
         let store = Store::open(&config.dir)?;
-        Cache::with_store(store, config, rules, Role::Daemon, metrics)
+        Mirror::with_store(store, config, rules, Role::Daemon, metrics)
     }
 
-    /// As [`Cache::open`], for an in-process prefetch that a daemon may be running beside:
+    /// As [`Mirror::open`], for an in-process prefetch that a daemon may be running beside:
     /// nothing in the store is removed, the snapshot is added to, not replaced, and the
     /// lifecycle rules are left to the daemon (see [`Role::Beside`]).
     pub fn open_beside(
         config: &CacheConfig,
         rules: Rules,
         metrics: Metrics,
-    ) -> std::io::Result<Cache> {
+    ) -> std::io::Result<Mirror> {
         let store = Store::open_beside(&config.dir)?;
-        Cache::with_store(store, config, rules, Role::Beside, metrics)
+        Mirror::with_store(store, config, rules, Role::Beside, metrics)
     }
 
     fn with_store(
@@ -100,7 +82,7 @@ impl Cache {
         rules: Rules,
         role: Role,
         metrics: Metrics,
-    ) -> std::io::Result<Cache> {
+    ) -> std::io::Result<Mirror> {
         let store = Arc::new(store);
         let limits = Limits::new(config, store.root())?;
         let members = Membership::new(store.clone(), MEMBER_ENTRIES);
@@ -108,7 +90,7 @@ impl Cache {
             .with_members(members.clone());
         let disk = Arc::new(disk);
         disk.start(config.index_flush, config.lifecycle_sweep);
-        Ok(Cache {
+        Ok(Mirror {
             ctx: FillContext {
                 store: store.clone(),
                 memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
@@ -127,7 +109,7 @@ impl Cache {
 
     /// Declares every upstream one trust domain (see [`crate::config::Config::one_trust_domain`]):
     /// content is then served for any upstream without asking which one delivered it.
-    pub fn one_trust_domain(mut self, one: bool) -> Cache {
+    pub fn one_trust_domain(mut self, one: bool) -> Mirror {
         self.one_domain = one;
         self
     }

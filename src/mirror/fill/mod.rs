@@ -29,14 +29,14 @@ use tokio::sync::mpsc;
 
 pub use state::{At, Fill, Phase, Progress};
 
-use super::declared::Declared;
-use super::disk::Disk;
-use super::membership::Membership;
-use super::memory::{Entry, Key, Memory};
-use super::store::{ObjectKey, Store};
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
+use crate::mirror::declared::Declared;
 use crate::oci::{self, Digest};
+use crate::store::memory::{Entry, Key, Memory};
+use crate::store::Disk;
+use crate::store::Membership;
+use crate::store::{ObjectKey, Store};
 use crate::upstream::{classify, Answer, Kind, Target};
 use copy::{copy, CopyError};
 

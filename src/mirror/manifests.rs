@@ -10,13 +10,13 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 
-use super::memory::{Entry, Key};
-use super::store::{unix_millis, ObjectKey};
 use super::tags::TagEntry;
-use super::Cache;
+use super::Mirror;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Outcome;
 use crate::oci::{self, Accept, Algorithm, Digest, ErrorCode, Reference, Tag};
+use crate::store::memory::{Entry, Key};
+use crate::store::{unix_millis, ObjectKey};
 use crate::upstream::{classify, Kind, Target, MAX_MANIFEST_BYTES};
 
 /// A manifest answer. `bytes` is `None` only for a HEAD answered from upstream's headers.
@@ -31,7 +31,7 @@ pub struct Manifest {
     pub stale: bool,
 }
 
-impl Cache {
+impl Mirror {
     /// Resolves a manifest request. `want_body` is false for HEAD, which then never makes
     /// regcache download a manifest it does not hold.
     pub async fn manifest(
@@ -196,7 +196,7 @@ impl Cache {
         );
     }
 
-    /// A manifest held that `target`'s trust domain delivered (see [`Cache::trusted`]):
+    /// A manifest held that `target`'s trust domain delivered (see [`Mirror::trusted`]):
     /// one that only another domain delivered is fetched again from this upstream, so a
     /// hostile upstream cannot name (or answer a tag with) another one's digest and read it.
     async fn held_manifest(&self, target: &Target, digest: &Digest) -> Option<Manifest> {

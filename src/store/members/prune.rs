@@ -17,8 +17,8 @@ use std::io;
 use std::path::Path;
 
 use super::file::{self, FILE_NAME};
-use crate::cache::store::{unix_millis, Store};
 use crate::oci::Digest;
+use crate::store::files::{unix_millis, Store};
 
 const MARKER: &str = "members-pruned";
 

@@ -77,8 +77,8 @@ pub(super) fn copy<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::fill::{At, Phase};
-    use crate::cache::BlobReader;
+    use crate::mirror::fill::{At, Phase};
+    use crate::mirror::BlobReader;
     use crate::oci::Algorithm;
     use futures_util::StreamExt;
     use std::fs::File;
@@ -134,7 +134,7 @@ mod tests {
         fill.update(|p| p.phase = Phase::Done);
 
         let reader = BlobReader::filling(fill.clone(), fill.subscribe(), 0, written);
-        let mut stream = std::pin::pin!(reader.into_stream(crate::cache::reader::CHUNK));
+        let mut stream = std::pin::pin!(reader.into_stream(crate::mirror::reader::CHUNK));
         let mut got = Vec::new();
         while let Some(chunk) = stream.next().await {
             got.extend_from_slice(&chunk.unwrap());

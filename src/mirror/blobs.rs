@@ -12,14 +12,14 @@ use http::header::CONTENT_LENGTH;
 use http::Method;
 
 use super::fill::{Fill, Joined, Phase};
-use super::index::Pin;
-use super::memory::{Entry, Key};
 use super::reader::BlobReader;
-use super::store::{unix_millis, ObjectKey};
-use super::{vanished, Cache};
+use super::{vanished, Mirror};
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
 use crate::oci::Digest;
+use crate::store::memory::{Entry, Key};
+use crate::store::Pin;
+use crate::store::{unix_millis, ObjectKey};
 use crate::upstream::{Kind, Target};
 
 /// A blob ready to send: what the response head needs, and its bytes.
@@ -81,7 +81,7 @@ impl BlobSource {
     }
 }
 
-impl Cache {
+impl Mirror {
     /// A GET of `digest` for `target`'s repository, answered once its length is known:
     /// held content at once, a fill once upstream's head arrived (and, for a `ranged`
     /// request when upstream sent no length, once the fill ended). A fill this request
@@ -184,9 +184,9 @@ impl Cache {
 
     /// The blob's bytes for `target`'s repository: from memory, from disk, or from a fill
     /// (joined or started). Content regcache holds (or is fetching for another request) is
-    /// served only once it is known to belong to the repository (see [`Cache::ensure_member`]);
+    /// served only once it is known to belong to the repository (see [`Mirror::ensure_member`]);
     /// a fill this request started is upstream's own answer for the repository, recorded by
-    /// [`Cache::confirmed`] once upstream answered.
+    /// [`Mirror::confirmed`] once upstream answered.
     async fn blob(&self, digest: &Digest, target: &Target) -> Result<BlobSource> {
         let source = match self.trusted(target, digest).await {
             true => self.any_blob(digest, target).await?,

@@ -1,0 +1,35 @@
+//! The store layer: what regcache holds and how it is kept, with no knowledge of
+//! upstreams or HTTP (nothing here imports `upstream` or `http`).
+//!
+//! - `files`: the content-addressed layout under `v1/` (blobs and manifests by digest, tag
+//!   records, temp files published by rename, the lock that makes one process the writer).
+//! - `index`: every object's size and last access; `disk` keeps the total under the
+//!   budget (LRU eviction, at once when the filesystem is full: `space`) and applies the
+//!   lifecycle rules (`lifecycle`); `persist` keeps recency across restarts.
+//! - `memory`: the in-memory tier of small objects.
+//! - `members`: which repository holds which digest, and which trust domain delivered
+//!   it: records the mirror writes and reads to decide what it may serve.
+//! - `ops`: the operator commands on a store this process owns (gc, verify, stats).
+//!
+//! A disk error never fails a request: the caller treats it as a miss.
+
+mod disk;
+mod files;
+mod index;
+pub mod lifecycle;
+mod members;
+// Public for the tiers bench, which replays traces against it.
+pub mod memory;
+pub mod ops;
+mod persist;
+mod reconcile;
+mod space;
+
+pub use disk::{Disk, Limits, Reason, Role, Swept};
+pub use files::{
+    parse_manifest, unix_millis, unix_now, Lookup, ObjectKey, ObjectKind, Store, TagRecord,
+    LAYOUT_VERSION,
+};
+pub use index::{Index, Meta, Pin};
+pub use members::{record_image, Membership};
+pub use persist::{read_snapshot, walk, Found};
