@@ -75,6 +75,15 @@ pub enum Outcome {
     Error,
 }
 
+impl From<crate::store::Tier> for Outcome {
+    fn from(tier: crate::store::Tier) -> Outcome {
+        match tier {
+            crate::store::Tier::Memory => Outcome::MemoryHit,
+            crate::store::Tier::Disk => Outcome::DiskHit,
+        }
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {

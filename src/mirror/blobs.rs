@@ -4,10 +4,10 @@
 //! blob to be held. Where the bytes come from (memory, disk, a fill joined or started) and
 //! how a fill progresses stay in here.
 
-use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
 use http::header::CONTENT_LENGTH;
 use http::Method;
 
@@ -17,9 +17,8 @@ use super::{vanished, Mirror};
 use crate::error::{Error, Result};
 use crate::metrics::Outcome;
 use crate::oci::Digest;
-use crate::store::memory::{Entry, Key};
-use crate::store::Pin;
-use crate::store::{unix_millis, ObjectKey};
+
+use crate::store::{Held, ObjectKey, Tier};
 use crate::upstream::{Kind, Target};
 
 /// A blob ready to send: what the response head needs, and its bytes.
@@ -42,8 +41,10 @@ impl BlobAnswer {
     /// The bytes `start..end` (end exclusive, `u64::MAX` for "to the end of the fill").
     pub fn body(self, start: u64, end: u64) -> BlobBody {
         match self.source {
-            BlobSource::Memory(bytes) => BlobBody::Bytes(bytes.slice(start as usize..end as usize)),
-            BlobSource::Disk { file, pin, .. } => {
+            BlobSource::Held(Held::Bytes(entry), _) => {
+                BlobBody::Bytes(entry.bytes.slice(start as usize..end as usize))
+            }
+            BlobSource::Held(Held::File { file, pin, .. }, _) => {
                 BlobBody::Reader(BlobReader::stored(file, start, end).holding(pin))
             }
             BlobSource::Fill { fill, .. } => {
@@ -56,8 +57,7 @@ impl BlobAnswer {
 
 /// Where a blob's bytes will come from.
 enum BlobSource {
-    Memory(Bytes),
-    Disk { file: Arc<File>, len: u64, pin: Pin },
+    Held(Held, Tier),
     Fill { fill: Arc<Fill>, started: bool },
 }
 
@@ -65,16 +65,14 @@ impl BlobSource {
     /// The blob's length, when known (a fill knows it once upstream's headers arrived).
     fn known_len(&self) -> Option<u64> {
         match self {
-            BlobSource::Memory(bytes) => Some(bytes.len() as u64),
-            BlobSource::Disk { len, .. } => Some(*len),
+            BlobSource::Held(held, _) => Some(held.len()),
             BlobSource::Fill { fill, .. } => fill.subscribe().borrow().total,
         }
     }
 
     fn outcome(&self) -> Outcome {
         match self {
-            BlobSource::Memory(_) => Outcome::MemoryHit,
-            BlobSource::Disk { .. } => Outcome::DiskHit,
+            BlobSource::Held(_, tier) => (*tier).into(),
             BlobSource::Fill { started: true, .. } => Outcome::Miss,
             BlobSource::Fill { started: false, .. } => Outcome::Coalesced,
         }
@@ -217,52 +215,10 @@ impl Mirror {
         Err(vanished())
     }
 
-    /// The blob if memory or disk has it. Small blobs are promoted to memory on a disk hit;
-    /// a damaged file is removed and reported as a miss, so it is fetched again.
+    /// The blob if memory or disk has it (see [`crate::store::Tiers::find`]).
     async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
-        let key = Key::Blob(digest.clone());
-        if let Some(entry) = self.ctx.memory.get(&key) {
-            self.ctx
-                .disk
-                .index
-                .touch(&ObjectKey::blob(digest), unix_millis());
-            return Some(BlobSource::Memory(entry.bytes));
-        }
-        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
-        let opened = tokio::task::spawn_blocking(move || disk.open_blob(&d)).await;
-        let (file, len, pin) = match opened {
-            Ok(Ok(found)) => found.found()?,
-            Ok(Err(e)) => {
-                tracing::warn!(%digest, error = %e, "reading the disk store failed; treating as a miss");
-                return None;
-            }
-            Err(_) => return None,
-        };
-        if self.ctx.memory.admits(len) {
-            drop(pin);
-            let bytes = self.read_small(digest).await?;
-            let entry = Entry {
-                bytes: bytes.clone(),
-                media_type: None,
-            };
-            self.ctx.memory.insert(key, entry);
-            return Some(BlobSource::Memory(bytes));
-        }
-        Some(BlobSource::Disk {
-            file: Arc::new(file),
-            len,
-            pin,
-        })
-    }
-
-    /// Whole object in hand: check it, so a damaged file is never served from memory.
-    async fn read_small(&self, digest: &Digest) -> Option<Bytes> {
-        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || disk.read_verified_blob(&d))
-            .await
-            .ok()?
-            .ok()?
-            .found()
+        let (held, tier) = self.ctx.tiers.find(&ObjectKey::blob(digest)).await?;
+        Some(BlobSource::Held(held, tier))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Outcome;
 use crate::oci::{self, Accept, Algorithm, Digest, ErrorCode, Reference, Tag};
 use crate::store::memory::{Entry, Key};
-use crate::store::{unix_millis, ObjectKey};
+use crate::store::{Held, ObjectKey};
 use crate::upstream::{classify, Kind, Target, MAX_MANIFEST_BYTES};
 
 /// A manifest answer. `bytes` is `None` only for a HEAD answered from upstream's headers.
@@ -206,31 +206,13 @@ impl Mirror {
         self.stored_manifest(digest).await
     }
 
-    /// A manifest held in memory or on disk (promoted to memory on a disk hit).
+    /// A manifest held in memory or on disk.
     async fn stored_manifest(&self, digest: &Digest) -> Option<Manifest> {
-        let key = Key::Manifest(digest.clone());
-        if let Some(entry) = self.ctx.memory.get(&key) {
-            let now = unix_millis();
-            self.ctx.disk.index.touch(&ObjectKey::manifest(digest), now);
-            return Some(manifest(digest, entry, Outcome::MemoryHit));
-        }
-        let (disk, d) = (self.ctx.disk.clone(), digest.clone());
-        let (media_type, bytes) = match tokio::task::spawn_blocking(move || disk.read_manifest(&d))
-            .await
-        {
-            Ok(Ok(found)) => found?,
-            Ok(Err(e)) => {
-                tracing::warn!(%digest, error = %e, "reading a manifest from disk failed; treating as a miss");
-                return None;
-            }
-            Err(_) => return None,
+        let (held, tier) = self.ctx.tiers.find(&ObjectKey::manifest(digest)).await?;
+        let Held::Bytes(entry) = held else {
+            return None;
         };
-        let entry = Entry {
-            bytes,
-            media_type: Some(media_type.into()),
-        };
-        self.ctx.memory.insert(key, entry.clone());
-        Some(manifest(digest, entry, Outcome::DiskHit))
+        Some(manifest(digest, entry, tier.into()))
     }
 
     /// Asks upstream for a manifest's digest and type without its body. `None` when upstream's
@@ -354,8 +336,11 @@ impl Mirror {
             bytes: bytes.clone(),
             media_type: Some(media_type.clone()),
         };
-        self.ctx.memory.insert(Key::Manifest(digest.clone()), entry);
-        let disk = self.ctx.disk.clone();
+        self.ctx
+            .tiers
+            .memory
+            .insert(Key::Manifest(digest.clone()), entry);
+        let disk = self.ctx.tiers.disk.clone();
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
         let origin = origin.to_string();
         tokio::task::spawn_blocking(move || {

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
 use crate::store::lifecycle::Rules;
 use crate::store::memory::Memory;
-use crate::store::{Disk, Limits, Membership, Role, Store};
+use crate::store::{Disk, Limits, Membership, Role, Store, Tiers};
 use crate::upstream::{Kind, Target};
 use declared::Declared;
 use fill::{FillContext, Fills};
@@ -93,9 +93,11 @@ impl Mirror {
         Ok(Mirror {
             ctx: FillContext {
                 store: store.clone(),
-                memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
+                tiers: Tiers {
+                    memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
+                    disk,
+                },
                 metrics,
-                disk,
                 declared: Declared::default(),
                 max_blob_bytes: config.max_blob_bytes,
                 members: members.clone(),
@@ -130,12 +132,12 @@ impl Mirror {
     }
 
     pub fn disk(&self) -> &Arc<Disk> {
-        &self.ctx.disk
+        &self.ctx.tiers.disk
     }
 
     /// Saves access recency; called at shutdown.
     pub async fn flush(&self) {
-        let disk = self.ctx.disk.clone();
+        let disk = self.ctx.tiers.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;
     }
 
@@ -253,10 +255,10 @@ impl Mirror {
 
     /// Updates the memory and disk gauges; called when metrics are scraped.
     pub fn report_usage(&self) {
-        let (objects, bytes) = self.ctx.disk.index.usage();
+        let (objects, bytes) = self.ctx.tiers.disk.index.usage();
         self.ctx.metrics.disk_objects.set(objects as i64);
         self.ctx.metrics.disk_bytes.set(bytes as i64);
-        let (objects, bytes) = self.ctx.memory.usage();
+        let (objects, bytes) = self.ctx.tiers.memory.usage();
         self.ctx.metrics.memory_objects.set(objects as i64);
         self.ctx.metrics.memory_bytes.set(bytes as i64);
         self.ctx

@@ -17,6 +17,7 @@ mod disk;
 mod files;
 mod index;
 pub mod lifecycle;
+mod lookup;
 mod members;
 // Public for the tiers bench, which replays traces against it.
 pub mod memory;
@@ -31,5 +32,6 @@ pub use files::{
     LAYOUT_VERSION,
 };
 pub use index::{Index, Meta, Pin};
+pub use lookup::{Held, Tier, Tiers};
 pub use members::{record_image, Membership};
 pub use persist::{read_snapshot, walk, Found};

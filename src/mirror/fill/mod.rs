@@ -33,9 +33,9 @@ use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
 use crate::mirror::declared::Declared;
 use crate::oci::{self, Digest};
-use crate::store::memory::{Entry, Key, Memory};
-use crate::store::Disk;
+use crate::store::memory::{Entry, Key};
 use crate::store::Membership;
+use crate::store::{Disk, Tiers};
 use crate::store::{ObjectKey, Store};
 use crate::upstream::{classify, Answer, Kind, Target};
 use copy::{copy, CopyError};
@@ -63,9 +63,9 @@ pub enum Joined {
 #[derive(Clone)]
 pub struct FillContext {
     pub store: Arc<Store>,
-    pub memory: Memory,
+    /// Memory and disk: where held content is looked up and a verified fill lands.
+    pub tiers: Tiers,
     pub metrics: Metrics,
-    pub disk: Arc<Disk>,
     /// Blob sizes the repositories' manifests declared: a fill stops there.
     pub declared: Declared,
     /// Where a verified fill records that its trust domain delivered the blob.
@@ -105,7 +105,8 @@ impl Fills {
             Ok((file, temp)) => (Some(file), Some(temp)),
             Err(e) => {
                 // Upstream has not said how big the blob is yet.
-                ctx.disk
+                ctx.tiers
+                    .disk
                     .note_write_error("creating a temp file for a fill", &e, 0);
                 (None, None)
             }
@@ -215,9 +216,13 @@ async fn download(
         p.total = total;
         p.phase = Phase::Streaming;
     });
-    let (writer, disk, temp_path) = (fill.clone(), ctx.disk.clone(), temp.map(Path::to_path_buf));
+    let (writer, disk, temp_path) = (
+        fill.clone(),
+        ctx.tiers.disk.clone(),
+        temp.map(Path::to_path_buf),
+    );
     let filling = Arc::new(Filling {
-        disk: ctx.disk.clone(),
+        disk: ctx.tiers.disk.clone(),
         bytes: AtomicU64::new(0),
         reserved: total.is_some(),
     });
@@ -369,12 +374,12 @@ async fn publish(
 ) -> Result<bool, Error> {
     let origin = origin.to_string();
     let (disk, file, temp, digest) = (
-        ctx.disk.clone(),
+        ctx.tiers.disk.clone(),
         fill.file.clone(),
         temp.to_path_buf(),
         fill.digest.clone(),
     );
-    let small = ctx.memory.admits(written);
+    let small = ctx.tiers.memory.admits(written);
     let published = tokio::task::spawn_blocking(move || {
         let store = &disk.store;
         let result = file
@@ -406,7 +411,9 @@ async fn publish(
             bytes,
             media_type: None,
         };
-        ctx.memory.insert(Key::Blob(fill.digest.clone()), entry);
+        ctx.tiers
+            .memory
+            .insert(Key::Blob(fill.digest.clone()), entry);
     }
     Ok(true)
 }
