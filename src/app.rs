@@ -99,12 +99,12 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     }))
 }
 
-/// The cache and upstreams for an in-process prefetch, which may run beside a daemon on the
-/// same directory (see [`Mirror::open_beside`]).
-pub fn beside(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
+/// The cache and upstreams for an in-process prefetch: this process owns the store for
+/// the run, and is refused while a daemon does (see `store::owner`).
+pub fn owned(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Mirror::open_beside(&config.cache, rules, metrics.clone())
+    let cache = Mirror::open(&config.cache, rules, metrics.clone())
         .map_err(|source| AppError::Cache {
             dir: config.cache.dir.display().to_string(),
             source,
@@ -133,12 +133,14 @@ pub async fn run(
         let state = state.clone();
         let mut stopped = stopped.clone();
         tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "admin listening");
-        if let Some(warning) = listener
-            .local_addr()
-            .ok()
-            .and_then(crate::config::admin_exposure_warning)
-        {
-            tracing::warn!("{warning}");
+        if let Ok(addr) = listener.local_addr() {
+            if let Some(warning) = crate::config::admin_exposure_warning(addr) {
+                tracing::warn!("{warning}");
+            }
+            // Operator commands that find the store taken send their work here.
+            if let Err(e) = state.cache.store().announce_admin(addr) {
+                tracing::warn!(error = %e, "writing the admin address into the store's lock failed; operator commands cannot reach this daemon");
+            }
         }
         // The admin port stays clear text: it is meant for a private interface.
         let admin_serving = Serving {
@@ -148,10 +150,7 @@ pub async fn run(
         tokio::spawn(server::serve(
             listener,
             admin_serving,
-            move |request| {
-                let response = server::admin_response(&state, &request);
-                async move { response }
-            },
+            move |request| server::admin_response(state.clone(), request),
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },

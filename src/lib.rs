@@ -28,6 +28,7 @@ pub mod error;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod operator;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
 use regcache::config::{admin_exposure_warning, Config, Overrides};
+use regcache::operator;
 use regcache::store::ops;
 use regcache::transfer::{archive, prefetch, ImageRef, Platform, Progress};
 
@@ -237,7 +238,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
     let dir = config.cache.dir.display().to_string();
-    let r = ops::gc(&config).with_context(|| format!("collecting {dir}"))?;
+    let (r, ran) = operator::gc(&config).with_context(|| format!("collecting {dir}"))?;
+    say_where(ran);
     println!(
         "{dir}: lifecycle rules removed {} objects ({}) and {} tag records",
         r.swept.objects,
@@ -245,13 +247,12 @@ fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
         r.swept.tags
     );
     println!(
-        "{dir}: {} objects, {} of a {} budget; removed {} objects ({}), {} with a damaged size",
+        "{dir}: {} objects, {} of a {} budget; removed {} objects ({})",
         r.objects_before,
         ByteSize(r.bytes_before),
         ByteSize(r.budget),
         r.removed,
         ByteSize(r.freed),
-        r.corrupt,
     );
     println!(
         "{dir}: pruned {} membership records of content no longer cached ({} repository files emptied)",
@@ -263,7 +264,8 @@ fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
 fn verify(args: CacheArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
     let dir = config.cache.dir.display().to_string();
-    let r = ops::verify(&config.cache.dir).with_context(|| format!("verifying {dir}"))?;
+    let (r, ran) = operator::verify(&config).with_context(|| format!("verifying {dir}"))?;
+    say_where(ran);
     for key in &r.removed {
         println!(
             "removed {:?} {}: does not match its digest",
@@ -277,6 +279,13 @@ fn verify(args: CacheArgs) -> anyhow::Result<ExitCode> {
         r.removed.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says when a command's work was done by the daemon that owns the store.
+fn say_where(ran: operator::Ran) {
+    if let operator::Ran::Daemon { pid } = ran {
+        eprintln!("the daemon that owns the cache (process {pid}) ran this through its admin API");
+    }
 }
 
 fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
@@ -352,7 +361,12 @@ fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
                 base: base.clone(),
             },
             (None, Some(config)) => {
-                let (cache, upstreams) = regcache::app::beside(config)?;
+                let (cache, upstreams) = regcache::app::owned(config).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}; while a daemon owns the cache, prefetch through it with \
+                         --via <its registry URL>"
+                    )
+                })?;
                 prefetch::Source::Local {
                     cache: Box::new(cache),
                     upstreams,
@@ -404,8 +418,9 @@ fn import(
     cache: CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let config = cache.load()?;
-    let r = archive::import(&config, file, upstream)
+    let (r, ran) = operator::import(&config, file, upstream)
         .with_context(|| format!("importing {}", file.display()))?;
+    say_where(ran);
     for tag in &r.tags {
         println!("tagged {tag}");
     }

@@ -344,11 +344,8 @@ impl Mirror {
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
         let origin = origin.to_string();
         tokio::task::spawn_blocking(move || {
-            let size = (m.len() + 1 + b.len()) as u64;
-            match disk.store.write_manifest(&d, &m, &b) {
-                Ok(()) => drop(disk.published(ObjectKey::manifest(&d), size, &origin)),
-                Err(e) => disk.note_write_error("writing a manifest", &e, size),
-            }
+            // Verified before it was served; `land_bytes` checks again for the store.
+            let _ = disk.land_bytes(&ObjectKey::manifest(&d), Some(&m), &b, &origin);
         });
     }
 }

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
 use crate::store::lifecycle::Rules;
 use crate::store::memory::Memory;
-use crate::store::{Disk, Limits, Membership, Role, Store, Tiers};
+use crate::store::{Disk, Membership, Store, Tiers};
 use crate::upstream::{Kind, Target};
 use declared::Declared;
 use fill::{FillContext, Fills};
@@ -41,10 +41,6 @@ use tags::Tags;
 
 /// How many tag answers are kept in memory (the rest are read from disk when asked).
 const TAG_ENTRIES: u64 = 100_000;
-
-/// How many (upstream, repository, digest) memberships are kept in memory (about 200
-/// bytes each); the rest are read back from disk when asked.
-const MEMBER_ENTRIES: u64 = 250_000;
 
 pub struct Mirror {
     ctx: FillContext,
@@ -56,43 +52,16 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens the store under the configured directory, removing leftovers of a crash, and
-    /// starts loading the disk index in the background (lookups work meanwhile).
-    /// Must be called within a tokio runtime.
+    /// Opens the store under the configured directory as its one writer, removing
+    /// leftovers of a crash, and starts loading the disk index in the background (lookups
+    /// work meanwhile). Must be called within a tokio runtime.
     pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Mirror> {
-        let store = Store::open(&config.dir)?;
-        Mirror::with_store(store, config, rules, Role::Daemon, metrics)
-    }
-
-    /// As [`Mirror::open`], for an in-process prefetch that a daemon may be running beside:
-    /// nothing in the store is removed, the snapshot is added to, not replaced, and the
-    /// lifecycle rules are left to the daemon (see [`Role::Beside`]).
-    pub fn open_beside(
-        config: &CacheConfig,
-        rules: Rules,
-        metrics: Metrics,
-    ) -> std::io::Result<Mirror> {
-        let store = Store::open_beside(&config.dir)?;
-        Mirror::with_store(store, config, rules, Role::Beside, metrics)
-    }
-
-    fn with_store(
-        store: Store,
-        config: &CacheConfig,
-        rules: Rules,
-        role: Role,
-        metrics: Metrics,
-    ) -> std::io::Result<Mirror> {
-        let store = Arc::new(store);
-        let limits = Limits::new(config, store.root())?;
-        let members = Membership::new(store.clone(), MEMBER_ENTRIES);
-        let disk = Disk::new(store.clone(), limits, rules, role, metrics.clone())
-            .with_members(members.clone());
-        let disk = Arc::new(disk);
+        let disk = Arc::new(Disk::open(config, rules, metrics.clone())?);
         disk.start(config.index_flush, config.lifecycle_sweep);
+        let members = disk.members.clone();
         Ok(Mirror {
             ctx: FillContext {
-                store: store.clone(),
+                store: disk.store.clone(),
                 tiers: Tiers {
                     memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
                     disk,
@@ -133,6 +102,12 @@ impl Mirror {
 
     pub fn disk(&self) -> &Arc<Disk> {
         &self.ctx.tiers.disk
+    }
+
+    /// Forgets the tag answers held in memory, after tag records were written underneath
+    /// (an import through the admin API).
+    pub fn forget_tags(&self) {
+        self.tags.forget_all();
     }
 
     /// Saves access recency; called at shutdown.

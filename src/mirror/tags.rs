@@ -84,6 +84,12 @@ impl Tags {
         Some(entry)
     }
 
+    /// Forgets every tag answer held in memory (they are read again from disk): after an
+    /// import wrote tag records.
+    pub fn forget_all(&self) {
+        self.memory.invalidate_all();
+    }
+
     /// Records that upstream just confirmed `tag -> digest`, in memory now and on disk soon
     /// (the returned task; callers need not wait for it).
     #[allow(clippy::too_many_arguments)]
@@ -152,7 +158,6 @@ mod tests {
             store.clone(),
             limits,
             Rules::default(),
-            crate::store::Role::Daemon,
             Metrics::new(),
         ));
         let (repo, tag): (RepoName, Tag) = ("a/b".parse().unwrap(), "v1".parse().unwrap());

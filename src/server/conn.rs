@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::body::{self, Body};
 use super::guard::{Activity, Guarded};
-use super::{plain, Peer, Serving};
+use super::{plain, Peer, RequestBody, Serving};
 use crate::metrics::Limit;
 
 /// Bytes h2 buffers per stream ahead of the client's window (hyper's default is 400 KiB).
@@ -109,9 +109,12 @@ async fn drive<I, F, Fut>(
     let metrics = &shared.serving.metrics;
     let service_activity = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
-        // No handler reads a request body: hyper discards it.
-        let mut request = request.map(|_| ());
+        // Only the admin API's import reads a body (see `RequestBody`); hyper discards
+        // the others unread.
+        let (parts, incoming) = request.into_parts();
+        let mut request = Request::from_parts(parts, ());
         request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(RequestBody::new(incoming));
         let guard = service_activity.start_request();
         let handler = handler.clone();
         async move {

@@ -53,6 +53,22 @@ pub struct State {
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// A request's body, for the one handler that reads one (the admin API's import): handlers
+/// take requests without bodies, which is all the registry API needs.
+#[derive(Clone)]
+pub struct RequestBody(Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>);
+
+impl RequestBody {
+    fn new(incoming: hyper::body::Incoming) -> RequestBody {
+        RequestBody(Arc::new(std::sync::Mutex::new(Some(incoming))))
+    }
+
+    /// The body, once.
+    pub fn take(&self) -> Option<hyper::body::Incoming> {
+        self.0.lock().expect("request body lock").take()
+    }
+}
+
 /// How one listener treats its clients.
 #[derive(Clone)]
 pub struct Serving {

@@ -1,7 +1,8 @@
 //! The disk tier's bookkeeping: the budget with its watermarks, LRU eviction (also right
-//! away when the filesystem is full), lifecycle sweeps, corruption handling, and the
-//! background task that loads the index, keeps it in line with what other processes do to
-//! the store, saves recency and runs the sweeps.
+//! away when the filesystem is full), lifecycle sweeps, corruption handling, the one door
+//! verified objects enter by (`land`), and the background task that loads the index, saves
+//! recency and runs the sweeps. The process that owns the store (see `owner`) is its only
+//! writer, so the index sees every change as it happens.
 //!
 //! Eviction removes only published objects that nobody has pinned; a fill's temp file is
 //! not in the index until it is published, so it is never a candidate. Functions that
@@ -20,13 +21,16 @@ use tokio::sync::Notify;
 use super::files::{unix_millis, Lookup, ObjectKey, Store};
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
-use super::members::Membership;
+use super::members::{Membership, Pruned};
 use super::persist;
-use super::reconcile::{self, Reconciled};
 use super::space::{self, Requests};
 use crate::config::{CacheConfig, DiskBudget};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+
+/// How many (upstream, repository, digest) memberships are kept in memory (about 200
+/// bytes each); the rest are read back from disk when asked.
+const MEMBER_ENTRIES: u64 = 250_000;
 
 /// The budget in bytes and the two marks derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,21 +85,11 @@ impl Reason {
 const FULL_EVICTION_GAP: Duration = Duration::from_secs(5);
 
 /// What one lifecycle sweep removed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Swept {
     pub objects: u64,
     pub bytes: u64,
     pub tags: u64,
-}
-
-/// Whether this process runs the cache or fills it beside a daemon that may be running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The daemon: applies the lifecycle rules, reconciles, owns the snapshot.
-    Daemon,
-    /// An in-process prefetch: evicts past the budget like anyone, but leaves the rules
-    /// and reconciliation to the daemon and adds to the snapshot instead of replacing it.
-    Beside,
 }
 
 pub struct Disk {
@@ -103,9 +97,8 @@ pub struct Disk {
     pub index: Arc<Index>,
     pub limits: Limits,
     rules: Rules,
-    role: Role,
-    /// The membership records to prune after each sweep (the daemon's).
-    members: Option<Membership>,
+    /// Which repository holds which digest; pruned after each sweep.
+    pub members: Membership,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -119,20 +112,21 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn new(
-        store: Arc<Store>,
-        limits: Limits,
-        rules: Rules,
-        role: Role,
-        metrics: Metrics,
-    ) -> Disk {
+    /// Opens the store under `config.dir` as its one writer (see `owner`). The index is
+    /// empty until [`Disk::load`] or [`Disk::start`]. Blocks.
+    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> io::Result<Disk> {
+        let store = Arc::new(Store::open(&config.dir)?);
+        let limits = Limits::new(config, store.root())?;
+        Ok(Disk::new(store, limits, rules, metrics))
+    }
+
+    pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
         Disk {
+            members: Membership::new(store.clone(), MEMBER_ENTRIES),
             store,
             index: Arc::default(),
             limits,
             rules,
-            role,
-            members: None,
             metrics,
             wake: Arc::default(),
             ready: AtomicBool::new(false),
@@ -140,12 +134,6 @@ impl Disk {
             full: Arc::default(),
             filling: AtomicU64::new(0),
         }
-    }
-
-    /// Prunes `members` after each lifecycle sweep.
-    pub fn with_members(mut self, members: Membership) -> Disk {
-        self.members = Some(members);
-        self
     }
 
     /// Records an object published from `origin` (an upstream name), pinned for the
@@ -359,18 +347,14 @@ impl Disk {
     }
 
     /// Whether the store holds `digest`, as a blob or a manifest: the index first, then
-    /// the files, for what another process published since the last reconciliation. Blocks.
+    /// the files (for what the index has not loaded yet). Blocks.
     pub fn holds(&self, digest: &Digest) -> bool {
         self.index.holds(digest) || self.store.holds(digest)
     }
 
-    /// Prunes the membership records of content no longer held; returns how many went.
-    /// Blocks.
-    pub fn prune_members(&self) -> u64 {
-        let Some(members) = &self.members else {
-            return 0;
-        };
-        match members.prune(&|digest| self.holds(digest)) {
+    /// Prunes the membership records of content no longer held. Blocks.
+    pub fn prune_members(&self) -> Pruned {
+        match self.members.prune(&|digest| self.holds(digest)) {
             Ok(pruned) => {
                 if pruned.records > 0 {
                     tracing::info!(
@@ -379,11 +363,11 @@ impl Disk {
                         "membership records of content no longer cached pruned"
                     );
                 }
-                pruned.records
+                pruned
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pruning membership records failed");
-                0
+                Pruned::default()
             }
         }
     }
@@ -393,11 +377,7 @@ impl Disk {
         let Some(records) = self.index.snapshot(force) else {
             return;
         };
-        let written = match self.role {
-            Role::Daemon => persist::write_snapshot(&self.store, &records),
-            Role::Beside => persist::merge_snapshot(&self.store, &records),
-        };
-        if let Err(e) = written {
+        if let Err(e) = persist::write_snapshot(&self.store, &records) {
             self.index.mark_dirty();
             tracing::warn!(error = %e, "writing the cache index failed; recency stays in memory");
         }
@@ -425,41 +405,19 @@ impl Disk {
         }
     }
 
-    /// Adopts the objects other processes published and forgets those they removed (see
-    /// `reconcile`). Blocks.
-    pub fn reconcile(&self) {
-        match reconcile::reconcile(&self.store, &self.index) {
-            Ok(done) if done != Reconciled::default() => tracing::info!(
-                adopted = done.adopted,
-                adopted_bytes = done.adopted_bytes,
-                dropped = done.dropped,
-                dropped_bytes = done.dropped_bytes,
-                "disk index brought in line with objects other processes added or removed"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "listing the store failed; the index is not reconciled")
-            }
-        }
-    }
-
     /// Loads the index from the store, then evicts when asked (at once, and at most every
-    /// `FULL_EVICTION_GAP`, when the filesystem is full); every `flush_every` it
-    /// reconciles, saves recency and, every `sweep_every`, applies the lifecycle rules and
-    /// prunes membership records (all but saving only in the daemon). The task ends once
-    /// the cache is dropped.
+    /// `FULL_EVICTION_GAP`, when the filesystem is full); every `flush_every` it saves
+    /// recency and, every `sweep_every`, applies the lifecycle rules and prunes membership
+    /// records. The task ends once the store is dropped.
     pub fn start(self: &Arc<Self>, flush_every: Duration, sweep_every: Duration) {
         let weak: Weak<Disk> = Arc::downgrade(self);
         let (wake, full) = (self.wake.clone(), self.full.clone());
-        let daemon = self.role == Role::Daemon;
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
                 let _ = tokio::task::spawn_blocking(move || {
                     disk.load();
-                    if daemon {
-                        disk.sweep();
-                        disk.prune_members();
-                    }
+                    disk.sweep();
+                    disk.prune_members();
                 })
                 .await;
             }
@@ -478,7 +436,7 @@ impl Disk {
                     tokio::time::sleep_until(last + FULL_EVICTION_GAP).await;
                 }
                 let Some(disk) = weak.upgrade() else { return };
-                let sweep = daemon && !woken && swept.elapsed() >= sweep_every;
+                let sweep = !woken && swept.elapsed() >= sweep_every;
                 if sweep {
                     swept = Instant::now();
                 }
@@ -489,12 +447,6 @@ impl Disk {
                 let _ = tokio::task::spawn_blocking(move || {
                     if let Some(failed) = failed {
                         disk.evict_for_space(failed);
-                    }
-                    if daemon && !woken {
-                        disk.reconcile();
-                        if let Some(members) = &disk.members {
-                            members.notice_prunes();
-                        }
                     }
                     if sweep {
                         disk.sweep();
@@ -547,13 +499,7 @@ mod tests {
             low: 800 << 20,
         };
         let store = Arc::new(Store::open(dir).unwrap());
-        Disk::new(
-            store,
-            limits,
-            Rules::default(),
-            Role::Daemon,
-            Metrics::new(),
-        )
+        Disk::new(store, limits, Rules::default(), Metrics::new())
     }
 
     #[test]

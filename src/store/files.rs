@@ -6,7 +6,7 @@
 //! v1/tags/<upstream>/<repo>/_tags/<tag>   JSON tag record (`_tags` cannot be a repo component)
 //! v1/tmp/                           fills and writes in progress; emptied at startup
 //! v1/index                          sizes and last access of the objects (see `persist`)
-//! v1/lock                           held (flock) by the daemon that owns the store; its PID
+//! v1/lock                           held (flock) by the one process that writes the store
 //! ```
 //!
 //! Everything enters by rename from `tmp/` after an fsync, so a crash leaves either the old
@@ -29,12 +29,14 @@ pub const LAYOUT_VERSION: &str = "v1";
 pub struct Store {
     root: PathBuf,
     next_temp: AtomicU64,
-    /// The daemon's exclusive lock, released when the store is dropped (or the process dies).
-    _lock: Option<File>,
+    /// The writer's exclusive lock (see `owner`), released when the store is dropped or
+    /// the process dies. `None` for a reader.
+    lock: Option<File>,
 }
 
 /// The two kinds of content-addressed objects, each under its own directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ObjectKind {
     Blob,
     Manifest,
@@ -52,7 +54,7 @@ impl ObjectKind {
 }
 
 /// One object of the store: what the disk index and eviction work on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ObjectKey {
     pub kind: ObjectKind,
     pub digest: Digest,
@@ -102,15 +104,16 @@ pub struct TagRecord {
 }
 
 impl Store {
-    /// Opens (creating) the store under `dir` for the daemon that owns it: takes the store's
-    /// lock (a second daemon would delete this one's fills in progress) and removes what
-    /// interrupted writes left.
+    /// Opens (creating) the store under `dir` as its one writer: takes the store's lock
+    /// (see `owner`; another writer would delete this one's fills in progress) and removes
+    /// what interrupted writes left. Fails at once, with [`super::owner::Taken`] inside
+    /// the error, when another process holds it.
     pub fn open(dir: &Path) -> io::Result<Store> {
         let root = dir.join(LAYOUT_VERSION);
         for sub in ["blobs", "manifests", "tags"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        let lock = lock(&root, dir)?;
+        let lock = super::owner::lock(&root, dir)?;
         let tmp = root.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -119,28 +122,14 @@ impl Store {
         Ok(Store {
             root,
             next_temp: AtomicU64::new(0),
-            _lock: Some(lock),
+            lock: Some(lock),
         })
     }
 
-    /// Opens (creating) the store for a process that fills a cache a daemon may be serving
-    /// (import, in-process prefetch): nothing is removed, so a live fill's temp files
-    /// survive. Leftovers of such a process's own crash go at the daemon's next start.
-    pub fn open_beside(dir: &Path) -> io::Result<Store> {
-        let root = dir.join(LAYOUT_VERSION);
-        for sub in ["blobs", "manifests", "tags", "tmp"] {
-            fs::create_dir_all(root.join(sub))?;
-        }
-        Ok(Store {
-            root,
-            next_temp: AtomicU64::new(0),
-            _lock: None,
-        })
-    }
-
-    /// Opens the store of a cache a daemon may be using: nothing is created or cleaned,
-    /// so a live fill's temp files are left alone (for the operator commands).
-    pub fn attach(dir: &Path) -> io::Result<Store> {
+    /// Opens the store for a command that only reads it (export, stats), whoever writes
+    /// it meanwhile: no lock, nothing created or removed. An object evicted while it is
+    /// read stays readable through the open file.
+    pub fn reader(dir: &Path) -> io::Result<Store> {
         let root = dir.join(LAYOUT_VERSION);
         if !root.join("blobs").is_dir() {
             return Err(io::Error::new(
@@ -148,12 +137,20 @@ impl Store {
                 format!("{} holds no regcache store", dir.display()),
             ));
         }
-        // Temp names carry the pid, so ours never collide with the daemon's.
         Ok(Store {
             root,
             next_temp: AtomicU64::new(0),
-            _lock: None,
+            lock: None,
         })
+    }
+
+    /// Writes the admin listener's address into the lock, so an operator command that
+    /// finds the store taken can send its work to this process.
+    pub fn announce_admin(&self, addr: std::net::SocketAddr) -> io::Result<()> {
+        match &self.lock {
+            Some(lock) => super::owner::announce(lock, addr),
+            None => Ok(()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -316,41 +313,6 @@ impl Store {
     }
 }
 
-/// Takes the daemon's exclusive lock on the store and writes its PID there, for the message
-/// a second daemon gets. Fails at once (never waits) when another process holds it.
-fn lock(root: &Path, dir: &Path) -> io::Result<File> {
-    use rustix::fs::{flock, FlockOperation};
-    let path = root.join("lock");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
-    if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        if e != rustix::io::Errno::WOULDBLOCK {
-            return Err(e.into());
-        }
-        let holder = fs::read_to_string(&path).unwrap_or_default();
-        let holder = match holder.trim() {
-            "" => "another process".to_string(),
-            pid => format!("process {pid}"),
-        };
-        return Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "{} is in use by another regcache daemon ({holder} holds {}); \
-                 give each daemon its own cache.dir, or stop the other one",
-                dir.display(),
-                path.display()
-            ),
-        ));
-    }
-    file.set_len(0)?;
-    (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    Ok(file)
-}
-
 /// Splits a manifest record into media type and body, if the body hashes to `digest`.
 pub fn parse_manifest(digest: &Digest, mut data: Vec<u8>) -> Option<(String, Bytes)> {
     let newline = data.iter().position(|&b| b == b'\n')?;
@@ -447,8 +409,16 @@ mod tests {
             "{message}"
         );
         assert!(temp.exists(), "the first daemon's fill is left alone");
-        // Beside processes (import, prefetch) never take the lock.
-        Store::open_beside(dir.path()).unwrap();
+        let taken = super::super::owner::taken(&e).expect("the owner is named");
+        assert_eq!(taken.owner.pid, std::process::id());
+        assert_eq!(taken.owner.admin, None);
+        let admin = "127.0.0.1:9091".parse().unwrap();
+        store.announce_admin(admin).unwrap();
+        let e = Store::open(dir.path()).err().expect("still locked");
+        let taken = super::super::owner::taken(&e).unwrap();
+        assert_eq!(taken.owner.admin, Some(admin));
+        // A reader takes no lock.
+        Store::reader(dir.path()).unwrap();
         drop(store);
         Store::open(dir.path()).expect("free once the first daemon is gone");
     }

@@ -140,6 +140,7 @@ fn visit_tags(
 mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
+    use crate::metrics::Metrics;
     use crate::oci::{RepoName, Tag};
     use crate::store::files::unix_millis;
     use crate::store::ops;
@@ -147,7 +148,15 @@ mod tests {
     #[test]
     fn old_objects_of_a_ruled_upstream_expire_and_surplus_tags_go() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let text = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nexpire_after_days = 1\nmax_tags_per_repo = 2\n";
+        let ov = Overrides {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let config = Config::parse(text, "test", &ov).unwrap();
+        let rules = Rules::new(&config.upstreams);
+        let disk = crate::store::Disk::open(&config.cache, rules, Metrics::new()).unwrap();
+        let store = disk.store.clone();
         let publish = |data: &[u8]| crate::store::files::put_test_blob(&store, data);
         let (old, recent, unknown) = (publish(b"old"), publish(b"recent"), publish(b"?"));
         let now = unix_millis();
@@ -172,13 +181,8 @@ mod tests {
             store.write_tag("hub", &repo, &tag, &record).unwrap();
         }
 
-        let text = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nexpire_after_days = 1\nmax_tags_per_repo = 2\n";
-        let ov = Overrides {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..Overrides::default()
-        };
-        let config = Config::parse(text, "test", &ov).unwrap();
-        let report = ops::gc(&config).unwrap();
+        disk.load();
+        let report = ops::gc(&disk);
         assert_eq!((report.swept.objects, report.swept.tags), (1, 1));
         assert!(!store.path_of(&old).exists());
         assert!(store.path_of(&recent).exists(), "pulled recently");

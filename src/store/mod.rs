@@ -2,7 +2,10 @@
 //! upstreams or HTTP (nothing here imports `upstream` or `http`).
 //!
 //! - `files`: the content-addressed layout under `v1/` (blobs and manifests by digest, tag
-//!   records, temp files published by rename, the lock that makes one process the writer).
+//!   records, temp files published by rename); `owner`: the lock that makes one process
+//!   the store's only writer, and where operator commands go while a daemon holds it.
+//! - `land`: the one door in: only what hashes to its digest is published.
+//! - `lookup`: the one lookup, memory then disk, for blobs and manifests alike.
 //! - `index`: every object's size and last access; `disk` keeps the total under the
 //!   budget (LRU eviction, at once when the filesystem is full: `space`) and applies the
 //!   lifecycle rules (`lifecycle`); `persist` keeps recency across restarts.
@@ -16,22 +19,24 @@
 mod disk;
 mod files;
 mod index;
+mod land;
 pub mod lifecycle;
 mod lookup;
 mod members;
 // Public for the tiers bench, which replays traces against it.
 pub mod memory;
 pub mod ops;
+pub mod owner;
 mod persist;
-mod reconcile;
 mod space;
 
-pub use disk::{Disk, Limits, Reason, Role, Swept};
+pub use disk::{Disk, Limits, Reason, Swept};
 pub use files::{
     parse_manifest, unix_millis, unix_now, Lookup, ObjectKey, ObjectKind, Store, TagRecord,
     LAYOUT_VERSION,
 };
 pub use index::{Index, Meta, Pin};
+pub use land::Refused;
 pub use lookup::{Held, Tier, Tiers};
 pub use members::{record_image, Membership};
 pub use persist::{read_snapshot, walk, Found};

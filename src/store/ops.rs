@@ -1,36 +1,28 @@
-//! Operator commands on a cache directory: `gc`, `verify` and `stats`.
-//!
-//! Safe while a daemon uses the same directory: the store is attached, not opened (the
-//! daemon's temp files are never touched), only published objects are removed (a reader
-//! holding one open keeps its bytes), the daemon's recency snapshot is read, never
-//! written, and membership files are pruned under the lock their appenders respect. The daemon notices a removed object at its next lookup (and fetches it again)
-//! or its next reconciliation.
-//! Everything here blocks; the CLI calls it outside any runtime.
+//! Operator commands on a store: `gc` and `verify` on the [`Disk`] of the process that
+//! owns the store (the daemon, through its admin API, or the command itself when no daemon
+//! runs: see `owner`), so the index and the budget see every removal at once; `stats`
+//! only reads, and runs beside anyone. Everything here blocks.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::disk::{Disk, Limits, Role, Swept};
+use serde::{Deserialize, Serialize};
+
+use super::disk::{Disk, Swept};
 use super::files::{parse_manifest, ObjectKey, ObjectKind, Store};
 use super::lifecycle::tag_records;
-use super::lifecycle::Rules;
-use super::members::prune_files;
 use super::persist::{read_snapshot, walk};
-use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::oci::Digest;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct GcReport {
     pub budget: u64,
     pub objects_before: u64,
     pub bytes_before: u64,
     pub removed: u64,
     pub freed: u64,
-    /// Objects whose length differed from the size recorded when they were published.
-    pub corrupt: u64,
     /// What the lifecycle rules removed (before the budget was applied).
     pub swept: Swept,
     /// Membership records of content no longer cached, and files of repositories left
@@ -42,30 +34,24 @@ pub struct GcReport {
 /// Applies the lifecycle rules and then the disk budget now: over the high watermark,
 /// least recently used objects go until the store is under the low one. Then prunes the
 /// membership records of what is no longer cached.
-pub fn gc(config: &Config) -> io::Result<GcReport> {
-    let store = std::sync::Arc::new(Store::attach(&config.cache.dir)?);
-    let limits = Limits::new(&config.cache, store.root())?;
-    let rules = Rules::new(&config.upstreams);
-    let disk = Disk::new(store, limits, rules, Role::Beside, Metrics::new());
-    let loaded = super::persist::load(&disk.store, &disk.index)?;
+pub fn gc(disk: &Disk) -> GcReport {
     let (objects_before, bytes_before) = disk.index.usage();
     let swept = disk.sweep();
     let (removed, freed) = disk.evict(false);
-    let pruned = prune_files(&disk.store, &|digest| disk.holds(digest))?;
-    Ok(GcReport {
+    let pruned = disk.prune_members();
+    GcReport {
         members_pruned: pruned.records,
         member_files_removed: pruned.files,
-        budget: limits.budget,
+        budget: disk.limits.budget,
         objects_before,
         bytes_before,
         removed,
         freed,
-        corrupt: loaded.corrupt.len() as u64,
         swept,
-    })
+    }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub checked: u64,
     pub bytes: u64,
@@ -74,10 +60,10 @@ pub struct VerifyReport {
 }
 
 /// Re-hashes every object and removes those that do not match their digest.
-pub fn verify(dir: &Path) -> io::Result<VerifyReport> {
-    let store = Store::attach(dir)?;
+pub fn verify(disk: &Disk) -> io::Result<VerifyReport> {
+    let store = &disk.store;
     let mut report = VerifyReport::default();
-    for found in walk(&store)? {
+    for found in walk(store)? {
         let path = store.path_of(&found.key);
         let good = match found.key.kind {
             ObjectKind::Blob => hash_file(&path, &found.key.digest)?,
@@ -87,10 +73,10 @@ pub fn verify(dir: &Path) -> io::Result<VerifyReport> {
             },
         };
         match good {
-            None => continue, // removed meanwhile (eviction by the daemon)
+            None => continue, // evicted meanwhile
             Some(true) => {}
             Some(false) => {
-                store.remove(&found.key)?;
+                disk.discard_corrupt(&found.key);
                 report.removed.push(found.key);
             }
         }
@@ -142,7 +128,7 @@ pub struct Stats {
 
 /// Sizes, counts and recency of a cache, and which repositories take its space.
 pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
-    let store = Store::attach(dir)?;
+    let store = Store::reader(dir)?;
     let recorded = read_snapshot(&store);
     let mut stats = Stats::default();
     let mut sizes = HashMap::new();
@@ -208,36 +194,42 @@ fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth
 mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
+    use crate::metrics::Metrics;
+    use crate::store::lifecycle::Rules;
 
     use crate::store::files::put_test_blob as publish;
 
     #[test]
     fn verify_removes_what_does_not_hash_and_gc_applies_the_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let keys: Vec<ObjectKey> = (0..4u8).map(|n| publish(&store, &[n; 1000])).collect();
-        fs::write(store.path_of(&keys[3]), [9u8; 1000]).unwrap();
-        // A live fill's temp file must survive every command.
-        let (_, temp) = store.temp_file().unwrap();
-
-        let report = verify(dir.path()).unwrap();
-        assert_eq!((report.checked, report.bytes), (4, 4000));
-        assert_eq!(report.removed, std::slice::from_ref(&keys[3]));
-        assert!(!store.path_of(&keys[3]).exists());
-
         let text = "[cache]\ndisk_bytes = \"2500B\"\n[[upstream]]\nurl = \"http://127.0.0.1:1\"\n";
         let ov = Overrides {
             cache_dir: Some(dir.path().to_path_buf()),
             ..Overrides::default()
         };
         let config = Config::parse(text, "test", &ov).unwrap();
+        let rules = Rules::new(&config.upstreams);
+        let disk = Disk::open(&config.cache, rules, Metrics::new()).unwrap();
+        let store = disk.store.clone();
+        let keys: Vec<ObjectKey> = (0..4u8).map(|n| publish(&store, &[n; 1000])).collect();
+        fs::write(store.path_of(&keys[3]), [9u8; 1000]).unwrap();
+        disk.load();
+        // A live fill's temp file must survive every command.
+        let (_, temp) = store.temp_file().unwrap();
+
+        let report = verify(&disk).unwrap();
+        assert_eq!((report.checked, report.bytes), (4, 4000));
+        assert_eq!(report.removed, std::slice::from_ref(&keys[3]));
+        assert!(!store.path_of(&keys[3]).exists());
+        assert_eq!(disk.index.usage(), (3, 3000), "the index saw the removal");
+
         // Membership records of every blob in one repository, of the damaged one in another.
         let (a, b) = ("team/a".parse().unwrap(), "team/b".parse().unwrap());
         for key in &keys {
             crate::store::record_image(&store, "up", "up", &a, &key.digest).unwrap();
         }
         crate::store::record_image(&store, "up", "up", &b, &keys[3].digest).unwrap();
-        let report = gc(&config).unwrap();
+        let report = gc(&disk);
         // 3000 bytes > 0.9 x 2500: down to 0.8 x 2500 = 2000.
         assert_eq!((report.removed, report.freed), (1, 1000));
         assert!(temp.exists());

@@ -7,7 +7,7 @@
 //! off). A crash loses at most one interval of recency, never an object. All functions
 //! here block: call them from `spawn_blocking`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -56,16 +56,6 @@ pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
     Ok(found)
 }
 
-/// The objects named in the store, without a look at each file (one directory listing):
-/// what a reconciliation compares the index with.
-pub fn walk_keys(store: &Store) -> io::Result<HashSet<ObjectKey>> {
-    let mut keys = HashSet::new();
-    visit(store, &mut |key, _| {
-        keys.insert(key);
-    })?;
-    Ok(keys)
-}
-
 /// Calls `each` for every entry of the object directories whose name is a digest.
 fn visit(store: &Store, each: &mut dyn FnMut(ObjectKey, &fs::DirEntry)) -> io::Result<()> {
     for kind in ObjectKind::ALL {
@@ -87,7 +77,7 @@ fn visit(store: &Store, each: &mut dyn FnMut(ObjectKey, &fs::DirEntry)) -> io::R
 }
 
 /// Unix milliseconds of a file's last modification (for an object, its publish).
-pub fn modified_millis(meta: &fs::Metadata) -> u64 {
+fn modified_millis(meta: &fs::Metadata) -> u64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -139,37 +129,6 @@ pub fn write_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Resul
     let records = records
         .iter()
         .map(|(key, meta)| (key, meta.size, meta.last_access, meta.origin.as_deref()));
-    write_records(store, records)
-}
-
-/// Adds `records` to the snapshot on disk instead of replacing it: for a process filling
-/// a cache a daemon may be serving, whose snapshot must keep the daemon's records. The
-/// daemon adopts the added objects with their recency and origin at its next
-/// reconciliation. Of two records of one object, the later access wins.
-pub fn merge_snapshot(store: &Store, records: &[(ObjectKey, Meta)]) -> io::Result<()> {
-    let mut merged = read_snapshot(store);
-    for (key, meta) in records {
-        let ours = Record {
-            size: meta.size,
-            last_access: meta.last_access,
-            origin: meta.origin.as_deref().map(str::to_string),
-        };
-        let record = match merged.remove(key) {
-            Some(theirs) if theirs.last_access > ours.last_access => Record {
-                origin: theirs.origin.or(ours.origin),
-                ..theirs
-            },
-            Some(theirs) => Record {
-                origin: ours.origin.or(theirs.origin),
-                ..ours
-            },
-            None => ours,
-        };
-        merged.insert(key.clone(), record);
-    }
-    let records = merged
-        .iter()
-        .map(|(key, r)| (key, r.size, r.last_access, r.origin.as_deref()));
     write_records(store, records)
 }
 
@@ -256,34 +215,6 @@ mod tests {
         assert!(!store.path_of(&b).exists());
         assert_eq!(index.get(&a).unwrap().last_access, 42);
         assert_eq!(index.usage(), (1, 4));
-    }
-
-    #[test]
-    fn a_merge_keeps_the_other_records_and_the_later_access() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (a, b, c) = (
-            publish(&store, b"a"),
-            publish(&store, b"b"),
-            publish(&store, b"c"),
-        );
-        let daemon = Arc::new(Index::default());
-        daemon.insert(a.clone(), 1, 50, Some("hub"));
-        daemon.insert(b.clone(), 1, 50, Some("hub"));
-        write_snapshot(&store, &daemon.snapshot(true).unwrap()).unwrap();
-        let beside = Arc::new(Index::default());
-        beside.insert(a.clone(), 1, 90, None);
-        beside.insert(b.clone(), 1, 10, None);
-        beside.insert(c.clone(), 1, 70, Some("ghcr"));
-        merge_snapshot(&store, &beside.snapshot(true).unwrap()).unwrap();
-        let read = read_snapshot(&store);
-        let seen = |k: &ObjectKey| {
-            let r = &read[k];
-            (r.last_access, r.origin.clone())
-        };
-        assert_eq!(seen(&a), (90, Some("hub".into())));
-        assert_eq!(seen(&b), (50, Some("hub".into())));
-        assert_eq!(seen(&c), (70, Some("ghcr".into())));
     }
 
     #[test]

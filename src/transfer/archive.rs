@@ -3,12 +3,12 @@
 //! `blobs/<alg>/<hex>`; `import` loads such an archive into a cache.
 //!
 //! Export streams each blob from the store into the tar (hashing it on the way, so damaged
-//! cache content never leaves); import streams each large blob into the store's temp dir
-//! while hashing it and publishes it by rename after an fsync, as a fill does. Manifests
-//! (small JSON) are held in memory until `index.json` says what they are.
-//! Everything here blocks; the CLI calls it outside any runtime. Import is safe beside a
-//! running daemon (nothing in the store is removed; objects enter only by rename); the
-//! daemon counts them in its disk budget at its next reconciliation (`index_flush_secs`).
+//! cache content never leaves); it only reads, so it runs beside a daemon. Import reads
+//! the tar as a stream (a file, or a request body to the daemon's admin API) and writes
+//! through the store's owner ([`Disk`], see `store::owner`): each large blob goes to a
+//! temp file while hashing and enters through `Disk::land`, as a fill does; manifests
+//! (small JSON) are held in memory until `index.json` says what they are. Everything here
+//! blocks.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -21,7 +21,7 @@ use serde_json::json;
 use super::image::{contents, Contents, ContentsError, Descriptor, ImageRef};
 use crate::config::{Config, UpstreamConfig};
 use crate::oci::{media, Digest, Reference, RepoName, Tag};
-use crate::store::{unix_millis, Lookup, Store};
+use crate::store::{unix_millis, Disk, Lookup, ObjectKey, Refused, Store};
 use crate::upstream::router::{Router, UnknownNamespace};
 use crate::upstream::MAX_MANIFEST_BYTES;
 
@@ -76,7 +76,7 @@ pub fn export(
     images: &[ImageRef],
     output: &Path,
 ) -> Result<ExportReport, ArchiveError> {
-    let store = Store::attach(&config.cache.dir).map_err(io_error("opening the cache"))?;
+    let store = Store::reader(&config.cache.dir).map_err(io_error("opening the cache"))?;
     let router = Router::new(&config.upstreams);
     let mut report = ExportReport::default();
     let mut manifests: Vec<(Digest, Bytes)> = Vec::new();
@@ -347,7 +347,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
     pub manifests: usize,
     /// Blobs written now, and those the cache already held.
@@ -360,38 +360,31 @@ pub struct ImportReport {
     pub untagged: Vec<String>,
 }
 
-/// Loads an OCI image layout archive into the cache of `config`. Tags go under the
-/// upstream named `upstream`, or else the one each ref name routes to (the default upstream
-/// when it names no registry).
+/// Loads an OCI image layout archive (`archive`, read once, front to back) into the store
+/// `disk` owns. Tags go under the upstream named `upstream`, or else the one each ref name
+/// routes to among `upstreams` (the default upstream when it names no registry).
 pub fn import(
-    config: &Config,
-    archive: &Path,
+    disk: &Disk,
+    upstreams: &[UpstreamConfig],
+    archive: impl Read,
     upstream: Option<&str>,
 ) -> Result<ImportReport, ArchiveError> {
     let chosen = match upstream {
-        Some(name) => Some(
-            config
-                .upstreams
-                .iter()
-                .find(|u| u.name == name)
-                .ok_or_else(|| {
-                    let names: Vec<&str> =
-                        config.upstreams.iter().map(|u| u.name.as_str()).collect();
-                    ArchiveError::NoUpstream(name.to_string(), names.join(", "))
-                })?,
-        ),
+        Some(name) => Some(upstreams.iter().find(|u| u.name == name).ok_or_else(|| {
+            let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            ArchiveError::NoUpstream(name.to_string(), names.join(", "))
+        })?),
         None => None,
     };
-    let dir = &config.cache.dir;
-    let store = Store::open_beside(dir)
-        .map_err(io_error(format!("opening the cache {}", dir.display())))?;
-    let file = File::open(archive).map_err(io_error(format!("opening {}", archive.display())))?;
+    // The index's origin of what is imported, for the lifecycle rules.
+    let origin = chosen.unwrap_or(&upstreams[0]).name.as_str();
+    let store = &disk.store;
     let mut report = ImportReport::default();
     let mut held: HashMap<Digest, Bytes> = HashMap::new();
     let mut index: Option<Vec<u8>> = None;
     let mut stored: HashSet<Digest> = HashSet::new();
-    let mut tar = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
-    let reading = || io_error(format!("reading {}", archive.display()));
+    let mut tar = tar::Archive::new(io::BufReader::with_capacity(1 << 20, archive));
+    let reading = || io_error("reading the archive");
     for entry in tar.entries().map_err(reading())? {
         let mut entry = entry.map_err(reading())?;
         let path = entry.path().map_err(reading())?.into_owned();
@@ -425,7 +418,7 @@ pub fn import(
                     report.already += 1;
                     stored.insert(digest);
                 } else {
-                    copy_into_store(&store, &mut entry, &digest)?;
+                    copy_into_store(disk, &mut entry, &digest, origin)?;
                     report.blobs += 1;
                     report.bytes += len;
                     stored.insert(digest);
@@ -464,9 +457,7 @@ pub fn import(
                 let _ = body;
             }
             Some(body) => {
-                store
-                    .write_atomic(&store.blob_path(&digest), &[body])
-                    .map_err(io_error(format!("writing blob {digest}")))?;
+                land_bytes(disk, &ObjectKey::blob(&digest), None, body, origin)?;
                 report.blobs += 1;
                 report.bytes += body.len() as u64;
             }
@@ -487,12 +478,11 @@ pub fn import(
             .get(digest)
             .cloned()
             .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
-        store
-            .write_manifest(digest, &media_type, body)
-            .map_err(io_error(format!("writing manifest {digest}")))?;
+        let key = ObjectKey::manifest(digest);
+        land_bytes(disk, &key, Some(&media_type), body, origin)?;
         report.manifests += 1;
     }
-    let router = Router::new(&config.upstreams);
+    let router = Router::new(upstreams);
     for entry in &index.manifests {
         let Some(name) = entry.annotations.get(REF_NAME) else {
             continue;
@@ -512,7 +502,7 @@ pub fn import(
             Some(u) => (u, prefixed(u, &image.name)),
             None => {
                 let routed = image.route(&router)?;
-                (&config.upstreams[routed.upstream], routed.name)
+                (&upstreams[routed.upstream], routed.name)
             }
         };
         let digest = &entry.descriptor.digest;
@@ -528,14 +518,8 @@ pub fn import(
             .write_tag(&upstream.name, &repo, tag, &record)
             .map_err(io_error(format!("writing the tag record of {name}")))?;
         // Without this the daemon would not hand the imported content out for `repo`.
-        crate::store::record_image(
-            &store,
-            &upstream.name,
-            &upstream.trust_domain,
-            &repo,
-            digest,
-        )
-        .map_err(io_error(format!("recording what {name} contains")))?;
+        crate::store::record_image(store, &upstream.name, &upstream.trust_domain, &repo, digest)
+            .map_err(io_error(format!("recording what {name} contains")))?;
         report.tags.push(format!("{}/{repo}:{tag}", upstream.name));
     }
     Ok(report)
@@ -622,46 +606,65 @@ fn read_small(entry: &mut impl Read, len: u64, what: &str) -> Result<Vec<u8>, Ar
     Ok(body)
 }
 
-/// Streams a blob into a temp file while hashing it, then fsyncs and publishes it if it
-/// matched; a mismatch leaves nothing behind.
+/// Streams a blob into a temp file while hashing it; it enters the store through
+/// `Disk::land`, which publishes it only if it matched.
 fn copy_into_store(
-    store: &Store,
+    disk: &Disk,
     entry: &mut impl Read,
     digest: &Digest,
+    origin: &str,
 ) -> Result<(), ArchiveError> {
-    let (mut file, temp) = store
+    let (mut file, temp) = disk
+        .store
         .temp_file()
         .map_err(io_error("creating a temp file"))?;
-    let result = (|| -> Result<(), ArchiveError> {
-        let mut hasher = digest.hasher();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(io_error(format!("reading blob {digest}")))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])
-                .map_err(io_error(format!("writing blob {digest}")))?;
+    let mut hasher = digest.hasher();
+    let mut buf = vec![0; 1 << 20];
+    let mut written = 0u64;
+    let copied = loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(io_error(format!("reading blob {digest}"))(e)),
+        };
+        hasher.update(&buf[..n]);
+        written += n as u64;
+        if let Err(e) = file.write_all(&buf[..n]) {
+            break Err(io_error(format!("writing blob {digest}"))(e));
         }
-        let actual = hasher.finish();
-        if actual != *digest {
-            return Err(ArchiveError::Mismatch {
-                what: "archived blob",
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        file.sync_all()
-            .map_err(io_error(format!("syncing blob {digest}")))?;
-        store
-            .publish(&temp, &store.blob_path(digest))
-            .map_err(io_error(format!("publishing blob {digest}")))
-    })();
-    if result.is_err() {
+    };
+    if let Err(e) = copied {
         let _ = fs::remove_file(&temp);
+        return Err(e);
     }
-    result
+    let actual = hasher.finish();
+    match disk.land(Some(&file), &temp, digest, &actual, written, origin) {
+        Ok(_pin) => Ok(()),
+        Err(refused) => Err(refused_error(digest, refused)),
+    }
+}
+
+/// Writes a verified small object through `Disk::land_bytes`.
+fn land_bytes(
+    disk: &Disk,
+    key: &ObjectKey,
+    media_type: Option<&str>,
+    body: &[u8],
+    origin: &str,
+) -> Result<(), ArchiveError> {
+    match disk.land_bytes(key, media_type, body, origin) {
+        Ok(_pin) => Ok(()),
+        Err(refused) => Err(refused_error(&key.digest, refused)),
+    }
+}
+
+fn refused_error(digest: &Digest, refused: Refused) -> ArchiveError {
+    match refused {
+        Refused::Mismatch(actual) => ArchiveError::Mismatch {
+            what: "archived object",
+            expected: digest.clone(),
+            actual,
+        },
+        Refused::Io(e) => io_error(format!("storing {digest}"))(e),
+    }
 }

@@ -58,6 +58,11 @@ impl Upstreams {
         })
     }
 
+    /// Each upstream's configuration, in the config's order (the default first).
+    pub fn configs(&self) -> Vec<crate::config::UpstreamConfig> {
+        self.list.iter().map(|u| u.config().clone()).collect()
+    }
+
     /// Picks the upstream for a request from its `ns=` parameter, path prefix, `Host` or
     /// else the default (see [`router`]). An `ns=` naming no upstream is the client's error.
     pub fn target(&self, request: RouteRequest<'_>) -> Result<Target> {

@@ -35,8 +35,8 @@ use crate::mirror::declared::Declared;
 use crate::oci::{self, Digest};
 use crate::store::memory::{Entry, Key};
 use crate::store::Membership;
+use crate::store::Store;
 use crate::store::{Disk, Tiers};
-use crate::store::{ObjectKey, Store};
 use crate::upstream::{classify, Answer, Kind, Target};
 use copy::{copy, CopyError};
 
@@ -302,7 +302,7 @@ async fn download(
     // Uncounted first: counted twice (as filling and as published) for a moment, the store
     // would look over its budget and evict for nothing.
     drop(filling);
-    publish(ctx, fill, temp, written, target.upstream.name()).await
+    publish(ctx, fill, temp, written, actual, target.upstream.name()).await
 }
 
 /// The most bytes a fill may take, and what set that bound. Upstream's `Content-Length`
@@ -370,6 +370,7 @@ async fn publish(
     fill: &Arc<Fill>,
     temp: &Path,
     written: u64,
+    actual: Digest,
     origin: &str,
 ) -> Result<bool, Error> {
     let origin = origin.to_string();
@@ -381,24 +382,17 @@ async fn publish(
     );
     let small = ctx.tiers.memory.admits(written);
     let published = tokio::task::spawn_blocking(move || {
-        let store = &disk.store;
-        let result = file
-            .as_ref()
-            .map_or(Ok(()), |f| f.sync_all())
-            .and_then(|_| store.publish(&temp, &store.blob_path(&digest)));
-        if let Err(e) = result {
-            disk.note_write_error("publishing a verified blob", &e, written);
-            let _ = std::fs::remove_file(&temp);
-            return None;
-        }
-        let key = ObjectKey::blob(&digest);
-        let pin = Some(disk.published(key, written, &origin));
+        // The fill checked the digest already, for its clients' sake; `land` checks it
+        // again for the store's.
+        let pin = disk
+            .land(file.as_deref(), &temp, &digest, &actual, written, &origin)
+            .ok()?;
         let bytes = if small {
-            store.read_blob(&digest).ok().flatten()
+            disk.store.read_blob(&digest).ok().flatten()
         } else {
             None
         };
-        Some((pin, bytes))
+        Some((Some(pin), bytes))
     })
     .await
     .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;

@@ -18,7 +18,7 @@ mod prune;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use moka::sync::Cache;
 
@@ -30,8 +30,6 @@ pub use prune::Pruned;
 pub struct Membership {
     memory: Cache<String, ()>,
     store: Arc<Store>,
-    /// The prune marker as last seen, to notice prunes by other processes.
-    marker: Arc<Mutex<String>>,
 }
 
 /// Keyed by the upstream's directory name, as its file is: what a prune reports.
@@ -40,11 +38,9 @@ fn key(upstream: &str, repo: &str, digest: &Digest) -> String {
 }
 
 impl Membership {
-    /// Reads the prune marker (blocks, briefly).
     pub fn new(store: Arc<Store>, max_entries: u64) -> Membership {
         Membership {
             memory: Cache::new(max_entries),
-            marker: Arc::new(Mutex::new(prune::marker(&store))),
             store,
         }
     }
@@ -140,31 +136,14 @@ impl Membership {
         for (upstream, repo, digest) in &pruned.keys {
             self.memory.invalidate(&key(upstream, repo, digest));
         }
-        if !pruned.marker.is_empty() {
-            // Its own mark is no news (read back, it could hide another process's).
-            *self.marker.lock().expect("marker lock") = pruned.marker.clone();
-        }
         Ok(pruned)
-    }
-
-    /// Forgets every record held in memory if another process pruned the files since the
-    /// last look (they are read back from disk when asked). Blocks, briefly.
-    pub fn notice_prunes(&self) {
-        let now = prune::marker(&self.store);
-        let mut seen = self.marker.lock().expect("marker lock");
-        if *seen != now {
-            *seen = now;
-            self.memory.invalidate_all();
-            tracing::info!(
-                "membership records were pruned by another process; reading them again from disk"
-            );
-        }
     }
 }
 
 /// Records, straight in the store, that an image and everything it references belong to
 /// `repo` on `upstream` and were delivered for trust domain `domain` (import verified every
-/// byte): for `regcache import`, which fills a cache outside the daemon. Blocks.
+/// byte): for `regcache import`. Only new records enter memory on a lookup, so a daemon's
+/// memory never contradicts these. Blocks.
 pub fn record_image(
     store: &Store,
     upstream: &str,
@@ -186,12 +165,6 @@ pub fn record_image(
         }
     }
     file::append(&file::path(store, upstream, repo), lines.as_bytes())
-}
-
-/// Prunes the records of digests not `present`, from a process other than the daemon
-/// (`regcache gc`); a running daemon notices and reads its records again. Blocks.
-pub fn prune_files(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pruned> {
-    prune::prune(store, present)
 }
 
 /// What a manifest makes part of its repository: only the fields its media type defines
@@ -259,16 +232,6 @@ mod tests {
 
         // The daemon's own prune forgets the record in memory too.
         assert_eq!(members.prune(&|_| false).unwrap().records, 1);
-        assert!(!members.known("up", &repo, &d));
-        members.record("up", &repo, std::slice::from_ref(&d));
-        assert!(on_disk(&members, &repo, &d).await, "written again");
-        members.notice_prunes();
-        assert!(members.known("up", &repo, &d), "its own prune is no news");
-
-        // A prune by another process (gc) is noticed at the next look.
-        assert_eq!(prune_files(&store, &|_| false).unwrap().records, 1);
-        assert!(members.known("up", &repo, &d));
-        members.notice_prunes();
         assert!(!members.known("up", &repo, &d));
         members.record("up", &repo, std::slice::from_ref(&d));
         assert!(on_disk(&members, &repo, &d).await, "written again");

@@ -7,10 +7,8 @@
 //! held: content fetched again is recorded again for the repository that fetched it (and
 //! other repositories are confirmed upstream first, as for any unknown membership). A
 //! record of a fill still in flight may be dropped; it costs one confirmation upstream.
-//!
-//! A prune by another process (`gc`) leaves the daemon's in-memory records stale, which
-//! would keep it from writing them again when the content returns; so a pruner touches
-//! `v1/members-pruned`, and the daemon forgets its in-memory records when that changes.
+//! Only the store's owner prunes (see `store::owner`), and it forgets the dropped
+//! records in memory too, so they are written again when their content returns.
 
 use std::fs;
 use std::io;
@@ -18,9 +16,7 @@ use std::path::Path;
 
 use super::file::{self, FILE_NAME};
 use crate::oci::Digest;
-use crate::store::files::{unix_millis, Store};
-
-const MARKER: &str = "members-pruned";
+use crate::store::files::Store;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -30,8 +26,6 @@ pub struct Pruned {
     pub files: u64,
     /// The in-memory keys (`upstream dir`, repository, digest) of the dropped records.
     pub keys: Vec<(String, String, Digest)>,
-    /// What this prune wrote to the marker (empty when it dropped nothing).
-    pub marker: String,
 }
 
 /// Prunes every membership file, keeping the records of `present` digests. Blocks.
@@ -49,9 +43,6 @@ pub fn prune(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pru
         if dir.is_dir() {
             visit(store, &name, &dir, &dir, present, &mut pruned)?;
         }
-    }
-    if pruned.records > 0 {
-        pruned.marker = mark(store)?;
     }
     Ok(pruned)
 }
@@ -90,18 +81,6 @@ fn visit(
     Ok(())
 }
 
-/// Tells a running daemon that records were pruned behind its back; returns the token.
-fn mark(store: &Store) -> io::Result<String> {
-    let token = format!("{} {}\n", std::process::id(), unix_millis());
-    store.write_atomic(&store.root().join(MARKER), &[token.as_bytes()])?;
-    Ok(token)
-}
-
-/// What the marker says now (empty when no prune happened yet).
-pub fn marker(store: &Store) -> String {
-    fs::read_to_string(store.root().join(MARKER)).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +102,6 @@ mod tests {
         write("hub", "team/a", &[&held, &gone]);
         write("hub", "team/a/b", &[&gone]);
         write("old:5000", "x", &[&gone, &gone]);
-        assert_eq!(marker(&store), "");
 
         let pruned = prune(&store, &|d| *d == held).unwrap();
         assert_eq!((pruned.records, pruned.files), (3, 2));
@@ -152,11 +130,8 @@ mod tests {
             !members.join("old_5000").exists(),
             "an upstream with nothing left"
         );
-        let first = marker(&store);
-        assert_eq!(first, pruned.marker);
 
-        // Nothing more to drop: no change, no new mark.
+        // Nothing more to drop: no change.
         assert_eq!(prune(&store, &|d| *d == held).unwrap(), Pruned::default());
-        assert_eq!(marker(&store), first);
     }
 }

@@ -1,7 +1,8 @@
-//! Operator commands on the cache directory of a running daemon, with the real binary:
-//! what `import` and an in-process `prefetch` add, and what `verify` removes, is counted
-//! by the daemon within its `index_flush_secs` (its budget and eviction include it), and
-//! a prefetch leaves the daemon's fills in progress alone.
+//! One writer per store, with the real binary: while a daemon owns a cache directory,
+//! `import`, `verify` and `gc` run in the daemon through its admin API, so what they add
+//! or remove is in its index (and its budget) the moment the command returns; an
+//! in-process `prefetch` is refused with the way to go through the daemon, and leaves the
+//! daemon's fills in progress alone. A daemon without an admin listener refuses them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +42,24 @@ fn regcache(args: &[&str], cache: &Path) -> String {
     out
 }
 
+/// As [`regcache`], for a command that must fail; its output.
+fn regcache_fails(args: &[&str], cache: &Path) -> String {
+    let log = cache.with_extension("cli.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(cache.with_extension("toml"))
+        .arg("--cache-dir")
+        .arg(cache);
+    let status = crate::support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "regcache {args:?} succeeded:\n{out}"
+    );
+    out
+}
+
 /// The daemon's (objects, bytes) gauges.
 async fn counted(daemon: &Regcache) -> (u64, u64) {
     let metrics = daemon.metrics().await;
@@ -75,7 +94,7 @@ fn blob_path(cache: &Path, digest: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart() {
+async fn import_verify_and_gc_go_through_the_daemon_and_are_counted_at_once() {
     let fake = FakeRegistry::start().await;
     let images: Vec<FakeImage> = (0..4u64)
         .map(|n| {
@@ -115,14 +134,15 @@ async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart
     let before = counted(&daemon).await;
     let out = regcache(&["import", &first], &cache);
     assert!(out.contains("1 manifest(s), 3 blob(s)"), "{out}");
-    until(
-        "the imported objects are counted",
-        &daemon,
-        &cache,
-        |index, files| index == files && index.0 == before.0 + 4,
-    )
-    .await;
-    assert_eq!(counted(&daemon).await.1, usage(&cache).1);
+    assert!(out.contains("through its admin API"), "{out}");
+    let now = counted(&daemon).await;
+    assert_eq!(
+        (now, now.0),
+        (usage(&cache), before.0 + 4),
+        "counted at once"
+    );
+    // The imported tag is served at once, from what the import wrote.
+    pull_checked(&client, &daemon.url(), &images[1]).await;
 
     // 1 MiB + 1 MiB imported: past the high mark only because of the import.
     let out = regcache(&["import", &second], &cache);
@@ -156,19 +176,58 @@ async fn import_and_verify_beside_a_running_daemon_are_counted_without_a_restart
     let out = regcache(&["verify"], &cache);
     assert!(out.contains("removed 1"), "{out}");
     assert_eq!(usage(&cache).0, before.0 - 1);
-    until(
-        "the removed object is forgotten",
-        &daemon,
-        &cache,
-        |index, files| index == files,
-    )
-    .await;
+    assert_eq!(counted(&daemon).await, usage(&cache), "forgotten at once");
     pull_checked(&client, &daemon.url(), &images[0]).await;
     verified_objects(&cache);
+
+    let out = regcache(&["gc"], &cache);
+    assert!(out.contains("through its admin API"), "{out}");
+    assert!(out.contains("budget; removed"), "{out}");
+    assert_eq!(counted(&daemon).await, usage(&cache));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_an_admin_listener_refuses_operator_commands_clearly() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    let text = config("http://127.0.0.1:9", "64MiB");
+    std::fs::write(cache.with_extension("toml"), &text).unwrap();
+    // No admin listener: the test support always gives one, so start it by hand.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(cache.with_extension("toml"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lock = cache.join("v1/lock");
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != pid {
+        assert!(Instant::now() < deadline, "the daemon never took the store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = regcache_fails(&["gc"], &cache);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(out.contains("no admin listener"), "{out}");
+    assert!(out.contains("admin_listen"), "{out}");
+    assert!(out.contains(&pid), "{out}");
+    // With the daemon gone the command owns the store itself.
+    let out = regcache(&["gc"], &cache);
+    assert!(!out.contains("admin API"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn prefetch_beside_a_running_daemon_is_counted_and_spares_its_fills() {
+async fn an_in_process_prefetch_is_refused_while_a_daemon_owns_the_store() {
     let fake = FakeRegistry::start().await;
     let images: Vec<FakeImage> = (0..3u64)
         .map(|n| add_image(&fake, "team/app", &format!("v{n}"), &[300 * KIB], n))
@@ -189,54 +248,33 @@ async fn prefetch_beside_a_running_daemon_is_counted_and_spares_its_fills() {
         assert!(Instant::now() < deadline, "the fill never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = counted(&daemon).await;
-    let out = regcache(&["prefetch", "team/app:v1", "team/app:v2"], &cache);
-    assert!(out.contains("prefetched 2 image(s)"), "{out}");
+    let out = regcache_fails(&["prefetch", "team/app:v1", "team/app:v2"], &cache);
+    assert!(out.contains("--via"), "{out}");
     assert!(
         !files(&cache.join("v1/tmp")).is_empty(),
         "the daemon's temp file is left alone"
     );
-    until(
-        "the prefetched objects are counted",
-        &daemon,
-        &cache,
-        |index, files| index == files && index.0 == before.0 + 6,
-    )
-    .await;
+    // Through the daemon, as the message says: counted at once.
+    let before = counted(&daemon).await;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    cmd.args([
+        "prefetch",
+        "--via",
+        &daemon.url(),
+        "team/app:v1",
+        "team/app:v2",
+    ]);
+    let log = root.path().join("via.log");
+    let status = crate::support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("prefetched 2 image(s)"), "{out}");
+    let now = counted(&daemon).await;
+    assert_eq!((now, now.0), (usage(&cache), before.0 + 6));
 
     fake.release();
     let response = pending.await.unwrap().unwrap();
     assert!(response.bytes().await.unwrap()[..] == vec![5u8; 512 * KIB][..]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !blob_path(&cache, &held).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon's fill was not published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // What the prefetch fetched keeps its upstream in the daemon's records, so the
-    // upstream's lifecycle rules apply to it.
-    // Checked in a snapshot the daemon wrote (the only one to hold its own fill).
-    let layer = &images[1].blobs[1].0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let snapshot = std::fs::read_to_string(cache.join("v1/index")).unwrap_or_default();
-        let line = |digest: &str| {
-            snapshot
-                .lines()
-                .find(|l| l.contains(digest))
-                .map(str::to_string)
-        };
-        if line(&held).is_some() && line(layer).is_some_and(|l| l.ends_with(" origin")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no record of {layer} with its upstream: {snapshot}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     for image in &images {
         pull_checked(&client, &daemon.url(), image).await;
     }
