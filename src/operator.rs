@@ -30,7 +30,7 @@ pub enum Ran {
 
 /// The store's writer for one command.
 enum Writer {
-    Here(Disk),
+    Here(Box<Disk>),
     Daemon { pid: u32, admin: SocketAddr },
 }
 
@@ -41,7 +41,7 @@ fn writer(config: &Config) -> anyhow::Result<Writer> {
     match Disk::open(&config.cache, rules, Metrics::new()) {
         Ok(disk) => {
             disk.load();
-            Ok(Writer::Here(disk))
+            Ok(Writer::Here(Box::new(disk)))
         }
         Err(e) => match owner::taken(&e) {
             Some(taken) => match taken.owner.admin {

@@ -65,7 +65,7 @@ impl BlobSource {
     /// The blob's length, when known (a fill knows it once upstream's headers arrived).
     fn known_len(&self) -> Option<u64> {
         match self {
-            BlobSource::Held(held, _) => Some(held.len()),
+            BlobSource::Held(held, _) => Some(held.size()),
             BlobSource::Fill { fill, .. } => fill.subscribe().borrow().total,
         }
     }

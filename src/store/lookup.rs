@@ -32,7 +32,7 @@ pub enum Held {
 }
 
 impl Held {
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         match self {
             Held::Bytes(entry) => entry.bytes.len() as u64,
             Held::File { len, .. } => *len,
