@@ -1,16 +1,15 @@
-//! The content-addressed cache: memory tier, disk store, single-flight fills and tag
-//! freshness. Handlers ask it for a blob (`blobs`) or a manifest (`manifests`) and get an
-//! answer ready to send; it answers from memory, disk, or upstream (through `upstream`),
-//! and stores only what it verified.
+//! The mirror: the one layer that combines the store with upstreams. Handlers ask it for
+//! a blob (`blobs`) or a manifest (`manifests`) and get an answer ready to send; it answers
+//! from the store's tiers (`store::Tiers`) or from upstream through a single-flight fill
+//! (`fill`), and lands only what it verified (`store::Disk::land`).
 //!
-//! The disk tier is bounded: `index` records every object's size and last access, `disk`
-//! evicts the least recently used past the budget (or at once when the filesystem is full,
-//! see `space`), `persist` keeps recency across restarts, `reconcile` counts what other
-//! processes (import, prefetch, gc) add or remove.
-//! `ops` holds the operator commands (gc, verify, stats).
+//! Held content is served for a repository only once it is known to belong to it (the
+//! store's membership records, confirmed upstream when missing) and once that upstream's
+//! trust domain delivered it (here). Tags carry their TTL, revalidation and stale serving
+//! (`tags`, `manifests`).
 //!
-//! The cache never causes a failure: a disk error is logged, counted and served as a miss;
-//! a damaged file is removed and fetched again.
+//! The mirror never fails a request for the store's sake: a disk error is logged, counted
+//! and served as a miss; a damaged file is removed and fetched again.
 
 mod blobs;
 mod declared;

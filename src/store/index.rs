@@ -139,7 +139,7 @@ impl Index {
         }
     }
 
-    /// Records an object found on disk (by the startup walk or a reconciliation). When a
+    /// Records an object found on disk (by the startup walk). When a
     /// lookup recorded it first (it adopts files it meets, origin unknown), only the origin
     /// is filled in, so the upstream's lifecycle rules still apply to it. Returns whether
     /// the object was new to the index.

@@ -1,7 +1,7 @@
 //! Operator commands on a store: `gc` and `verify` on the [`Disk`] of the process that
 //! owns the store (the daemon, through its admin API, or the command itself when no daemon
 //! runs: see `owner`), so the index and the budget see every removal at once; `stats`
-//! only reads, and runs beside anyone. Everything here blocks.
+//! only reads, and runs whoever owns the store. Everything here blocks.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

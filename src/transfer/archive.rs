@@ -3,7 +3,7 @@
 //! `blobs/<alg>/<hex>`; `import` loads such an archive into a cache.
 //!
 //! Export streams each blob from the store into the tar (hashing it on the way, so damaged
-//! cache content never leaves); it only reads, so it runs beside a daemon. Import reads
+//! cache content never leaves); it only reads, so it runs while a daemon owns the store. Import reads
 //! the tar as a stream (a file, or a request body to the daemon's admin API) and writes
 //! through the store's owner ([`Disk`], see `store::owner`): each large blob goes to a
 //! temp file while hashing and enters through `Disk::land`, as a fill does; manifests

@@ -27,8 +27,7 @@ pub enum Source {
         client: reqwest::Client,
         base: String,
     },
-    /// A cache opened in this process ([`Mirror::open_beside`]: a daemon may serve the same
-    /// directory meanwhile).
+    /// A cache this process owns for the run (see [`crate::app::owned`]).
     Local {
         cache: Box<Mirror>,
         upstreams: Upstreams,

@@ -80,7 +80,7 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
     }
     assert_eq!(verified_blobs(&cache), blobs.len());
 
-    // The operator commands work beside the running daemon.
+    // The operator commands work while the daemon runs (through its admin API).
     let verified = cli(&["verify"], &cache);
     assert!(verified.contains("checked 6 objects"), "{verified}");
     assert!(verified.contains("removed 0"), "{verified}");
