@@ -150,7 +150,10 @@ pub async fn run(
         tokio::spawn(server::serve(
             listener,
             admin_serving,
-            move |request| server::admin_response(state.clone(), request),
+            move |request| {
+                let answer = server::admin_response(state.clone(), request);
+                async move { answer.await.map(server::body::Outgoing::Body) }
+            },
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },

@@ -28,6 +28,9 @@ pub enum Error {
         message: String,
         retry_after: Duration,
     },
+    /// A range past the end of the blob: 416 with the blob's length in `Content-Range`.
+    #[error("range not satisfiable: the blob has {total} bytes")]
+    Unsatisfiable { total: u64 },
     /// An upstream registry failed or refused.
     #[error("upstream {upstream}: {cause}")]
     Upstream {
@@ -99,6 +102,7 @@ impl Clone for Error {
                 message: message.clone(),
                 retry_after: *retry_after,
             },
+            Error::Unsatisfiable { total } => Error::Unsatisfiable { total: *total },
             Error::Upstream { upstream, cause } => Error::Upstream {
                 upstream: upstream.clone(),
                 cause: cause.clone(),
@@ -178,7 +182,9 @@ impl Error {
 
     pub fn source_kind(&self) -> Source {
         match self {
-            Error::Client { .. } | Error::Throttled { .. } => Source::Client,
+            Error::Client { .. } | Error::Throttled { .. } | Error::Unsatisfiable { .. } => {
+                Source::Client
+            }
             Error::Upstream { .. } => Source::Upstream,
             Error::Local { .. } => Source::Local,
         }
@@ -221,6 +227,9 @@ impl Error {
         match self {
             Error::Client { status, code, .. } => (*status, *code),
             Error::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
+            Error::Unsatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+            }
             Error::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
             Error::Upstream { cause, .. } => match cause {
                 UpstreamError::Status { status, code, .. } => {

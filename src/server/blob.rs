@@ -6,12 +6,11 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::{self, empty, full, Body};
-use super::respond::{oci_error, DOCKER_CONTENT_DIGEST};
+use super::body::{empty, full, Outgoing};
+use super::respond::DOCKER_CONTENT_DIGEST;
 use super::service::Reply;
 use super::State;
 use crate::error::{Error, Result};
-use crate::metrics::Outcome;
 use crate::mirror::{self, BlobBody};
 use crate::oci::{self, ByteRange, Digest, ErrorCode};
 use crate::upstream::Target;
@@ -58,7 +57,7 @@ pub async fn get(
         return Ok(Reply::new(response, outcome));
     };
     let Some(span) = resolve(range.as_ref(), total) else {
-        return Ok(Reply::new(unsatisfiable(total), Outcome::Error));
+        return Err(Error::Unsatisfiable { total });
     };
     let mut builder = blob_response(digest).header(CONTENT_LENGTH, span.end - span.start);
     if span.partial {
@@ -74,21 +73,14 @@ pub async fn get(
     Ok(Reply::new(with_body(builder, body, chunk), outcome))
 }
 
-/// The response with its body; a reader's body can be taken over by the plain HTTP/1.1
-/// path (see [`body::Sendable`]), read `chunk` bytes at a time otherwise.
-fn with_body(builder: http::response::Builder, body: BlobBody, chunk: u64) -> Response<Body> {
-    let (body, sendable) = match body {
-        BlobBody::Bytes(bytes) => (full(bytes), None),
-        BlobBody::Reader(reader) => {
-            let (body, sendable) = body::blob(reader, chunk);
-            (body, Some(sendable))
-        }
+/// The response with its body: bytes in hand, or the reader (sent with sendfile on a
+/// plain HTTP/1.1 connection, read `chunk` bytes at a time otherwise).
+fn with_body(builder: http::response::Builder, body: BlobBody, chunk: u64) -> Response<Outgoing> {
+    let body = match body {
+        BlobBody::Bytes(bytes) => Outgoing::Body(full(bytes)),
+        BlobBody::Reader(reader) => Outgoing::Blob { reader, chunk },
     };
-    let mut response = builder.body(body).expect("valid headers");
-    if let Some(sendable) = sendable {
-        response.extensions_mut().insert(sendable);
-    }
-    response
+    builder.body(body).expect("valid headers")
 }
 
 fn blob_response(digest: &Digest) -> http::response::Builder {
@@ -131,16 +123,4 @@ fn resolve(range: Option<&oci::RangeSpec>, total: u64) -> Option<Span> {
             partial: true,
         }),
     }
-}
-
-fn unsatisfiable(total: u64) -> Response<Body> {
-    let message = format!("range not satisfiable: the blob has {total} bytes");
-    let mut response = oci_error(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        ErrorCode::RangeInvalid,
-        &message,
-    );
-    let value = HeaderValue::try_from(oci::unsatisfied_content_range(total)).expect("valid header");
-    response.headers_mut().insert(CONTENT_RANGE, value);
-    response
 }

@@ -1,11 +1,12 @@
-//! Response bodies: one boxed type for every answer, a blob body whose reader a plain
-//! HTTP/1.1 connection may take over (to send file bytes with `sendfile`), a wrapper
-//! that counts the bytes a client actually received, recorded once when the body is
-//! dropped (never per chunk), and one that reports to the connection's stall watch.
+//! Response bodies. A handler answers with [`Outgoing`]: any body, or a blob's reader,
+//! which a plain HTTP/1.1 connection sends with `sendfile` and hyper reads a chunk at a
+//! time. A successful registry answer carries its served-bytes counter ([`ServedBytes`]);
+//! whichever path sends it counts the bytes the client received, recorded once when the
+//! response ends (never per chunk). On the hyper path one wrapper does that and reports
+//! to the connection's stall watch.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -38,42 +39,55 @@ where
     StreamBody::new(stream.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
 }
 
-/// The reader behind a blob body, in the response's extensions. Whoever takes it first
-/// sends the bytes: hyper by polling the body, or a plain HTTP/1.1 connection directly.
-#[derive(Clone)]
-pub struct Sendable(Arc<Mutex<Option<BlobReader>>>);
+/// What a handler answers with.
+pub enum Outgoing {
+    Body(Body),
+    /// A blob's bytes from the store or a fill, read `chunk` bytes at a time by hyper.
+    Blob {
+        reader: BlobReader,
+        chunk: u64,
+    },
+}
 
-impl Sendable {
-    pub fn take(&self) -> Option<BlobReader> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+impl From<Body> for Outgoing {
+    fn from(body: Body) -> Outgoing {
+        Outgoing::Body(body)
     }
 }
 
-/// A blob body over `reader` read `chunk` bytes at a time, and the handle that can take
-/// the reader instead.
-pub fn blob(reader: BlobReader, chunk: u64) -> (Body, Sendable) {
-    let sendable = Sendable(Arc::new(Mutex::new(Some(reader))));
-    let slot = sendable.clone();
-    let body = futures_util::stream::once(async move {
-        // Taken means another path sent the bytes; this body must not look complete.
-        slot.take()
-            .map(|reader| reader.into_stream(chunk))
-            .ok_or_else(|| io::Error::other("blob body already sent another way"))
-    })
-    .try_flatten();
-    (stream(body), sendable)
+impl Outgoing {
+    /// As a body hyper can poll.
+    pub fn into_body(self) -> Body {
+        match self {
+            Outgoing::Body(body) => body,
+            Outgoing::Blob { reader, chunk } => stream(reader.into_stream(chunk)),
+        }
+    }
 }
 
-/// `inner`, reporting to `guard` when hyper asks for a frame and when it takes one, so a
-/// stream that waits too long between the two can be told from one waiting on upstream.
-/// The guard ends the request when the body is dropped, however it ends.
-pub fn watched(inner: Body, guard: RequestGuard) -> Body {
-    Watched { inner, guard }.boxed_unsync()
+/// The served-bytes counter of a successful registry answer, in its extensions.
+#[derive(Clone)]
+pub struct ServedBytes(pub IntCounter);
+
+/// `body` for hyper: reports to `guard` when hyper asks for a frame and when it takes one,
+/// so a stream that waits too long between the two can be told from one waiting on
+/// upstream, and counts the data bytes that went out into `served`. The guard ends the
+/// request, and the count is recorded, when the body is dropped, however it ends.
+pub fn watched(body: Outgoing, guard: RequestGuard, served: Option<ServedBytes>) -> Body {
+    Watched {
+        inner: body.into_body(),
+        guard,
+        served,
+        sent: 0,
+    }
+    .boxed_unsync()
 }
 
 struct Watched {
     inner: Body,
     guard: RequestGuard,
+    served: Option<ServedBytes>,
+    sent: u64,
 }
 
 impl HttpBody for Watched {
@@ -86,53 +100,8 @@ impl HttpBody for Watched {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.guard.polled();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            self.guard.handed();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The served-bytes counter of a response whose bytes may bypass its body ([`Sendable`]).
-#[derive(Clone)]
-pub struct ServedBytes(pub IntCounter);
-
-/// Counts data bytes that went out through `inner`.
-pub struct Counted {
-    inner: Body,
-    sent: u64,
-    counter: IntCounter,
-}
-
-impl Counted {
-    pub fn wrap(inner: Body, counter: IntCounter) -> Body {
-        Counted {
-            inner,
-            sent: 0,
-            counter,
-        }
-        .boxed_unsync()
-    }
-}
-
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.guard.handed();
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
             }
@@ -149,11 +118,13 @@ impl HttpBody for Counted {
     }
 }
 
-impl Drop for Counted {
+impl Drop for Watched {
     fn drop(&mut self) {
         // The stream (and the pin on its cached object) goes first: once the count shows,
         // the object may already be evicted.
         drop(std::mem::replace(&mut self.inner, empty()));
-        self.counter.inc_by(self.sent);
+        if let Some(ServedBytes(counter)) = &self.served {
+            counter.inc_by(self.sent);
+        }
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::{self, Body};
+use super::body::{self, Outgoing, ServedBytes};
 use super::guard::{Activity, Guarded};
 use super::{plain, Peer, RequestBody, Serving};
 use crate::metrics::Limit;
@@ -60,7 +60,7 @@ pub async fn serve_connection<F, Fut>(
     closing: watch::Receiver<bool>,
 ) where
     F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+    Fut: Future<Output = http::Response<Outgoing>> + Send + 'static,
 {
     let metrics = shared.serving.metrics.clone();
     metrics.connections.inc();
@@ -103,7 +103,7 @@ async fn drive<I, F, Fut>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+    Fut: Future<Output = http::Response<Outgoing>> + Send + 'static,
 {
     let limits = &shared.serving.limits;
     let metrics = &shared.serving.metrics;
@@ -119,7 +119,8 @@ async fn drive<I, F, Fut>(
         let handler = handler.clone();
         async move {
             let response = handler(request).await;
-            Ok::<_, Infallible>(response.map(|b| body::watched(b, guard)))
+            let served = response.extensions().get::<ServedBytes>().cloned();
+            Ok::<_, Infallible>(response.map(|b| body::watched(b, guard, served)))
         }
     });
     let connection = shared
@@ -162,8 +163,20 @@ async fn drive<I, F, Fut>(
         }
     };
     let Err(e) = result else { return };
-    let hyper_error = e.downcast_ref::<hyper::Error>();
-    let limit = if activity.send_timed_out() {
+    match limit_of(activity, e.downcast_ref::<hyper::Error>()) {
+        Some(limit) => {
+            metrics.limit_hit(limit);
+            tracing::debug!(limit = limit.as_str(), error = %e, "connection closed by a limit");
+        }
+        None => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+}
+
+/// The limit that ended a connection whose last I/O failed (with `hyper_error`, when hyper
+/// served it), if a limit did: the one classification for the plain path, hyper's
+/// HTTP/1.1 and h2.
+pub(super) fn limit_of(activity: &Activity, hyper_error: Option<&hyper::Error>) -> Option<Limit> {
+    if activity.send_timed_out() {
         Some(Limit::SendTimeout)
     } else if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
         Some(Limit::HeaderSize)
@@ -176,12 +189,5 @@ async fn drive<I, F, Fut>(
         })
     } else {
         None
-    };
-    match limit {
-        Some(limit) => {
-            metrics.limit_hit(limit);
-            tracing::debug!(limit = limit.as_str(), error = %e, "connection closed by a limit");
-        }
-        None => tracing::debug!(error = %e, "connection ended with an error"),
     }
 }

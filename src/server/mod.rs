@@ -86,7 +86,7 @@ pub async fn serve<F, Fut>(
     shutdown: impl Future<Output = ()>,
 ) where
     F: Fn(Request<()>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<body::Body>> + Send + 'static,
+    Fut: Future<Output = http::Response<body::Outgoing>> + Send + 'static,
 {
     let grace = serving.limits.shutdown_grace;
     let metrics = serving.metrics.clone();

@@ -1,6 +1,6 @@
 //! The one place where an error becomes a response, a log line and a metric.
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::auth;
@@ -29,6 +29,11 @@ pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<B
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
     }
+    if let Error::Unsatisfiable { total } = error {
+        let range = crate::oci::unsatisfied_content_range(*total);
+        let value = HeaderValue::try_from(range).expect("a range is header-safe");
+        response.headers_mut().insert(CONTENT_RANGE, value);
+    }
     if let Some(wait) = error.retry_after() {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         response
@@ -38,8 +43,8 @@ pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<B
     response
 }
 
-/// An OCI error response built directly (for answers that are not failures of ours).
-pub fn oci_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+/// An OCI error body with its status.
+fn oci_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
     let body = error_body(code, message);
     Response::builder()
         .status(status)

@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
-use super::body::{full, Body, Counted, Sendable, ServedBytes};
+use super::body::{full, Body, Outgoing, ServedBytes};
 use super::respond::{self, API_VERSION};
 use super::{blob, manifest, passthrough, Peer, State};
 use crate::error::Result;
@@ -22,18 +22,19 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// What a handler produced, and how (for the request metric and the bytes' source).
 pub struct Reply {
-    pub response: Response<Body>,
+    pub response: Response<Outgoing>,
     pub outcome: Outcome,
 }
 
 impl Reply {
-    pub fn new(response: Response<Body>, outcome: Outcome) -> Reply {
+    pub fn new(response: Response<impl Into<Outgoing>>, outcome: Outcome) -> Reply {
+        let response = response.map(Into::into);
         Reply { response, outcome }
     }
 }
 
 /// Handles one request. Never fails: every error becomes an OCI error response here.
-pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body> {
+pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Outgoing> {
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let (parts, _body) = request.into_parts();
     let route = oci::route::parse(parts.uri.path());
@@ -62,21 +63,19 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Body>
             },
         };
         let (mut response, outcome) = match result {
-            Ok(reply) => {
+            Ok(mut reply) => {
+                // Whichever path sends the body counts what the client received.
                 let counter = state
                     .metrics
                     .served_bytes
                     .with_label_values(&[reply.outcome.byte_source()]);
-                let (mut head, body) = reply.response.into_parts();
-                if head.extensions.get::<Sendable>().is_some() {
-                    head.extensions.insert(ServedBytes(counter.clone()));
-                }
-                (
-                    Response::from_parts(head, Counted::wrap(body, counter)),
-                    reply.outcome,
-                )
+                reply.response.extensions_mut().insert(ServedBytes(counter));
+                (reply.response, reply.outcome)
             }
-            Err(e) => (respond::error(&state.metrics, &e, missing), Outcome::Error),
+            Err(e) => {
+                let response = respond::error(&state.metrics, &e, missing);
+                (response.map(Outgoing::Body), Outcome::Error)
+            }
         };
         state
             .metrics

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::body::Body;
+use super::body::Outgoing;
 use super::guard::{Activity, Guarded};
 use super::rewind::Rewind;
 use super::{Peer, Serving};
@@ -49,7 +49,7 @@ pub async fn serve<F, Fut>(
 ) -> Ended
 where
     F: Fn(Request<()>) -> Fut,
-    Fut: Future<Output = http::Response<Body>>,
+    Fut: Future<Output = http::Response<Outgoing>>,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut socket = None;
@@ -83,8 +83,8 @@ where
         let written = response::write(&mut io, &mut socket, response, head_only, close).await;
         drop(guard);
         if let Err(e) = written {
-            if activity.send_timed_out() {
-                serving.metrics.limit_hit(Limit::SendTimeout);
+            if let Some(limit) = super::conn::limit_of(activity, None) {
+                serving.metrics.limit_hit(limit);
             }
             tracing::debug!(error = %e, "response cut; closing the connection");
             return Ended::Closed;

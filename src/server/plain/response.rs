@@ -1,6 +1,6 @@
-//! Writing one response on a plain HTTP/1.1 connection: the head, then the body. A blob
-//! body gives up its reader, and file bytes go out with sendfile; any other body is
-//! written frame by frame. Framing is `Content-Length` when the length is known, chunked
+//! Writing one response on a plain HTTP/1.1 connection: the head, then the body. A blob's
+//! file bytes go out with sendfile; any other body is written frame by frame. What went
+//! out is counted into the answer's served bytes, once, at the end. Framing is `Content-Length` when the length is known, chunked
 //! otherwise, so a body cut short never looks complete to the client.
 
 use std::io::{self, Write};
@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::mirror::{BlobReader, Piece};
-use crate::server::body::{Body, Sendable, ServedBytes};
+use crate::server::body::{Body, Outgoing, ServedBytes};
 use crate::server::guard::Guarded;
 
 /// Small frames are gathered up to this size (with the head) into one write.
@@ -39,33 +39,28 @@ pub type Socket = Option<Arc<OwnedFd>>;
 pub async fn write(
     io: &mut Guarded<TcpStream>,
     socket: &mut Socket,
-    response: Response<Body>,
+    response: Response<Outgoing>,
     head_only: bool,
     close: bool,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let framing = framing(&parts, &body, head_only);
     let head = encode_head(&parts, framing, close);
-    let reader = match framing {
-        Framing::NoBody => None,
-        _ => parts.extensions.get::<Sendable>().and_then(Sendable::take),
-    };
-    match reader {
-        Some(reader) => {
-            let counter = parts.extensions.get::<ServedBytes>();
-            let mut sent = 0;
-            let result = send_pieces(io, socket, reader, head, framing, &mut sent).await;
-            if let Some(ServedBytes(counter)) = counter {
-                counter.inc_by(sent);
-            }
-            result
+    let mut sent = 0;
+    let result = match body {
+        _ if framing == Framing::NoBody => io.write_all(&head).await,
+        Outgoing::Blob { reader, .. } => {
+            send_pieces(io, socket, reader, head, framing, &mut sent).await
         }
-        None if framing == Framing::NoBody => io.write_all(&head).await,
-        None => write_frames(io, body, head, framing).await,
+        Outgoing::Body(body) => write_frames(io, body, head, framing, &mut sent).await,
+    };
+    if let Some(ServedBytes(counter)) = parts.extensions.get::<ServedBytes>() {
+        counter.inc_by(sent);
     }
+    result
 }
 
-fn framing(parts: &Parts, body: &Body, head_only: bool) -> Framing {
+fn framing(parts: &Parts, body: &Outgoing, head_only: bool) -> Framing {
     let status = parts.status;
     if head_only || status.is_informational() || matches!(status.as_u16(), 204 | 304) {
         return Framing::NoBody;
@@ -74,7 +69,11 @@ fn framing(parts: &Parts, body: &Body, head_only: bool) -> Framing {
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    match declared.or(body.size_hint().exact()) {
+    let exact = match body {
+        Outgoing::Body(body) => body.size_hint().exact(),
+        Outgoing::Blob { .. } => None,
+    };
+    match declared.or(exact) {
         Some(len) => Framing::Length(len),
         None => Framing::Chunked,
     }
@@ -156,9 +155,9 @@ async fn write_frames(
     mut body: Body,
     head: Vec<u8>,
     framing: Framing,
+    sent: &mut u64,
 ) -> io::Result<()> {
     let mut out = head;
-    let mut sent = 0u64;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
             continue; // trailers: HTTP/1.1 without TE: trailers has no place for them
@@ -166,9 +165,9 @@ async fn write_frames(
         if data.is_empty() {
             continue;
         }
-        sent += data.len() as u64;
+        *sent += data.len() as u64;
         if let Framing::Length(len) = framing {
-            if sent > len {
+            if *sent > len {
                 return Err(io::Error::other("response body longer than its length"));
             }
         }
@@ -180,7 +179,7 @@ async fn write_frames(
             out.extend_from_slice(b"\r\n");
         }
     }
-    finish(io, framing, sent, out).await
+    finish(io, framing, *sent, out).await
 }
 
 async fn push(io: &mut Guarded<TcpStream>, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
@@ -223,7 +222,7 @@ mod tests {
     use http::StatusCode;
 
     fn head_of(response: Response<Body>, head_only: bool, close: bool) -> String {
-        let (parts, body) = response.into_parts();
+        let (parts, body) = response.map(Outgoing::Body).into_parts();
         let framing = framing(&parts, &body, head_only);
         String::from_utf8(encode_head(&parts, framing, close)).unwrap()
     }
