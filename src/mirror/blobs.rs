@@ -189,7 +189,11 @@ impl Mirror {
         let source = match self.trusted(target, digest).await {
             true => self.any_blob(digest, target).await?,
             // Held for another trust domain: this upstream must deliver the bytes itself.
-            false => match self.fills.join_or_start(&self.ctx, digest, target, true)? {
+            false => match self
+                .fills
+                .join_or_start(&self.ctx, digest, target, true)
+                .await?
+            {
                 Joined::Fill { fill, started } => BlobSource::Fill { fill, started },
                 Joined::Stored => return Err(vanished()),
             },
@@ -206,7 +210,11 @@ impl Mirror {
             if let Some(source) = self.stored_blob(digest).await {
                 return Ok(source);
             }
-            match self.fills.join_or_start(&self.ctx, digest, target, false)? {
+            match self
+                .fills
+                .join_or_start(&self.ctx, digest, target, false)
+                .await?
+            {
                 Joined::Fill { fill, started } => return Ok(BlobSource::Fill { fill, started }),
                 // Published between our lookup and the fills lock: look again.
                 Joined::Stored => continue,

@@ -78,7 +78,7 @@ impl Fills {
     /// Joins the fill of `digest` from `target`'s trust domain, or starts one from `target`.
     /// With `force` it never answers [`Joined::Stored`]: the blob is held, but this domain
     /// must deliver it itself.
-    pub fn join_or_start(
+    pub async fn join_or_start(
         self: &Arc<Self>,
         ctx: &FillContext,
         digest: &Digest,
@@ -89,28 +89,47 @@ impl Fills {
             target.upstream.config().trust_domain.clone(),
             digest.clone(),
         );
-        let mut active = self.active.lock().expect("fills lock");
-        if let Some(fill) = active.get(&key) {
-            return Ok(Joined::Fill {
-                fill: fill.clone(),
-                started: false,
-            });
+        if let Some(fill) = self.joined(&key) {
+            return Ok(fill);
         }
-        // A fill may have finished between the caller's store lookup and this lock.
-        if !force && ctx.store.has_blob(digest) {
-            return Ok(Joined::Stored);
-        }
-        // No temp file (a full or read-only disk) still serves the blob, through the relay.
-        let (file, temp) = match ctx.store.temp_file() {
-            Ok((file, temp)) => (Some(file), Some(temp)),
-            Err(e) => {
-                // Upstream has not said how big the blob is yet.
+        // File system calls go to the blocking pool, and outside the lock every fill's
+        // start and end take: whether the blob reached the store meanwhile (a fill
+        // publishes before it leaves `active`), and the new fill's temp file.
+        let store = ctx.store.clone();
+        let d = digest.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            if !force && store.has_blob(&d) {
+                return None;
+            }
+            Some(store.temp_file())
+        })
+        .await
+        .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;
+        let (file, temp) = match prepared {
+            None => return Ok(Joined::Stored),
+            Some(Ok((file, temp))) => (Some(file), Some(temp)),
+            // No temp file (a full or read-only disk) still serves the blob, through the
+            // relay. Upstream has not said how big the blob is yet.
+            Some(Err(e)) => {
                 ctx.tiers
                     .disk
                     .note_write_error("creating a temp file for a fill", &e, 0);
                 (None, None)
             }
         };
+        let mut active = self.active.lock().expect("fills lock");
+        if let Some(fill) = active.get(&key) {
+            // Another request started it meanwhile: join that one.
+            let fill = fill.clone();
+            drop(active);
+            if let Some(temp) = temp {
+                let _ = std::fs::remove_file(temp);
+            }
+            return Ok(Joined::Fill {
+                fill,
+                started: false,
+            });
+        }
         let fill = Arc::new(Fill::new(digest.clone(), file));
         active.insert(key.clone(), fill.clone());
         drop(active);
@@ -126,6 +145,16 @@ impl Fills {
         Ok(Joined::Fill {
             fill,
             started: true,
+        })
+    }
+
+    /// The fill in progress for `key`, if any.
+    fn joined(&self, key: &FillKey) -> Option<Joined> {
+        let active = self.active.lock().expect("fills lock");
+        let fill = active.get(key)?.clone();
+        Some(Joined::Fill {
+            fill,
+            started: false,
         })
     }
 
