@@ -343,7 +343,7 @@ impl Mirror {
         let disk = self.ctx.tiers.disk.clone();
         let (d, m, b) = (digest.clone(), media_type.clone(), bytes.clone());
         let origin = origin.to_string();
-        tokio::task::spawn_blocking(move || {
+        self.ctx.store.write_behind(move || {
             // Verified before it was served; `land_bytes` checks again for the store.
             let _ = disk.land_bytes(&ObjectKey::manifest(&d), Some(&m), &b, &origin);
         });

@@ -109,8 +109,10 @@ impl Mirror {
         self.tags.forget_all();
     }
 
-    /// Saves access recency; called at shutdown.
+    /// Waits for the writes in the background (manifests, tag and membership records) and
+    /// saves access recency; called at shutdown.
     pub async fn flush(&self) {
+        self.ctx.store.settled().await;
         let disk = self.ctx.tiers.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;
     }

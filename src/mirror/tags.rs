@@ -102,7 +102,7 @@ impl Tags {
         digest: &Digest,
         media_type: &str,
         ttl: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    ) {
         let entry = TagEntry {
             digest: digest.clone(),
             media_type: media_type.into(),
@@ -114,19 +114,19 @@ impl Tags {
             media_type: media_type.to_string(),
             checked_at: unix_now(),
         };
-        let (disk, up, r, t) = (
+        let (writer, up, r, t) = (
             disk.clone(),
             upstream.to_string(),
             repo.clone(),
             tag.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = disk.store.write_tag(&up, &r, &t, &record) {
+        disk.store.write_behind(move || {
+            if let Err(e) = writer.store.write_tag(&up, &r, &t, &record) {
                 // It stays in memory only. A record is a few hundred bytes: an emergency
                 // eviction's slack covers it, so no size is given.
-                disk.note_write_error("writing a tag record", &e, 0);
+                writer.note_write_error("writing a tag record", &e, 0);
             }
-        })
+        });
     }
 }
 
@@ -164,9 +164,8 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, b"m");
         let ttl = Duration::from_secs(300);
         let tags = Tags::new(100);
-        tags.confirm(&disk, "up", &repo, &tag, &digest, "application/x", ttl)
-            .await
-            .unwrap();
+        tags.confirm(&disk, "up", &repo, &tag, &digest, "application/x", ttl);
+        store.settled().await;
         let entry = tags.get(&store, "up", &repo, &tag, ttl).await.unwrap();
         assert!(entry.is_fresh());
         tokio::time::advance(Duration::from_secs(301)).await;

@@ -32,6 +32,9 @@ pub struct Store {
     /// The writer's exclusive lock (see `owner`), released when the store is dropped or
     /// the process dies. `None` for a reader.
     lock: Option<File>,
+    /// Writes nobody waits for (manifests, tag and membership records), so shutdown and
+    /// tests can wait for them.
+    writes: tokio_util::task::TaskTracker,
 }
 
 /// The two kinds of content-addressed objects, each under its own directory.
@@ -123,6 +126,7 @@ impl Store {
             root,
             next_temp: AtomicU64::new(0),
             lock: Some(lock),
+            writes: Default::default(),
         })
     }
 
@@ -141,6 +145,7 @@ impl Store {
             root,
             next_temp: AtomicU64::new(0),
             lock: None,
+            writes: Default::default(),
         })
     }
 
@@ -151,6 +156,20 @@ impl Store {
             Some(lock) => super::owner::announce(lock, addr),
             None => Ok(()),
         }
+    }
+
+    /// Runs `write` on the blocking pool without waiting for it, tracked for
+    /// [`Store::settled`]. Needs a tokio runtime.
+    pub fn write_behind(&self, write: impl FnOnce() + Send + 'static) {
+        self.writes.spawn_blocking(write);
+    }
+
+    /// Waits until the writes started with [`Store::write_behind`] so far have ended (at
+    /// shutdown, and in tests instead of a sleep).
+    pub async fn settled(&self) {
+        self.writes.close();
+        self.writes.wait().await;
+        self.writes.reopen();
     }
 
     pub fn root(&self) -> &Path {

@@ -99,8 +99,8 @@ async fn a_smuggled_manifests_list_discloses_no_private_content() {
     let (status, _) = fetch(&proxy.url("/v2/attacker/leak/manifests/base")).await;
     assert_eq!(status, 200);
 
-    // Nothing was recorded that a restart could bring back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was recorded that a restart could bring back (a stop waits for the
+    // background writes).
     proxy.stop().await;
     let proxy = Proxy::start_with(&url, "", Some(dir.path())).await;
     let [_, blob, victim_manifest] = attack(&proxy);

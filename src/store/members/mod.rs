@@ -118,7 +118,7 @@ impl Membership {
         if new.is_empty() {
             return;
         }
-        tokio::task::spawn_blocking(move || {
+        self.store.write_behind(move || {
             if let Err(e) = file::append(&path, new.as_bytes()) {
                 tracing::warn!(error = %e, path = %path.display(), "writing a membership record failed; it stays in memory only");
             }

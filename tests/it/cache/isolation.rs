@@ -86,11 +86,6 @@ async fn allow_and_deny_patterns_refuse_before_anything_goes_upstream() {
     );
 }
 
-async fn wait_for_records() {
-    // Membership records reach the disk in the background.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_blob_is_served_through_another_repository_only_when_upstream_confirms_it() {
     let fake = FakeRegistry::start().await;
@@ -141,7 +136,7 @@ async fn a_cached_blob_is_served_through_another_repository_only_when_upstream_c
     );
 
     // A restart keeps what was learned: no new HEAD for team/c, and team/b still refused.
-    wait_for_records().await;
+    // (A stop waits for the records written in the background.)
     proxy.stop().await;
     let proxy = Proxy::start_with(&fake.url(), "", Some(dir.path())).await;
     let response = get(&proxy.url(&format!("/v2/team/c/blobs/{layer}"))).await;

@@ -96,9 +96,8 @@ async fn a_cached_tag_is_served_stale_with_upstream_unreachable_after_a_restart(
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with(&fake.url(), ALWAYS_REVALIDATE, Some(dir.path())).await;
     assert_eq!(get(&proxy.url("/v2/app/manifests/v1")).await.status(), 200);
+    // The stop waits for the tag record written in the background.
     proxy.stop().await;
-    // The tag record is written in the background; give it a moment.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let proxy = Proxy::start_with("http://127.0.0.1:9", ALWAYS_REVALIDATE, Some(dir.path())).await;
     let stale = get(&proxy.url("/v2/app/manifests/v1")).await;

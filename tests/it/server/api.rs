@@ -305,9 +305,8 @@ async fn a_restart_serves_what_was_cached_with_upstream_gone() {
         .bytes()
         .await
         .unwrap();
+    // The stop waits for the manifest and tag writes in the background.
     proxy.stop().await;
-    // Give the background disk writes a moment; they were spawned before the stop.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let proxy = Proxy::start_with("http://127.0.0.1:9", named, Some(dir.path())).await;
     let response = get(&proxy.url(&format!("/v2/app/manifests/{digest}")), None).await;
