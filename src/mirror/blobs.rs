@@ -19,7 +19,7 @@ use crate::metrics::Outcome;
 use crate::oci::Digest;
 
 use crate::store::{Held, ObjectKey, Tier};
-use crate::upstream::{Kind, Target};
+use crate::upstream::{Resource, Target};
 
 /// A blob ready to send: what the response head needs, and its bytes.
 pub struct BlobAnswer {
@@ -122,13 +122,7 @@ impl Mirror {
         }
         let answer = target
             .upstream
-            .send(
-                Method::HEAD,
-                Kind::Blob,
-                &target.name,
-                &format!("blobs/{digest}"),
-                None,
-            )
+            .send(Method::HEAD, &target.name, Resource::Blob(digest), None)
             .await?;
         self.confirmed(target, digest);
         // reqwest reports a HEAD answer's body size (0), not the header.

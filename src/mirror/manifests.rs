@@ -17,7 +17,7 @@ use crate::metrics::Outcome;
 use crate::oci::{self, Accept, Algorithm, Digest, ErrorCode, Reference, Tag};
 use crate::store::memory::{Entry, Key};
 use crate::store::{Held, ObjectKey};
-use crate::upstream::{classify, Kind, Target, MAX_MANIFEST_BYTES};
+use crate::upstream::{classify, Resource, Target, MAX_MANIFEST_BYTES};
 
 /// A manifest answer. `bytes` is `None` only for a HEAD answered from upstream's headers.
 #[derive(Clone, Debug)]
@@ -74,15 +74,15 @@ impl Mirror {
                 .await?;
             return Ok(found);
         }
-        let path = format!("manifests/{digest}");
+        let path = Resource::Manifest(digest);
         if !want_body {
-            if let Some(found) = self.head_upstream(target, &path, accept).await? {
+            if let Some(found) = self.head_upstream(target, path, accept).await? {
                 if found.digest == *digest {
                     return Ok(found);
                 }
             }
         }
-        let fetched = self.fetch(target, &path, accept, Some(digest)).await?;
+        let fetched = self.fetch(target, path, accept, Some(digest)).await?;
         Ok(fetched)
     }
 
@@ -152,10 +152,10 @@ impl Mirror {
         want_body: bool,
         known: bool,
     ) -> Result<Manifest> {
-        let path = format!("manifests/{tag}");
+        let path = Resource::TaggedManifest(tag);
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
         if known || !want_body {
-            if let Some(head) = self.head_upstream(target, &path, accept).await? {
+            if let Some(head) = self.head_upstream(target, path, accept).await? {
                 if let Some(found) = self.held_manifest(target, &head.digest).await {
                     self.confirm_tag(target, tag, &found);
                     return Ok(found);
@@ -167,7 +167,7 @@ impl Mirror {
                 let fetched = self
                     .fetch(
                         target,
-                        &format!("manifests/{}", head.digest),
+                        Resource::Manifest(&head.digest),
                         accept,
                         Some(&head.digest),
                     )
@@ -176,7 +176,7 @@ impl Mirror {
                 return Ok(fetched);
             }
         }
-        let fetched = self.fetch(target, &path, accept, None).await?;
+        let fetched = self.fetch(target, path, accept, None).await?;
         self.confirm_tag(target, tag, &fetched);
         Ok(fetched)
     }
@@ -220,16 +220,15 @@ impl Mirror {
     async fn head_upstream(
         &self,
         target: &Target,
-        path: &str,
+        resource: Resource<'_>,
         accept: &Accept,
     ) -> Result<Option<Manifest>> {
         let response = target
             .upstream
             .send(
                 Method::HEAD,
-                Kind::Manifest,
                 &target.name,
-                path,
+                resource,
                 Some(&accept.header_value()),
             )
             .await?;
@@ -254,7 +253,7 @@ impl Mirror {
     async fn fetch(
         &self,
         target: &Target,
-        path: &str,
+        resource: Resource<'_>,
         accept: &Accept,
         expected: Option<&Digest>,
     ) -> Result<Manifest> {
@@ -262,9 +261,8 @@ impl Mirror {
         let mut response = upstream
             .send(
                 Method::GET,
-                Kind::Manifest,
                 &target.name,
-                path,
+                resource,
                 Some(&accept.header_value()),
             )
             .await?;

@@ -33,7 +33,7 @@ use crate::oci::{Digest, ErrorCode};
 use crate::store::lifecycle::Rules;
 use crate::store::memory::Memory;
 use crate::store::{Disk, Membership, Store, Tiers};
-use crate::upstream::{Kind, Target};
+use crate::upstream::{Resource, Target};
 use declared::Declared;
 use fill::{FillContext, Fills};
 use tags::Tags;
@@ -150,23 +150,17 @@ impl Mirror {
         if self.members.contains(upstream, &target.name, digest).await {
             return Ok(());
         }
-        let (kind, path, code, what) = match accept {
-            None => (
-                Kind::Blob,
-                format!("blobs/{digest}"),
-                ErrorCode::BlobUnknown,
-                "blob",
-            ),
+        let (resource, code, what) = match accept {
+            None => (Resource::Blob(digest), ErrorCode::BlobUnknown, "blob"),
             Some(_) => (
-                Kind::Manifest,
-                format!("manifests/{digest}"),
+                Resource::Manifest(digest),
                 ErrorCode::ManifestUnknown,
                 "manifest",
             ),
         };
         let asked = target
             .upstream
-            .send(Method::HEAD, kind, &target.name, &path, accept)
+            .send(Method::HEAD, &target.name, resource, accept)
             .await;
         let count = |result: &str| {
             self.ctx

@@ -11,44 +11,42 @@ use super::service::Reply;
 use crate::error::Result;
 use crate::metrics::Outcome;
 use crate::oci::Digest;
-use crate::upstream::{Kind, Target};
+use crate::upstream::{Resource, Target};
 
 /// Headers worth passing back from upstream's answer.
 const KEPT: [&str; 3] = ["content-type", "link", "oci-filters-applied"];
 
 pub async fn tags(parts: &Parts, target: &Target) -> Result<Reply> {
-    let path = with_query("tags/list", parts);
-    forward(parts, target, Kind::Tags, &path).await
+    let query = kept_query(parts);
+    forward(parts, target, Resource::Tags(query.as_deref())).await
 }
 
 pub async fn referrers(parts: &Parts, target: &Target, digest: &Digest) -> Result<Reply> {
-    let path = with_query(&format!("referrers/{digest}"), parts);
-    forward(parts, target, Kind::Referrers, &path).await
+    let query = kept_query(parts);
+    forward(parts, target, Resource::Referrers(digest, query.as_deref())).await
 }
 
 /// Keeps `n`, `last` and `artifactType` (the only query keys these endpoints define).
-fn with_query(path: &str, parts: &Parts) -> String {
-    let Some(query) = parts.uri.query() else {
-        return path.to_string();
-    };
+fn kept_query(parts: &Parts) -> Option<String> {
+    let query = parts.uri.query()?;
     let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| matches!(k.as_ref(), "n" | "last" | "artifactType"))
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if kept.is_empty() {
-        return path.to_string();
+        return None;
     }
     let encoded = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(kept)
         .finish();
-    format!("{path}?{encoded}")
+    Some(encoded)
 }
 
-async fn forward(parts: &Parts, target: &Target, kind: Kind, path: &str) -> Result<Reply> {
+async fn forward(parts: &Parts, target: &Target, resource: Resource<'_>) -> Result<Reply> {
     let accept = parts.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let answer = target
         .upstream
-        .send(Method::GET, kind, &target.name, path, accept)
+        .send(Method::GET, &target.name, resource, accept)
         .await?;
     let mut builder = Response::builder().status(answer.status());
     for key in KEPT {

@@ -25,6 +25,7 @@ use super::ratelimit;
 use super::reach::{Guarded, Reach};
 use super::realm::Realms;
 use super::redirect::{self, Hop, Stop};
+use super::resource::{Kind, Resource};
 use super::retry::{Decision, Policy};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result, UpstreamError};
@@ -48,26 +49,6 @@ pub struct Upstream {
     permits: Arc<Semaphore>,
     policy: Policy,
     metrics: Metrics,
-}
-
-/// What a request is for: the `kind` label of upstream metrics.
-#[derive(Clone, Copy, Debug)]
-pub enum Kind {
-    Manifest,
-    Blob,
-    Tags,
-    Referrers,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Manifest => "manifest",
-            Kind::Blob => "blob",
-            Kind::Tags => "tags",
-            Kind::Referrers => "referrers",
-        }
-    }
 }
 
 /// A 2xx answer from upstream. It holds one of the upstream's request permits until it is
@@ -156,33 +137,30 @@ impl Upstream {
     pub async fn send(
         &self,
         method: Method,
-        kind: Kind,
         name: &RepoName,
-        path: &str,
+        resource: Resource<'_>,
         accept: Option<&str>,
     ) -> Result<Answer> {
-        self.send_with(method, kind, name, path, accept, None).await
+        self.send_with(method, name, resource, accept, None).await
     }
 
     /// GETs `/v2/<name>/<path>` from byte `from` on, to resume a download that was cut.
     /// The caller checks that the answer is the 206 it asked for.
     pub async fn resume(
         &self,
-        kind: Kind,
         name: &RepoName,
-        path: &str,
+        resource: Resource<'_>,
         from: u64,
     ) -> Result<Answer> {
-        self.send_with(Method::GET, kind, name, path, None, Some(from))
+        self.send_with(Method::GET, name, resource, None, Some(from))
             .await
     }
 
     async fn send_with(
         &self,
         method: Method,
-        kind: Kind,
         name: &RepoName,
-        path: &str,
+        resource: Resource<'_>,
         accept: Option<&str>,
         range_from: Option<u64>,
     ) -> Result<Answer> {
@@ -191,14 +169,11 @@ impl Upstream {
                 .offline_misses
                 .with_label_values(&[self.name()])
                 .inc();
-            // `blobs/<digest>` and `manifests/<digest>`; tags cannot hold a ':'.
-            let by_digest = path.starts_with("blobs/")
-                || path
-                    .strip_prefix("manifests/")
-                    .is_some_and(|r| r.contains(':'));
+            let by_digest = resource.by_digest();
             return Err(self.error(UpstreamError::Offline { by_digest }));
         }
-        let url = format!("{}/v2/{}/{}", self.base, name, path);
+        let kind = resource.kind();
+        let url = format!("{}/v2/{}/{}", self.base, name, resource.path());
         let scope = oci::scope_for_pull(name);
         let range =
             range_from.map(|from| HeaderValue::try_from(format!("bytes={from}-")).expect("digits"));

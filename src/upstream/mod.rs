@@ -15,6 +15,7 @@ mod reach;
 mod realm;
 pub mod redact;
 mod redirect;
+mod resource;
 mod retry;
 pub mod router;
 
@@ -22,7 +23,8 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-pub use client::{classify, Answer, Kind, Upstream, MAX_MANIFEST_BYTES};
+pub use client::{classify, Answer, Upstream, MAX_MANIFEST_BYTES};
+pub use resource::{Kind, Resource};
 pub use router::{RouteRequest, Via};
 
 use crate::config::{Config, UpstreamConfig};

@@ -37,7 +37,7 @@ use crate::store::memory::{Entry, Key};
 use crate::store::Membership;
 use crate::store::Store;
 use crate::store::{Disk, Tiers};
-use crate::upstream::{classify, Answer, Kind, Target};
+use crate::upstream::{classify, Answer, Resource, Target};
 use copy::{copy, CopyError};
 
 /// The fills in progress, by trust domain and digest: a client joins only a fill from an
@@ -218,10 +218,10 @@ async fn download(
     target: &Target,
 ) -> Result<bool, Error> {
     let upstream = target.upstream.clone();
-    let path = format!("blobs/{}", fill.digest);
+    let resource = Resource::Blob(&fill.digest);
     let response = target
         .upstream
-        .send(Method::GET, Kind::Blob, &target.name, &path, None)
+        .send(Method::GET, &target.name, resource, None)
         .await?;
     let total = response.content_length();
     let declared = ctx
@@ -516,8 +516,9 @@ async fn pump(
 /// with a `Content-Range` starting exactly there (and of the same total, when known).
 async fn resume(target: &Target, digest: &Digest, from: u64, total: Option<u64>) -> Option<Answer> {
     let upstream = &target.upstream;
-    let path = format!("blobs/{digest}");
-    let answer = upstream.resume(Kind::Blob, &target.name, &path, from).await;
+    let answer = upstream
+        .resume(&target.name, Resource::Blob(digest), from)
+        .await;
     let fits = |a: &Answer| {
         let range = a
             .headers()
