@@ -125,18 +125,18 @@ fn fmt_code(code: &Option<String>, message: &Option<String>) -> String {
 
 /// Where an error came from, as a bounded metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub enum Fault {
     Client,
     Upstream,
     Local,
 }
 
-impl Source {
+impl Fault {
     pub fn as_str(self) -> &'static str {
         match self {
-            Source::Client => "client",
-            Source::Upstream => "upstream",
-            Source::Local => "local",
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Local => "local",
         }
     }
 }
@@ -180,13 +180,13 @@ impl Error {
         Error::Local { context, source }
     }
 
-    pub fn source_kind(&self) -> Source {
+    pub fn fault(&self) -> Fault {
         match self {
             Error::Client { .. } | Error::Throttled { .. } | Error::Unsatisfiable { .. } => {
-                Source::Client
+                Fault::Client
             }
-            Error::Upstream { .. } => Source::Upstream,
-            Error::Local { .. } => Source::Local,
+            Error::Upstream { .. } => Fault::Upstream,
+            Error::Local { .. } => Fault::Local,
         }
     }
 

@@ -354,7 +354,7 @@ fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let report = runtime.block_on(async {
         let source = match (&args.via, &config) {
-            (Some(base), _) => prefetch::Source::Daemon {
+            (Some(base), _) => prefetch::Fetcher::Daemon {
                 client: reqwest::Client::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
                     .build()?,
@@ -367,7 +367,7 @@ fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
                          --via <its registry URL>"
                     )
                 })?;
-                prefetch::Source::Local {
+                prefetch::Fetcher::Local {
                     cache: Box::new(cache),
                     upstreams,
                 }

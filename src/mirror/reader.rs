@@ -30,7 +30,7 @@ pub const H2_CHUNK: u64 = 32 << 10;
 
 /// Where the bytes of one response come from.
 pub struct BlobReader {
-    source: Source,
+    source: Feed,
     /// Next offset to send, and one past the last (exclusive).
     offset: u64,
     end: u64,
@@ -46,7 +46,7 @@ pub struct BlobReader {
 /// may wait for the disk.
 const WARM_MS: u64 = 60_000;
 
-enum Source {
+enum Feed {
     File(Arc<File>),
     Fill(Arc<Fill>),
 }
@@ -55,7 +55,7 @@ impl BlobReader {
     /// Reads `start..end` of a complete, verified file.
     pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobReader {
         BlobReader {
-            source: Source::File(file),
+            source: Feed::File(file),
             offset: start,
             end,
             fill: None,
@@ -80,7 +80,7 @@ impl BlobReader {
         end: u64,
     ) -> BlobReader {
         BlobReader {
-            source: Source::Fill(fill),
+            source: Feed::Fill(fill),
             offset: start,
             end,
             fill: Some(progress),
@@ -119,13 +119,13 @@ impl BlobReader {
         };
         let limit = limit.min(self.offset.saturating_add(max.max(1)));
         let piece = match &self.source {
-            Source::File(file) => Piece::File {
+            Feed::File(file) => Piece::File {
                 file: file.clone(),
                 offset: self.offset,
                 len: limit - self.offset,
                 cached: self.cached,
             },
-            Source::Fill(fill) => match fill.at(self.offset, limit) {
+            Feed::Fill(fill) => match fill.at(self.offset, limit) {
                 At::File { file, end } => Piece::File {
                     file,
                     offset: self.offset,

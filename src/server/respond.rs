@@ -5,7 +5,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::auth;
 use super::body::{full, Body};
-use crate::error::{Error, Source, UpstreamError};
+use crate::error::{Error, Fault, UpstreamError};
 use crate::metrics::Metrics;
 use crate::oci::{error_body, ErrorCode};
 
@@ -21,7 +21,7 @@ pub fn error(metrics: &Metrics, error: &Error, missing: ErrorCode) -> Response<B
     log(error, status);
     metrics
         .errors
-        .with_label_values(&[error.source_kind().as_str(), status.as_str()])
+        .with_label_values(&[error.fault().as_str(), status.as_str()])
         .inc();
     let mut response = oci_error(status, code, &error.client_message());
     if status == StatusCode::UNAUTHORIZED {
@@ -58,12 +58,12 @@ fn oci_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Bod
 /// Client mistakes and plain misses are routine; upstream trouble is a warning;
 /// a local fault needs an operator.
 fn log(error: &Error, status: StatusCode) {
-    match error.source_kind() {
-        Source::Client => tracing::debug!(%status, error = %error, "request refused"),
-        Source::Upstream if error.is_not_found() => {
+    match error.fault() {
+        Fault::Client => tracing::debug!(%status, error = %error, "request refused"),
+        Fault::Upstream if error.is_not_found() => {
             tracing::debug!(%status, error = %error, "not found upstream")
         }
-        Source::Upstream
+        Fault::Upstream
             if matches!(
                 error,
                 Error::Upstream {
@@ -74,13 +74,13 @@ fn log(error: &Error, status: StatusCode) {
         {
             tracing::debug!(%status, error = %error, "offline miss")
         }
-        Source::Upstream => match error {
+        Fault::Upstream => match error {
             Error::Upstream {
                 cause: UpstreamError::DigestMismatch { .. },
                 ..
             } => tracing::error!(%status, error = %error, "upstream sent corrupt content"),
             _ => tracing::warn!(%status, error = %error, "upstream failed"),
         },
-        Source::Local => tracing::error!(%status, error = %error, "local fault"),
+        Fault::Local => tracing::error!(%status, error = %error, "local fault"),
     }
 }

@@ -21,7 +21,7 @@ use crate::oci::{Accept, Digest, Reference};
 use crate::upstream::{RouteRequest, Target, Upstreams};
 
 /// Where requests go.
-pub enum Source {
+pub enum Fetcher {
     /// A running regcache's registry API, e.g. `http://127.0.0.1:5000`.
     Daemon {
         client: reqwest::Client,
@@ -89,7 +89,7 @@ pub struct Report {
 
 /// Fetches every image's manifests (the platforms asked for) and all their blobs.
 pub async fn prefetch(
-    source: Arc<Source>,
+    source: Arc<Fetcher>,
     images: &[ImageRef],
     options: &Options,
     progress: &Progress,
@@ -161,7 +161,7 @@ pub async fn prefetch(
         }
     }
     progress.finish();
-    if let Source::Local { cache, .. } = &*source {
+    if let Fetcher::Local { cache, .. } = &*source {
         cache.flush().await;
     }
     Ok(report)
@@ -183,7 +183,7 @@ fn parse(image: &ImageRef, digest: &str, body: &[u8]) -> Result<Contents, Prefet
     })
 }
 
-impl Source {
+impl Fetcher {
     /// A manifest's digest (as the answer named it) and body.
     async fn manifest(
         &self,
@@ -191,7 +191,7 @@ impl Source {
         reference: &Reference,
     ) -> Result<(String, Bytes), PrefetchError> {
         match self {
-            Source::Daemon { client, base } => {
+            Fetcher::Daemon { client, base } => {
                 let url = daemon_url(base, image, &format!("manifests/{reference}"));
                 let response = client
                     .get(&url)
@@ -212,7 +212,7 @@ impl Source {
                     .map_err(|source| request_error(image, source))?;
                 Ok((digest, body))
             }
-            Source::Local { cache, upstreams } => {
+            Fetcher::Local { cache, upstreams } => {
                 let target = local_target(upstreams, image)?;
                 let accept = Accept::parse(MODERN_MANIFEST_TYPES);
                 let found = cache
@@ -236,7 +236,7 @@ impl Source {
     ) -> Result<u64, PrefetchError> {
         let digest = &descriptor.digest;
         let got = match self {
-            Source::Daemon { client, base } => {
+            Fetcher::Daemon { client, base } => {
                 let url = daemon_url(base, image, &format!("blobs/{digest}"));
                 let response = client
                     .get(&url)
@@ -255,7 +255,7 @@ impl Source {
                 }
                 got
             }
-            Source::Local { cache, upstreams } => {
+            Fetcher::Local { cache, upstreams } => {
                 let target = local_target(upstreams, image)?;
                 // Found, or a fill joined or started and waited for.
                 cache

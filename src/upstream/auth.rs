@@ -3,7 +3,7 @@
 //! the realm). Tokens are cached per scope until shortly before they expire, and concurrent
 //! requests for the same scope share one token fetch.
 //!
-//! The username and password come from a [`Source`]: fixed in the config, or fetched (a
+//! The username and password come from a [`CredentialSource`]: fixed in the config, or fetched (a
 //! credential helper, Amazon ECR). A 401 to credentials that were sent drops them from
 //! their source, so the one retry of the request uses fresh ones. Which token realms may
 //! receive them is decided by [`Realms`].
@@ -18,7 +18,7 @@ use moka::Expiry;
 use serde::Deserialize;
 
 use super::client::error_chain;
-use super::credentials::Source;
+use super::credentials::CredentialSource;
 use super::realm::{Realms, Trust};
 use super::redact;
 use crate::config::Credentials;
@@ -57,7 +57,7 @@ enum Scheme {
 }
 
 pub struct Auth {
-    source: Source,
+    source: CredentialSource,
     realms: Realms,
     scheme: RwLock<Scheme>,
     tokens: Cache<String, Token>,
@@ -71,7 +71,7 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(source: Source, realms: Realms) -> Auth {
+    pub fn new(source: CredentialSource, realms: Realms) -> Auth {
         Auth {
             source,
             realms,

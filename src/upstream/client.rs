@@ -20,13 +20,13 @@ use reqwest::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Auth;
-use super::credentials::Source;
+use super::credentials::CredentialSource;
 use super::ratelimit;
 use super::reach::{Guarded, Reach};
 use super::realm::Realms;
 use super::redirect::{self, Hop, Stop};
 use super::resource::{Kind, Resource};
-use super::retry::{Decision, Policy};
+use super::retry::{Backoff, Decision};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::{status_class, Metrics};
@@ -47,7 +47,7 @@ pub struct Upstream {
     reach: Arc<Reach>,
     /// One per request in flight (body included): `max_concurrent_requests`.
     permits: Arc<Semaphore>,
-    policy: Policy,
+    backoff: Backoff,
     metrics: Metrics,
 }
 
@@ -105,12 +105,12 @@ impl Upstream {
         Ok(Upstream {
             base: config.url.as_str().trim_end_matches('/').to_string(),
             auth: Auth::new(
-                Source::from_config(&config),
+                CredentialSource::from_config(&config),
                 Realms::new(&config, reach.clone()),
             ),
             reach,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-            policy: Policy {
+            backoff: Backoff {
                 retries: config.retries,
                 max_retry_after: config.max_retry_after,
             },
@@ -217,7 +217,7 @@ impl Upstream {
                 Err(Stop::Refused(cause)) => return Err(self.error(cause)),
                 Err(Stop::Transport(e)) => {
                     drop(permit);
-                    match self.policy.after_connect_error(attempt) {
+                    match self.backoff.after_connect_error(attempt) {
                         Decision::RetryAfter(wait) if e.is_connect() => {
                             self.pause(wait, attempt).await;
                             attempt += 1;
@@ -252,7 +252,7 @@ impl Upstream {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok());
             if let Decision::RetryAfter(wait) =
-                self.policy.after_status(attempt, status, retry_after)
+                self.backoff.after_status(attempt, status, retry_after)
             {
                 drop((response, permit));
                 self.pause(wait, attempt).await;

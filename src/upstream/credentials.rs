@@ -25,7 +25,7 @@ pub struct Current {
 }
 
 /// The kinds of source; fetched ones sit behind a [`Refreshing`] cache.
-pub enum Source {
+pub enum CredentialSource {
     Anonymous,
     Fixed(Credentials),
     Helper(Helper, Refreshing),
@@ -33,52 +33,52 @@ pub enum Source {
     Ecr(super::ecr::Ecr, Refreshing),
 }
 
-impl Source {
-    pub fn from_config(config: &UpstreamConfig) -> Source {
+impl CredentialSource {
+    pub fn from_config(config: &UpstreamConfig) -> CredentialSource {
         #[cfg(feature = "ecr")]
         if let Some(ecr) = &config.ecr {
-            return Source::Ecr(super::ecr::Ecr::new(ecr.clone()), Refreshing::default());
+            return CredentialSource::Ecr(super::ecr::Ecr::new(ecr.clone()), Refreshing::default());
         }
         if let Some(name) = &config.credential_helper {
-            return Source::Helper(
+            return CredentialSource::Helper(
                 Helper::new(name, server_url(config), config.credential_helper_ttl),
                 Refreshing::default(),
             );
         }
         match &config.credentials {
-            Some(c) => Source::Fixed(c.clone()),
-            None => Source::Anonymous,
+            Some(c) => CredentialSource::Fixed(c.clone()),
+            None => CredentialSource::Anonymous,
         }
     }
 
     /// Whether there may be credentials to send (a helper may still answer "none").
     pub fn is_some(&self) -> bool {
-        !matches!(self, Source::Anonymous)
+        !matches!(self, CredentialSource::Anonymous)
     }
 
     /// The credentials to send now, fetching them if none are fresh. Boxed: the fetches
     /// are deep futures, and every upstream request awaits this one.
     pub fn get(&self) -> BoxFuture<'_, Result<Option<Current>, UpstreamError>> {
         match self {
-            Source::Anonymous => future::ready(Ok(None)).boxed(),
-            Source::Fixed(c) => future::ready(Ok(Some(Current {
+            CredentialSource::Anonymous => future::ready(Ok(None)).boxed(),
+            CredentialSource::Fixed(c) => future::ready(Ok(Some(Current {
                 credentials: c.clone(),
                 generation: 0,
             })))
             .boxed(),
-            Source::Helper(helper, cache) => cache.get(|| helper.fetch()).boxed(),
+            CredentialSource::Helper(helper, cache) => cache.get(|| helper.fetch()).boxed(),
             #[cfg(feature = "ecr")]
-            Source::Ecr(ecr, cache) => cache.get(|| ecr.fetch()).boxed(),
+            CredentialSource::Ecr(ecr, cache) => cache.get(|| ecr.fetch()).boxed(),
         }
     }
 
     /// Upstream refused the credentials of `generation`: fetch new ones next time.
     pub async fn rejected(&self, generation: u64) {
         match self {
-            Source::Anonymous | Source::Fixed(_) => {}
-            Source::Helper(_, cache) => cache.rejected(generation).await,
+            CredentialSource::Anonymous | CredentialSource::Fixed(_) => {}
+            CredentialSource::Helper(_, cache) => cache.rejected(generation).await,
             #[cfg(feature = "ecr")]
-            Source::Ecr(_, cache) => cache.rejected(generation).await,
+            CredentialSource::Ecr(_, cache) => cache.rejected(generation).await,
         }
     }
 }

@@ -14,7 +14,7 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug)]
-pub struct Policy {
+pub struct Backoff {
     /// Retries after the first attempt.
     pub retries: u32,
     /// The longest `Retry-After` waited for.
@@ -28,7 +28,7 @@ pub enum Decision {
     GiveUp,
 }
 
-impl Policy {
+impl Backoff {
     /// After attempt number `attempt` (0 for the first) answered `status`, with
     /// `retry_after` as its `Retry-After` header, if any.
     pub fn after_status(
@@ -76,7 +76,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    const POLICY: Policy = Policy {
+    const BACKOFF: Backoff = Backoff {
         retries: 3,
         max_retry_after: Duration::from_secs(10),
     };
@@ -96,19 +96,19 @@ mod tests {
     fn gateway_errors_and_429_are_retried_a_bounded_number_of_times() {
         for code in [429, 502, 503, 504] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(POLICY.after_status(0, status, None), ms(100), "{code}");
-            assert_eq!(POLICY.after_status(2, status, None), ms(400), "{code}");
-            assert_eq!(POLICY.after_status(3, status, None), Decision::GiveUp);
+            assert_eq!(BACKOFF.after_status(0, status, None), ms(100), "{code}");
+            assert_eq!(BACKOFF.after_status(2, status, None), ms(400), "{code}");
+            assert_eq!(BACKOFF.after_status(3, status, None), Decision::GiveUp);
         }
         for code in [400, 401, 404, 500, 501] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(POLICY.after_status(0, status, None), Decision::GiveUp);
+            assert_eq!(BACKOFF.after_status(0, status, None), Decision::GiveUp);
         }
-        assert_eq!(POLICY.after_connect_error(1), ms(200));
-        assert_eq!(POLICY.after_connect_error(3), Decision::GiveUp);
-        let never = Policy {
+        assert_eq!(BACKOFF.after_connect_error(1), ms(200));
+        assert_eq!(BACKOFF.after_connect_error(3), Decision::GiveUp);
+        let never = Backoff {
             retries: 0,
-            ..POLICY
+            ..BACKOFF
         };
         assert_eq!(never.after_connect_error(0), Decision::GiveUp);
     }
@@ -116,12 +116,12 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_the_cap() {
         let s = StatusCode::TOO_MANY_REQUESTS;
-        assert_eq!(POLICY.after_status(0, s, Some("2")), ms(2000));
-        assert_eq!(POLICY.after_status(0, s, Some(" 10 ")), ms(10_000));
-        assert_eq!(POLICY.after_status(0, s, Some("11")), Decision::GiveUp);
+        assert_eq!(BACKOFF.after_status(0, s, Some("2")), ms(2000));
+        assert_eq!(BACKOFF.after_status(0, s, Some(" 10 ")), ms(10_000));
+        assert_eq!(BACKOFF.after_status(0, s, Some("11")), Decision::GiveUp);
         // A date is not understood: plain backoff.
         let date = "Wed, 21 Oct 2015 07:28:00 GMT";
-        assert_eq!(POLICY.after_status(1, s, Some(date)), ms(200));
+        assert_eq!(BACKOFF.after_status(1, s, Some(date)), ms(200));
         assert_eq!(parse_retry_after("-1"), None);
     }
 }
