@@ -1,18 +1,16 @@
 //! The `regcache` command: parses flags, loads the config and runs the daemon or one of
-//! the operator commands (which live in `regcache::store::ops`).
+//! the operator commands (which live in `regcache::operator::commands`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use bytesize::ByteSize;
 use regcache::app::{self, Listeners};
 use regcache::config::{admin_exposure_warning, Config, Overrides};
-use regcache::operator;
-use regcache::store::ops;
-use regcache::transfer::{archive, prefetch, ImageRef, Platform, Progress};
+use regcache::operator::commands;
+use regcache::transfer::{prefetch, Platform};
 
 #[derive(Parser)]
 #[command(
@@ -31,9 +29,11 @@ enum Command {
     /// Check a config file; print every problem and exit non-zero if there is one.
     CheckConfig { file: PathBuf },
     /// Apply the lifecycle rules and the disk budget now, and prune membership records of
-    /// content no longer cached (safe while the daemon runs).
+    /// content no longer cached (run by the daemon, through its admin listener, while one
+    /// owns the cache).
     Gc(CacheArgs),
-    /// Re-hash every cached object and remove those that do not match (safe while running).
+    /// Re-hash every cached object and remove those that do not match (run by the daemon
+    /// while one owns the cache).
     Verify(CacheArgs),
     /// Print sizes, object counts, access times and the largest repositories.
     Stats {
@@ -86,8 +86,7 @@ struct PrefetchArgs {
     #[arg(long, default_value_t = 4)]
     jobs: usize,
     /// Go through a running regcache, e.g. http://127.0.0.1:5000 (else the cache directory
-    /// is filled in-process; a daemon serving it meanwhile counts what was added within
-    /// its `index_flush_secs`).
+    /// is filled in-process, which a daemon owning it refuses).
     #[arg(long)]
     via: Option<String>,
     #[command(flatten)]
@@ -236,205 +235,43 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn gc(args: CacheArgs) -> anyhow::Result<ExitCode> {
-    let config = args.load()?;
-    let dir = config.cache.dir.display().to_string();
-    let (r, ran) = operator::gc(&config).with_context(|| format!("collecting {dir}"))?;
-    say_where(ran);
-    println!(
-        "{dir}: lifecycle rules removed {} objects ({}) and {} tag records",
-        r.swept.objects,
-        ByteSize(r.swept.bytes),
-        r.swept.tags
-    );
-    println!(
-        "{dir}: {} objects, {} of a {} budget; removed {} objects ({})",
-        r.objects_before,
-        ByteSize(r.bytes_before),
-        ByteSize(r.budget),
-        r.removed,
-        ByteSize(r.freed),
-    );
-    println!(
-        "{dir}: pruned {} membership records of content no longer cached ({} repository files emptied)",
-        r.members_pruned, r.member_files_removed
-    );
+    commands::gc(&args.load()?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify(args: CacheArgs) -> anyhow::Result<ExitCode> {
-    let config = args.load()?;
-    let dir = config.cache.dir.display().to_string();
-    let (r, ran) = operator::verify(&config).with_context(|| format!("verifying {dir}"))?;
-    say_where(ran);
-    for key in &r.removed {
-        println!(
-            "removed {:?} {}: does not match its digest",
-            key.kind, key.digest
-        );
-    }
-    println!(
-        "{dir}: checked {} objects ({}), removed {}",
-        r.checked,
-        ByteSize(r.bytes),
-        r.removed.len()
-    );
+    commands::verify(&args.load()?)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Says when a command's work was done by the daemon that owns the store.
-fn say_where(ran: operator::Ran) {
-    if let operator::Ran::Daemon { pid } = ran {
-        eprintln!("the daemon that owns the cache (process {pid}) ran this through its admin API");
-    }
 }
 
 fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
-    let config = args.load()?;
-    let dir = config.cache.dir.display().to_string();
-    let s = ops::stats(&config.cache.dir, top).with_context(|| format!("reading {dir}"))?;
-    println!("cache: {dir}");
-    println!("blobs: {} ({})", s.blobs.0, ByteSize(s.blobs.1));
-    println!("manifests: {} ({})", s.manifests.0, ByteSize(s.manifests.1));
-    let age = |ms: Option<u64>| match ms {
-        Some(ms) => format!(
-            "{}s ago",
-            regcache::store::unix_millis().saturating_sub(ms) / 1000
-        ),
-        None => "-".into(),
-    };
-    println!("oldest access: {}", age(s.oldest_access));
-    println!("newest access: {}", age(s.newest_access));
-    for (upstream, n) in &s.tags {
-        println!("tags of {upstream}: {n}");
-    }
-    for (repo, bytes) in &s.top_repositories {
-        println!("repository {repo}: {}", ByteSize(*bytes));
-    }
+    commands::stats(&args.load()?, top)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn image_list(
-    mut names: Vec<String>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<Vec<ImageRef>> {
-    if let Some(file) = file {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if !line.is_empty() {
-                names.push(line.to_string());
-            }
-        }
-    }
-    anyhow::ensure!(
-        !names.is_empty(),
-        "no image given (name some, or use --file)"
-    );
-    names
-        .iter()
-        .map(|n| n.parse().map_err(anyhow::Error::from))
-        .collect()
 }
 
 fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
     regcache::telemetry::init_with("warn");
-    let images = image_list(args.images, args.file.as_deref())?;
+    let images = commands::image_list(args.images, args.file.as_deref())?;
     let options = prefetch::Options {
         jobs: args.jobs.max(1),
         platforms: args.platforms,
     };
-    let config = match &args.via {
-        Some(_) => None,
-        None => Some(args.cache.load()?),
+    let into = match args.via {
+        Some(base) => commands::Where::Daemon(base),
+        None => commands::Where::Cache(Box::new(args.cache.load()?)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let report = runtime.block_on(async {
-        let source = match (&args.via, &config) {
-            (Some(base), _) => prefetch::Fetcher::Daemon {
-                client: reqwest::Client::builder()
-                    .connect_timeout(std::time::Duration::from_secs(10))
-                    .build()?,
-                base: base.clone(),
-            },
-            (None, Some(config)) => {
-                let (cache, upstreams) = regcache::app::owned(config).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{e}; while a daemon owns the cache, prefetch through it with \
-                         --via <its registry URL>"
-                    )
-                })?;
-                prefetch::Fetcher::Local {
-                    cache: Box::new(cache),
-                    upstreams,
-                }
-            }
-            (None, None) => unreachable!("a config is loaded without --via"),
-        };
-        let progress = Progress::for_stderr();
-        anyhow::Ok(prefetch::prefetch(source.into(), &images, &options, &progress).await?)
-    })?;
-    // Waits for the manifest and tag writes still in flight.
-    drop(runtime);
-    println!(
-        "prefetched {} image(s): {} manifest(s), {} blob(s) ({})",
-        report.images,
-        report.manifests,
-        report.blobs,
-        ByteSize(report.bytes)
-    );
+    commands::prefetch(into, &images, &options)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(
-    images: Vec<String>,
-    output: &std::path::Path,
-    cache: CacheArgs,
-) -> anyhow::Result<ExitCode> {
-    let images = image_list(images, None)?;
-    let config = cache.load()?;
-    let r = archive::export(&config, &images, output)
-        .with_context(|| format!("exporting to {}", output.display()))?;
-    for skipped in &r.skipped {
-        eprintln!("warning: not cached, left out of the index: {skipped}");
-    }
-    println!(
-        "{}: {} image(s), {} manifest(s), {} blob(s) ({})",
-        output.display(),
-        r.images,
-        r.manifests,
-        r.blobs,
-        ByteSize(r.bytes)
-    );
+fn export(images: Vec<String>, output: &Path, cache: CacheArgs) -> anyhow::Result<ExitCode> {
+    let images = commands::image_list(images, None)?;
+    commands::export(&cache.load()?, &images, output)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn import(
-    file: &std::path::Path,
-    upstream: Option<&str>,
-    cache: CacheArgs,
-) -> anyhow::Result<ExitCode> {
-    let config = cache.load()?;
-    let (r, ran) = operator::import(&config, file, upstream)
-        .with_context(|| format!("importing {}", file.display()))?;
-    say_where(ran);
-    for tag in &r.tags {
-        println!("tagged {tag}");
-    }
-    for name in &r.untagged {
-        eprintln!("warning: {name:?} names no repo:tag; imported, reachable by digest only");
-    }
-    println!(
-        "{}: {} manifest(s), {} blob(s) written ({}), {} already cached",
-        file.display(),
-        r.manifests,
-        r.blobs,
-        ByteSize(r.bytes),
-        r.already
-    );
+fn import(file: &Path, upstream: Option<&str>, cache: CacheArgs) -> anyhow::Result<ExitCode> {
+    commands::import(&cache.load()?, file, upstream)?;
     Ok(ExitCode::SUCCESS)
 }
 

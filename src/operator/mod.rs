@@ -5,6 +5,8 @@
 //! `transfer::archive::import`) on the owner's `Disk`, so the index, the budget and the
 //! daemon's in-memory records see every change at once. Blocks.
 
+pub mod commands;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
