@@ -35,11 +35,14 @@ impl TagEntry {
 
 #[derive(Clone)]
 pub struct Tags {
-    memory: Cache<String, TagEntry>,
+    memory: Cache<Key, TagEntry>,
 }
 
-fn key(upstream: &str, repo: &RepoName, tag: &Tag) -> String {
-    format!("{upstream}/{repo}:{tag}")
+/// A tag of a repository of an upstream.
+type Key = (String, RepoName, Tag);
+
+fn key(upstream: &str, repo: &RepoName, tag: &Tag) -> Key {
+    (upstream.to_string(), repo.clone(), tag.clone())
 }
 
 impl Tags {
@@ -73,7 +76,7 @@ impl Tags {
             .ok()?
             .inspect_err(|e| tracing::warn!(error = %e, "reading a tag record failed"))
             .ok()??;
-        let digest: Digest = record.digest.parse().ok()?;
+        let digest = record.digest;
         let age = Duration::from_secs(unix_now().saturating_sub(record.checked_at));
         let entry = TagEntry {
             digest,
@@ -110,7 +113,7 @@ impl Tags {
         };
         self.memory.insert(key(upstream, repo, tag), entry);
         let record = TagRecord {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             media_type: media_type.to_string(),
             checked_at: unix_now(),
         };

@@ -100,7 +100,7 @@ impl<T> Lookup<T> {
 /// What a tag pointed at when regcache last asked upstream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagRecord {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     /// Unix seconds of the last confirmation from upstream.
     pub checked_at: u64,
@@ -449,7 +449,7 @@ mod tests {
         let repo: RepoName = "library/nginx".parse().unwrap();
         let tag: Tag = "1.27".parse().unwrap();
         let record = TagRecord {
-            digest: "sha256:00".into(),
+            digest: Digest::of(Algorithm::Sha256, b"m"),
             media_type: "m".into(),
             checked_at: 7,
         };

@@ -173,7 +173,7 @@ mod tests {
         let repo: RepoName = "a/b".parse().unwrap();
         for (n, tag) in ["v1", "v2", "v3"].iter().enumerate() {
             let record = TagRecord {
-                digest: old.digest.to_string(),
+                digest: old.digest.clone(),
                 media_type: "m".into(),
                 checked_at: n as u64,
             };

@@ -150,11 +150,8 @@ pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
     let mut tags: HashMap<String, u64> = HashMap::new();
     for (upstream, repo, record) in tag_records(&store)? {
         *tags.entry(upstream.clone()).or_default() += 1;
-        let Ok(digest) = record.digest.parse::<Digest>() else {
-            continue;
-        };
         let reached = by_repo.entry(format!("{upstream}/{repo}")).or_default();
-        reach(&store, &digest, reached, 2);
+        reach(&store, &record.digest, reached, 2);
     }
     stats.tags = tags.into_iter().collect();
     stats.tags.sort();

@@ -143,7 +143,7 @@ fn partial_path(output: &Path) -> PathBuf {
 fn tagged(store: &Store, upstream: &str, repo: &RepoName, tag: &Tag) -> io::Result<Option<Digest>> {
     Ok(store
         .read_tag(upstream, repo, tag)?
-        .and_then(|record| record.digest.parse().ok()))
+        .map(|record| record.digest))
 }
 
 fn cached_manifest(
@@ -507,7 +507,7 @@ pub fn import(
         };
         let digest = &entry.descriptor.digest;
         let record = crate::store::TagRecord {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             media_type: types
                 .get(digest)
                 .cloned()

@@ -262,7 +262,11 @@ async fn a_fill_stops_at_the_size_it_may_have() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let cache = "max_blob_bytes = \"4MiB\"";
-    let proxy = Proxy::start_config(&endless.url(), cache, "", Some(dir.path())).await;
+    let proxy = Proxy::to(&endless.url())
+        .cache(cache)
+        .dir(dir.path())
+        .start()
+        .await;
     let started = Instant::now();
     let (status, body) = fetch(&proxy.url(&format!("/v2/a/b/blobs/{digest}"))).await;
     assert!(
@@ -289,7 +293,7 @@ async fn a_fill_stops_at_the_size_it_may_have() {
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{small}","size":1000}},"layers":[]}}"#
     );
     fake.add_manifest("a/b", "v1", OCI_MANIFEST, manifest);
-    let proxy = Proxy::start_config(&fake.url(), cache, "", None).await;
+    let proxy = Proxy::to(&fake.url()).cache(cache).start().await;
     let response = get(&proxy.url(&format!("/v2/a/b/blobs/{big}"))).await;
     assert_eq!(response.status(), 502);
     let text = response.text().await.unwrap();
@@ -317,7 +321,7 @@ async fn a_fill_in_progress_counts_toward_the_disk_budget() {
     let large = fake.add_blob(vec![4u8; 2 << 20]);
     fake.set_fault(&large, Fault::Held);
     let cache = "disk_bytes = \"2MiB\"\nmemory_bytes = \"0\"";
-    let proxy = Proxy::start_config(&fake.url(), cache, "", None).await;
+    let proxy = Proxy::to(&fake.url()).cache(cache).start().await;
     let (status, _) = fetch(&proxy.url(&format!("/v2/a/b/blobs/{old}"))).await;
     assert_eq!(status, 200);
     let evictions = r#"regcache_evictions_total{reason="budget"}"#;

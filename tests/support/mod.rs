@@ -22,3 +22,10 @@ pub fn skip(reason: &str) {
     }
     eprintln!("SKIPPED (not a pass): {reason}");
 }
+
+/// `len` bytes of test content; different seeds give different content (and digests).
+pub fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}

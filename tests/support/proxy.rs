@@ -9,6 +9,50 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A test proxy's config: one upstream, and TOML for its `[server]` and `[cache]` tables
+/// and its `[[upstream]]` table's other keys; a fresh cache directory unless given one.
+pub struct ProxyBuilder {
+    upstream: String,
+    server: String,
+    cache: String,
+    extra: String,
+    dir: Option<PathBuf>,
+}
+
+impl ProxyBuilder {
+    /// The body of the `[server]` table (limits, TLS files).
+    pub fn server(mut self, toml: &str) -> ProxyBuilder {
+        self.server = toml.to_string();
+        self
+    }
+
+    /// The body of the `[cache]` table.
+    pub fn cache(mut self, toml: &str) -> ProxyBuilder {
+        self.cache = toml.to_string();
+        self
+    }
+
+    /// More keys of the `[[upstream]]` table (e.g. `tag_ttl_secs = 0`).
+    pub fn upstream_toml(mut self, toml: &str) -> ProxyBuilder {
+        self.extra = toml.to_string();
+        self
+    }
+
+    /// Uses (or reuses, for a restart) this cache directory.
+    pub fn dir(mut self, dir: &Path) -> ProxyBuilder {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub async fn start(self) -> Proxy {
+        let text = format!(
+            "[server]\n{}\n[cache]\n{}\n[[upstream]]\nurl = \"{}\"\n{}\n",
+            self.server, self.cache, self.upstream, self.extra
+        );
+        Proxy::start_config_in(&text, self.dir.as_deref()).await
+    }
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -26,35 +70,27 @@ impl Proxy {
     /// `extra` is TOML for the single `[[upstream]]` table (e.g. `tag_ttl_secs = 0`);
     /// `dir` reuses a cache directory (a restart).
     pub async fn start_with(upstream: &str, extra: &str, dir: Option<&Path>) -> Proxy {
-        Proxy::start_full(upstream, "", "", extra, dir).await
+        let builder = Proxy::to(upstream).upstream_toml(extra);
+        match dir {
+            Some(dir) => builder.dir(dir).start().await,
+            None => builder.start().await,
+        }
     }
 
     /// `server` is TOML for the `[server]` table (limits, TLS files).
     pub async fn start_server(upstream: &str, server: &str) -> Proxy {
-        Proxy::start_full(upstream, server, "", "", None).await
+        Proxy::to(upstream).server(server).start().await
     }
 
-    /// Like `start_with`, with `cache` as the body of the `[cache]` table.
-    pub async fn start_config(
-        upstream: &str,
-        cache: &str,
-        extra: &str,
-        dir: Option<&Path>,
-    ) -> Proxy {
-        Proxy::start_full(upstream, "", cache, extra, dir).await
-    }
-
-    async fn start_full(
-        upstream: &str,
-        server: &str,
-        cache: &str,
-        extra: &str,
-        dir: Option<&Path>,
-    ) -> Proxy {
-        let text = format!(
-            "[server]\n{server}\n[cache]\n{cache}\n[[upstream]]\nurl = \"{upstream}\"\n{extra}\n"
-        );
-        Proxy::start_config_in(&text, dir).await
+    /// A proxy in front of `upstream`, configured step by step (see [`ProxyBuilder`]).
+    pub fn to(upstream: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            upstream: upstream.to_string(),
+            server: String::new(),
+            cache: String::new(),
+            extra: String::new(),
+            dir: None,
+        }
     }
 
     /// A proxy running `config` (TOML, typically several `[[upstream]]` tables) with its

@@ -28,13 +28,25 @@ pub use prune::Pruned;
 
 #[derive(Clone)]
 pub struct Membership {
-    memory: Cache<String, ()>,
+    memory: Cache<Key, ()>,
     store: Arc<Store>,
 }
 
-/// Keyed by the upstream's directory name, as its file is: what a prune reports.
-fn key(upstream: &str, repo: &str, digest: &Digest) -> String {
-    format!("{}\n{repo}\n{digest}", file::upstream_dir(upstream))
+/// A membership in memory, by the upstream's directory name, as its file is: what a
+/// prune reports.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    upstream: String,
+    repo: String,
+    digest: Digest,
+}
+
+fn key(upstream: &str, repo: &str, digest: &Digest) -> Key {
+    Key {
+        upstream: file::upstream_dir(upstream),
+        repo: repo.to_string(),
+        digest: digest.clone(),
+    }
 }
 
 impl Membership {

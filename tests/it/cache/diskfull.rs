@@ -48,7 +48,7 @@ async fn a_full_disk_still_serves_the_blob_and_caching_resumes_when_space_return
     let small_digest = fake.add_blob(small.clone());
     // A budget larger than the filesystem: only the disk itself says no.
     let cache = "disk_bytes = \"1GiB\"\nmemory_bytes = \"0\"";
-    let proxy = Proxy::start_config(&fake.url(), cache, "", Some(&fs.0)).await;
+    let proxy = Proxy::to(&fake.url()).cache(cache).dir(&fs.0).start().await;
 
     let body = reqwest::get(proxy.url(&format!("/v2/a/blobs/{big_digest}")))
         .await
@@ -123,7 +123,7 @@ async fn a_full_disk_evicts_the_least_recently_used_so_the_next_fill_is_cached()
     let new_digest = fake.add_blob(new.clone());
     // A budget far larger than the 8 MiB filesystem: no watermark will ever be reached.
     let cache = "disk_bytes = \"1GiB\"\nmemory_bytes = \"0\"";
-    let proxy = Proxy::start_config(&fake.url(), cache, "", Some(&fs.0)).await;
+    let proxy = Proxy::to(&fake.url()).cache(cache).dir(&fs.0).start().await;
     let full = "regcache_evictions_total{reason=\"disk_full\"}";
 
     // Three 2 MiB blobs fill 6 of the 8 MiB; the first is then used again, so the other

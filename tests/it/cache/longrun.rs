@@ -4,17 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::data;
 use crate::support::fake::{sha256, FakeRegistry};
 use crate::support::proxy::Proxy;
 
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
-        .collect()
-}
 
 async fn fetch(url: &str) -> (u16, Vec<u8>) {
     let response = reqwest::get(url).await.unwrap();
@@ -50,7 +45,11 @@ async fn pulls_beyond_the_budget_evict_the_least_recently_used() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_config(&fake.url(), SMALL_DISK, "", Some(dir.path())).await;
+    let proxy = Proxy::to(&fake.url())
+        .cache(SMALL_DISK)
+        .dir(dir.path())
+        .start()
+        .await;
     let url = |d: &str| proxy.url(&format!("/v2/a/b/blobs/{d}"));
     // 8 MiB: under the high mark (9 MiB).
     for (digest, bytes) in &blobs[..4] {
@@ -91,7 +90,11 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
     let big = data(3 * MIB, 7);
     let digest = fake.add_blob(big.clone());
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_config(&fake.url(), SMALL_DISK, "", Some(dir.path())).await;
+    let proxy = Proxy::to(&fake.url())
+        .cache(SMALL_DISK)
+        .dir(dir.path())
+        .start()
+        .await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
     assert!(fetch(&url).await.1 == big);
     let path = blob_path(dir.path(), &digest);
@@ -112,7 +115,11 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
     // A flipped bit in a small blob (read whole into memory) fails its digest check.
     let small = data(1000, 9);
     let small_digest = fake.add_blob(small.clone());
-    let proxy = Proxy::start_config(&fake.url(), "", "", Some(dir.path())).await;
+    let proxy = Proxy::to(&fake.url())
+        .cache("")
+        .dir(dir.path())
+        .start()
+        .await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{small_digest}"));
     assert!(fetch(&url).await.1 == small);
     proxy.stop().await;
@@ -120,7 +127,11 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
     let mut damaged = small.clone();
     damaged[500] ^= 1;
     std::fs::write(&path, &damaged).unwrap();
-    let proxy = Proxy::start_config(&fake.url(), "", "", Some(dir.path())).await;
+    let proxy = Proxy::to(&fake.url())
+        .cache("")
+        .dir(dir.path())
+        .start()
+        .await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{small_digest}"));
     assert!(fetch(&url).await.1 == small);
     assert_eq!(fake.count("GET", &small_digest), 2);
@@ -157,13 +168,12 @@ async fn offline_serves_the_cache_whatever_its_age_and_refuses_the_rest() {
     online.stop().await;
     let upstream_requests = fake.count("GET", "") + fake.count("HEAD", "");
 
-    let offline = Proxy::start_config(
-        &fake.url(),
-        "offline = true",
-        "tag_ttl_secs = 0",
-        Some(dir.path()),
-    )
-    .await;
+    let offline = Proxy::to(&fake.url())
+        .cache("offline = true")
+        .upstream_toml("tag_ttl_secs = 0")
+        .dir(dir.path())
+        .start()
+        .await;
     let response = get_manifest(offline.url(""), "v1").await.unwrap();
     assert_eq!(
         response.status().as_u16(),
@@ -222,7 +232,11 @@ async fn a_blob_being_read_is_not_evicted_until_its_reader_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let cache =
         "disk_bytes = \"40MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.5\nmemory_bytes = \"0\"";
-    let proxy = Proxy::start_config(&fake.url(), cache, "", Some(dir.path())).await;
+    let proxy = Proxy::to(&fake.url())
+        .cache(cache)
+        .dir(dir.path())
+        .start()
+        .await;
     let url = |d: &str| proxy.url(&format!("/v2/a/b/blobs/{d}"));
     assert!(fetch(&url(&a)).await.1 == a_bytes);
 

@@ -5,16 +5,11 @@
 
 use std::time::Duration;
 
+use crate::support::data;
 use crate::support::fake::{FakeRegistry, Fault};
 use crate::support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
 
 fn rejections(limit: &str) -> String {
     format!("regcache_limit_rejections_total{{limit=\"{limit}\"}}")

@@ -4,15 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::data;
 use crate::support::fake::{sha256, FakeRegistry, Fault};
 use crate::support::proxy::Proxy;
 use tokio::sync::Barrier;
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
 
 /// Reads a whole body; `Err` when the response was cut.
 async fn fetch(url: &str) -> (u16, Result<Vec<u8>, reqwest::Error>) {

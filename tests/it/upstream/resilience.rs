@@ -4,14 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::data;
 use crate::support::fake::{FakeRegistry, Fault};
 use crate::support::proxy::Proxy;
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
-}
 
 async fn fetch(url: &str) -> (u16, Result<Vec<u8>, reqwest::Error>) {
     let response = reqwest::get(url).await.unwrap();

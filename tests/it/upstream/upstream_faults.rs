@@ -6,16 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::data;
 use crate::support::fake::{FakeRegistry, Fault, Silent};
 use crate::support::proxy::Proxy;
 use crate::support::regcache::Regcache;
 use crate::support::store::verified_objects;
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
-        .collect()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
