@@ -14,6 +14,7 @@ use crate::mirror::Mirror;
 use crate::server::auth::{Access, AuthFileError};
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, Serving, State};
+use crate::store::bucket::Bucket;
 use crate::store::lifecycle::Rules;
 use crate::upstream::Upstreams;
 
@@ -31,6 +32,8 @@ pub enum AppError {
     Auth(#[from] AuthFileError),
     #[error("cannot use the socket passed by systemd: {0}")]
     Activated(io::Error),
+    #[error("bucket: {0}")]
+    Bucket(String),
 }
 
 /// The bound sockets. Binding before `run` lets callers (and tests, with port 0) learn the
@@ -83,12 +86,17 @@ impl Listeners {
 pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Mirror::open(&config.cache, rules, metrics.clone())
-        .map_err(|source| AppError::Cache {
-            dir: config.cache.dir.display().to_string(),
-            source,
-        })?
-        .one_trust_domain(config.one_trust_domain());
+    let cache = Mirror::open(
+        &config.cache,
+        bucket(config, &metrics)?,
+        rules,
+        metrics.clone(),
+    )
+    .map_err(|source| AppError::Cache {
+        dir: config.cache.dir.display().to_string(),
+        source,
+    })?
+    .one_trust_domain(config.one_trust_domain());
     let upstreams = Upstreams::new(config, &metrics)?;
     let access = Access::load(&config.server.auth, metrics.auth_bcrypt_runs.clone())?;
     Ok(Arc::new(State {
@@ -104,13 +112,29 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
 pub fn owned(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     let metrics = Metrics::new();
     let rules = Rules::new(&config.upstreams);
-    let cache = Mirror::open(&config.cache, rules, metrics.clone())
-        .map_err(|source| AppError::Cache {
-            dir: config.cache.dir.display().to_string(),
-            source,
-        })?
-        .one_trust_domain(config.one_trust_domain());
+    let cache = Mirror::open(
+        &config.cache,
+        bucket(config, &metrics)?,
+        rules,
+        metrics.clone(),
+    )
+    .map_err(|source| AppError::Cache {
+        dir: config.cache.dir.display().to_string(),
+        source,
+    })?
+    .one_trust_domain(config.one_trust_domain());
     Ok((cache, Upstreams::new(config, &metrics)?))
+}
+
+/// The shared bucket's client, when the config names one.
+fn bucket(config: &Config, metrics: &Metrics) -> Result<Option<Bucket>, AppError> {
+    let Some(bucket) = &config.bucket else {
+        return Ok(None);
+    };
+    let counts = metrics.bucket_operations.clone();
+    Bucket::new(bucket, counts)
+        .map(Some)
+        .map_err(|e| AppError::Bucket(e.to_string()))
 }
 
 /// Serves until `shutdown` resolves, then drains connections in flight for up to

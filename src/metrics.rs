@@ -62,6 +62,7 @@ pub const DISK_OBJECTS: &str = "regcache_disk_objects";
 pub const DISK_BYTES: &str = "regcache_disk_bytes";
 pub const EVICTIONS: &str = "regcache_evictions_total";
 pub const OFFLINE_MISSES: &str = "regcache_offline_misses_total";
+pub const BUCKET_OPERATIONS: &str = "regcache_bucket_operations_total";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub enum Outcome {
     Miss,
     /// Joined a fill another request started.
     Coalesced,
+    /// Read from the shared bucket (this request started the fill from it).
+    BucketHit,
     Error,
 }
 
@@ -80,6 +83,7 @@ impl From<crate::store::Tier> for Outcome {
         match tier {
             crate::store::Tier::Memory => Outcome::MemoryHit,
             crate::store::Tier::Disk => Outcome::DiskHit,
+            crate::store::Tier::Bucket => Outcome::BucketHit,
         }
     }
 }
@@ -91,6 +95,7 @@ impl Outcome {
             Outcome::DiskHit => "disk_hit",
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
+            Outcome::BucketHit => "bucket_hit",
             Outcome::Error => "error",
         }
     }
@@ -100,6 +105,7 @@ impl Outcome {
         match self {
             Outcome::MemoryHit => "memory",
             Outcome::DiskHit => "disk",
+            Outcome::BucketHit => "bucket",
             Outcome::Miss | Outcome::Coalesced | Outcome::Error => "upstream",
         }
     }
@@ -115,6 +121,7 @@ pub struct Metrics {
     pub digest_mismatches: IntCounterVec,
     pub fills_in_flight: IntGauge,
     pub fills: IntCounterVec,
+    pub bucket_operations: IntCounterVec,
     pub errors: IntCounterVec,
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
@@ -153,7 +160,7 @@ impl Metrics {
         );
         let served_bytes = counter_vec(
             SERVED_BYTES,
-            "Body bytes sent to clients by source (memory, disk, upstream).",
+            "Body bytes sent to clients by source (memory, disk, bucket, upstream).",
             &["source"],
         );
         let upstream_requests = counter_vec(
@@ -170,6 +177,13 @@ impl Metrics {
             DIGEST_MISMATCHES,
             "Upstream content whose bytes did not match the digest (or were cut short).",
             &["kind"],
+        );
+        let bucket_operations = counter_vec(
+            BUCKET_OPERATIONS,
+            "Operations on the shared bucket by operation (get_blob, get_manifest, put_blob, \
+             put_manifest, put_marker, head_marker, remove_blob) and result (hit, miss, ok, \
+             exists, aborted, corrupt, error, skipped: within a pause after an error).",
+            &["op", "result"],
         );
         let fills = counter_vec(
             FILLS,
@@ -292,6 +306,7 @@ impl Metrics {
             digest_mismatches,
             fills_in_flight,
             fills,
+            bucket_operations,
             errors,
             cache_write_errors,
             memory_objects,

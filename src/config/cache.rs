@@ -41,9 +41,7 @@ pub struct CacheConfig {
     pub high_watermark: f64,
     /// ...and stops once it is under `low_watermark` of it.
     pub low_watermark: f64,
-    /// How often access recency is written to disk (it is also written at shutdown) and
-    /// the index is brought in line with what other processes added to or removed from
-    /// the store.
+    /// How often access recency is written to disk (it is also written at shutdown).
     pub index_flush: Duration,
     /// How often the upstreams' lifecycle rules are applied (also once after startup).
     pub lifecycle_sweep: Duration,

@@ -5,6 +5,7 @@
 //! so `regcache check-config` can print them all. Nothing here does network I/O.
 
 mod auth;
+mod bucket;
 mod cache;
 mod credentials;
 mod hosts;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use auth::{admin_exposure_warning, AuthConfig};
+pub use bucket::BucketConfig;
 pub use cache::{CacheConfig, DiskBudget};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
@@ -35,6 +37,7 @@ struct RawConfig {
     server: server::RawServer,
     #[serde(default)]
     cache: cache::RawCache,
+    bucket: Option<bucket::RawBucket>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<upstream::RawUpstream>,
 }
@@ -46,6 +49,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub server: ServerConfig,
     pub cache: CacheConfig,
+    /// The shared tier, when replicas share a bucket.
+    pub bucket: Option<BucketConfig>,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -181,6 +186,7 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
         admin_listen,
         server: raw.server.validate(problems),
         cache,
+        bucket: raw.bucket.and_then(|b| b.validate(problems)),
         upstreams,
     }
 }

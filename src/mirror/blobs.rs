@@ -91,11 +91,18 @@ impl Mirror {
         ranged: bool,
     ) -> Result<BlobAnswer> {
         let source = self.blob(digest, target).await?;
-        let outcome = source.outcome();
+        let mut outcome = source.outcome();
         let total = match &source {
-            BlobSource::Fill { fill, .. } => {
+            BlobSource::Fill { fill, started } => {
                 let total = fill_length(fill, ranged).await?;
-                self.confirmed(target, digest);
+                let from_bucket = fill.subscribe().borrow().from_bucket;
+                if *started && from_bucket {
+                    // The bucket is not upstream's word for this repository.
+                    outcome = Outcome::BucketHit;
+                    self.ensure_member(target, digest, None).await?;
+                } else {
+                    self.confirmed(target, digest);
+                }
                 total
             }
             held => held.known_len(),

@@ -318,6 +318,14 @@ impl Mirror {
         self.put_manifest(&actual, &media_type, &bytes, upstream.name());
         let domain = &upstream.config().trust_domain;
         self.members.record_delivered(domain, &actual);
+        if let Some(bucket) = &self.ctx.tiers.bucket {
+            let (bucket, domain) = (bucket.clone(), domain.clone());
+            let (digest, media_type, bytes) = (actual.clone(), media_type.clone(), bytes.clone());
+            tokio::spawn(async move {
+                bucket.put_manifest(&digest, &media_type, &bytes).await;
+                bucket.mark_delivered(&domain, &digest).await;
+            });
+        }
         Ok(Manifest {
             len: bytes.len() as u64,
             digest: actual,

@@ -30,6 +30,7 @@ use crate::config::CacheConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
+use crate::store::bucket::Bucket;
 use crate::store::lifecycle::Rules;
 use crate::store::memory::Memory;
 use crate::store::{Disk, Membership, Store, Tiers};
@@ -54,7 +55,12 @@ impl Mirror {
     /// Opens the store under the configured directory as its one writer, removing
     /// leftovers of a crash, and starts loading the disk index in the background (lookups
     /// work meanwhile). Must be called within a tokio runtime.
-    pub fn open(config: &CacheConfig, rules: Rules, metrics: Metrics) -> std::io::Result<Mirror> {
+    pub fn open(
+        config: &CacheConfig,
+        bucket: Option<Bucket>,
+        rules: Rules,
+        metrics: Metrics,
+    ) -> std::io::Result<Mirror> {
         let disk = Arc::new(Disk::open(config, rules, metrics.clone())?);
         disk.start(config.index_flush, config.lifecycle_sweep);
         let members = disk.members.clone();
@@ -64,6 +70,7 @@ impl Mirror {
                 tiers: Tiers {
                     memory: Memory::new(config.memory_bytes, config.memory_max_object_bytes),
                     disk,
+                    bucket,
                 },
                 metrics,
                 declared: Declared::default(),
@@ -88,11 +95,19 @@ impl Mirror {
     /// domain delivered the bytes itself. Otherwise a hostile upstream could name (or claim
     /// with a HEAD) a digest another upstream's private repository delivered, and read it.
     async fn trusted(&self, target: &Target, digest: &Digest) -> bool {
-        self.one_domain
-            || self
-                .members
-                .delivered(&target.upstream.config().trust_domain, digest)
-                .await
+        let domain = &target.upstream.config().trust_domain;
+        if self.one_domain || self.members.delivered(domain, digest).await {
+            return true;
+        }
+        // Another replica's delivery counts: the marker is written only once the content
+        // it names is in the bucket.
+        match &self.ctx.tiers.bucket {
+            Some(bucket) if bucket.delivered(domain, digest).await => {
+                self.members.record_delivered(domain, digest);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {

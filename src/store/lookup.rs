@@ -6,16 +6,18 @@ use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
+use super::bucket::Bucket;
 use super::disk::Disk;
 use super::files::{unix_millis, Lookup, ObjectKey, ObjectKind};
 use super::index::Pin;
 use super::memory::{Entry, Key, Memory};
 
-/// The memory tier in front of the disk store.
+/// The memory tier in front of the disk store, and the shared bucket behind it.
 #[derive(Clone)]
 pub struct Tiers {
     pub memory: Memory,
     pub disk: Arc<Disk>,
+    pub bucket: Option<Bucket>,
 }
 
 /// Which tier answered.
@@ -23,6 +25,7 @@ pub struct Tiers {
 pub enum Tier {
     Memory,
     Disk,
+    Bucket,
 }
 
 /// Held content: whole in memory (manifests, small blobs), or an open, pinned file.
@@ -54,7 +57,13 @@ impl Tiers {
         let (tiers, k) = (self.clone(), key.clone());
         let read = tokio::task::spawn_blocking(move || tiers.read(&k)).await;
         let held = match read {
-            Ok(Ok(held)) => held?,
+            Ok(Ok(Some(held))) => held,
+            // A blob from the bucket streams through a fill (verified as it arrives); a
+            // manifest is small, checked whole, and lands on disk too.
+            Ok(Ok(None)) if key.kind == ObjectKind::Manifest => {
+                return self.bucket_manifest(key).await;
+            }
+            Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 tracing::warn!(digest = %key.digest, error = %e, "reading the disk store failed; treating as a miss");
                 return None;
@@ -65,6 +74,23 @@ impl Tiers {
             self.memory.insert(memory_key, entry.clone());
         }
         Some((held, Tier::Disk))
+    }
+
+    /// A manifest from the bucket (checked against its digest there), landed on disk and
+    /// in memory.
+    async fn bucket_manifest(&self, key: &ObjectKey) -> Option<(Held, Tier)> {
+        let (media_type, bytes) = self.bucket.as_ref()?.manifest(&key.digest).await?;
+        let entry = Entry {
+            bytes: bytes.clone(),
+            media_type: Some(media_type.clone().into()),
+        };
+        let (disk, k) = (self.disk.clone(), key.clone());
+        self.disk.store.write_behind(move || {
+            let _ = disk.land_bytes(&k, Some(&media_type), &bytes, "bucket");
+        });
+        let memory_key = Key::Manifest(key.digest.clone());
+        self.memory.insert(memory_key, entry.clone());
+        Some((Held::Bytes(entry), Tier::Bucket))
     }
 
     /// Reads the object from disk: whole when memory admits it (checked against its

@@ -9,13 +9,15 @@
 //! - `index`: every object's size and last access; `disk` keeps the total under the
 //!   budget (LRU eviction, at once when the filesystem is full: `space`) and applies the
 //!   lifecycle rules (`lifecycle`); `persist` keeps recency across restarts.
-//! - `memory`: the in-memory tier of small objects.
+//! - `memory`: the in-memory tier of small objects; `bucket`: the shared tier, an
+//!   S3-compatible bucket that replicas read and fill.
 //! - `members`: which repository holds which digest, and which trust domain delivered
 //!   it: records the mirror writes and reads to decide what it may serve.
 //! - `ops`: the operator commands on a store this process owns (gc, verify, stats).
 //!
 //! A disk error never fails a request: the caller treats it as a miss.
 
+pub mod bucket;
 mod disk;
 mod files;
 mod index;

@@ -9,6 +9,7 @@
 mod support;
 
 mod cache;
+mod cluster;
 // Needs Debian's docker-registry and skopeo: `--features e2e` (tests/run.sh sets it).
 #[cfg(feature = "e2e")]
 mod e2e;

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod regcache;
 pub mod registry;
 pub mod scripted;
+pub mod seaweed;
 pub mod skopeo;
 pub mod store;
 pub mod token_issuer;

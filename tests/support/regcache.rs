@@ -30,19 +30,25 @@ impl Regcache {
     /// (which may hold a previous run's cache). Panics with the log if it is not
     /// answering `GET /v2/` with 200 within ~20 s.
     pub fn start(upstream_url: &str, cache_dir: &Path) -> Regcache {
-        Regcache::launch(cache_dir, &["--upstream", upstream_url])
+        Regcache::launch(cache_dir, &["--upstream", upstream_url], &[])
     }
 
     /// Starts `regcache serve --config <cache_dir>.toml` after writing `config` there
     /// (listen addresses and the cache dir still come from the command line).
     pub fn start_with_config(config: &str, cache_dir: &Path) -> Regcache {
+        Regcache::start_with_config_env(config, cache_dir, &[])
+    }
+
+    /// As [`Regcache::start_with_config`], with `env` added to the daemon's environment
+    /// (say, the AWS credentials of a bucket).
+    pub fn start_with_config_env(config: &str, cache_dir: &Path, env: &[(&str, &str)]) -> Regcache {
         let config_path = cache_dir.with_extension("toml");
         if let Some(parent) = config_path.parent() {
             std::fs::create_dir_all(parent).expect("create config dir");
         }
         std::fs::write(&config_path, config).expect("write regcache config");
         let config_arg = config_path.display().to_string();
-        Regcache::launch(cache_dir, &["--config", &config_arg])
+        Regcache::launch(cache_dir, &["--config", &config_arg], env)
     }
 
     /// As [`Regcache::start`], with `--config FILE` under the command-line flags.
@@ -56,10 +62,10 @@ impl Regcache {
             args.extend(["--config".to_string(), config.display().to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Regcache::launch(cache_dir, &args)
+        Regcache::launch(cache_dir, &args, &[])
     }
 
-    fn launch(cache_dir: &Path, args: &[&str]) -> Regcache {
+    fn launch(cache_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Regcache {
         let log_path = cache_dir.with_extension("log");
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).expect("create log dir");
@@ -73,6 +79,7 @@ impl Regcache {
                 .args(args)
                 .arg("--cache-dir")
                 .arg(cache_dir)
+                .envs(env.iter().copied())
                 .env("RUST_LOG", "info");
             let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
             let child = Some(spawn_logged(&mut cmd, &log_path));

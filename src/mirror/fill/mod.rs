@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use http::header::CONTENT_RANGE;
 use http::{Method, StatusCode};
 use tokio::sync::mpsc;
@@ -32,11 +32,13 @@ pub use state::{At, Fill, Phase, Progress};
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
 use crate::mirror::declared::Declared;
+use crate::mirror::BlobReader;
 use crate::oci::{self, Digest};
+use crate::store::bucket::{io_error as bucket_io, BlobStream};
 use crate::store::memory::{Entry, Key};
 use crate::store::Membership;
-use crate::store::Store;
 use crate::store::{Disk, Tiers};
+use crate::store::{ObjectKey, Store};
 use crate::upstream::{classify, Answer, Resource, Target};
 use copy::{copy, CopyError};
 
@@ -141,6 +143,8 @@ impl Fills {
             fill.clone(),
             temp,
             target.clone(),
+            // A forced fill's domain has not delivered the blob: not from the bucket either.
+            !force,
         ));
         Ok(Joined::Fill {
             fill,
@@ -171,8 +175,9 @@ async fn run(
     fill: Arc<Fill>,
     temp: Option<PathBuf>,
     target: Target,
+    bucket_allowed: bool,
 ) {
-    let result = download(&ctx, &fill, temp.as_deref(), &target).await;
+    let result = download(&ctx, &fill, temp.as_deref(), &target, bucket_allowed).await;
     let label = match &result {
         Ok(true) => "cached",
         Ok(false) => "uncached",
@@ -216,14 +221,28 @@ async fn download(
     fill: &Arc<Fill>,
     temp: Option<&Path>,
     target: &Target,
+    bucket_allowed: bool,
 ) -> Result<bool, Error> {
     let upstream = target.upstream.clone();
-    let resource = Resource::Blob(&fill.digest);
-    let response = target
-        .upstream
-        .send(Method::GET, &target.name, resource, None)
-        .await?;
-    let total = response.content_length();
+    let bucket = ctx.tiers.bucket.as_ref();
+    // The shared bucket first: what another replica verified costs no upstream request.
+    let held = match bucket.filter(|_| bucket_allowed) {
+        Some(bucket) => bucket.blob(&fill.digest).await,
+        None => None,
+    };
+    let from_bucket = held.is_some();
+    let (source, total) = match held {
+        Some((len, stream)) => (Source::Bucket(stream), Some(len)),
+        None => {
+            let resource = Resource::Blob(&fill.digest);
+            let response = target
+                .upstream
+                .send(Method::GET, &target.name, resource, None)
+                .await?;
+            let total = response.content_length();
+            (Source::Upstream(response), total)
+        }
+    };
     let declared = ctx
         .declared
         .get(upstream.name(), &target.name, &fill.digest);
@@ -232,19 +251,36 @@ async fn download(
     // The network side stays async and hands over batches of chunks, so the blocking side
     // (hash, disk write) wakes once per batch rather than once per small chunk.
     let (batches, mut received) = mpsc::channel(PUMP_DEPTH);
-    tokio::spawn(pump(
-        response,
-        batches,
-        target.clone(),
-        fill.digest.clone(),
-        total,
-    ));
+    match source {
+        Source::Upstream(response) => tokio::spawn(pump(
+            response,
+            batches,
+            target.clone(),
+            fill.digest.clone(),
+            total,
+        )),
+        Source::Bucket(stream) => tokio::spawn(pump_bucket(stream, batches)),
+    };
     // Only now: the clients this wakes then run before the pump, which would otherwise
     // keep their worker busy reading and hold back their response heads (about 1 ms).
     fill.update(|p| {
         p.total = total;
+        p.from_bucket = from_bucket;
         p.phase = Phase::Streaming;
     });
+    // What upstream sends goes on to the bucket as it arrives; the upload completes only
+    // if the fill verifies it (the reader ends cleanly only then).
+    if let (Some(bucket), false, true) = (bucket, from_bucket, fill.file.is_some()) {
+        let reader = BlobReader::filling(fill.clone(), fill.subscribe(), 0, u64::MAX);
+        let (bucket, digest) = (bucket.clone(), fill.digest.clone());
+        let domain = target.upstream.config().trust_domain.clone();
+        tokio::spawn(async move {
+            let bytes = Box::pin(reader.into_stream(crate::mirror::CHUNK));
+            if bucket.upload_blob(&digest, bytes).await {
+                bucket.mark_delivered(&domain, &digest).await;
+            }
+        });
+    }
     let (writer, disk, temp_path) = (
         fill.clone(),
         ctx.tiers.disk.clone(),
@@ -299,7 +335,10 @@ async fn download(
     .map_err(|e| Error::local("fill task", std::io::Error::other(e)))?;
     let (written, actual) = match copied {
         Ok(done) => done,
-        Err(CopyError::Body(e)) => {
+        Err(CopyError::Body(BodyError::Bucket(e))) => {
+            return Err(Error::local("reading the bucket", bucket_io(e)));
+        }
+        Err(CopyError::Body(BodyError::Upstream(e))) => {
             return Err(upstream.error(match total {
                 Some(expected) if e.is_body() || e.is_decode() => UpstreamError::Truncated {
                     got: fill.subscribe().borrow().written,
@@ -312,12 +351,24 @@ async fn download(
             return Err(upstream.error(UpstreamError::TooLarge { limit, bound }))
         }
     };
-    target.upstream.count_bytes(written);
+    if !from_bucket {
+        target.upstream.count_bytes(written);
+    }
     if let Some(expected) = total.filter(|&t| t != written) {
         return Err(upstream.error(UpstreamError::Truncated {
             got: written,
             expected,
         }));
+    }
+    if actual != fill.digest && from_bucket {
+        // Damaged in the bucket: removed, so the next request fetches it again.
+        if let Some(bucket) = bucket {
+            bucket.remove(&ObjectKey::blob(&fill.digest)).await;
+        }
+        return Err(Error::local(
+            "reading the bucket",
+            std::io::Error::other(format!("the bucket's copy hashes to {actual}; removed")),
+        ));
     }
     if actual != fill.digest {
         return Err(target.upstream.error(UpstreamError::DigestMismatch {
@@ -446,7 +497,57 @@ const PUMP_DEPTH: usize = 8;
 /// A batch goes out once it holds this much, or as soon as upstream has nothing ready.
 const PUMP_BATCH: usize = 256 << 10;
 
-type Batch = Result<Vec<Bytes>, reqwest::Error>;
+type Batch = Result<Vec<Bytes>, BodyError>;
+
+/// Where a fill's bytes come from.
+enum Source {
+    Upstream(Answer),
+    Bucket(BlobStream),
+}
+
+/// Why a body stopped, by where it came from.
+enum BodyError {
+    Upstream(reqwest::Error),
+    Bucket(object_store::Error),
+}
+
+/// Reads a blob from the bucket and sends it on in batches, as [`pump`] does upstream's.
+async fn pump_bucket(mut stream: BlobStream, out: mpsc::Sender<Batch>) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
+    loop {
+        let polled = if batch.is_empty() {
+            Some(stream.next().await)
+        } else {
+            stream.next().now_or_never()
+        };
+        let (flush, ended) = match polled {
+            Some(Some(Ok(chunk))) => {
+                batched += chunk.len();
+                batch.push(chunk);
+                (batched >= PUMP_BATCH, false)
+            }
+            None => (true, false),
+            Some(None) => (true, true),
+            Some(Some(Err(e))) => {
+                if !batch.is_empty() && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    return;
+                }
+                let _ = out.send(Err(BodyError::Bucket(e))).await;
+                return;
+            }
+        };
+        if flush && !batch.is_empty() {
+            batched = 0;
+            if out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
 
 /// Reads upstream's body and sends it on in batches. A body cut mid-way is resumed with
 /// `Range: bytes=N-` from where it stopped, when upstream answers 206 from exactly there;
@@ -494,7 +595,7 @@ async fn pump(
                         continue;
                     }
                     None => {
-                        let _ = out.send(Err(e)).await;
+                        let _ = out.send(Err(BodyError::Upstream(e))).await;
                         return;
                     }
                 }

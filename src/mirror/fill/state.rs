@@ -29,6 +29,8 @@ pub struct Progress {
     /// Upstream's Content-Length, once its headers arrived.
     pub total: Option<u64>,
     pub phase: Phase,
+    /// The bytes come from the shared bucket, not upstream (set with `total`).
+    pub from_bucket: bool,
 }
 
 /// A fill in progress, shared by its task and every reader.
@@ -75,6 +77,7 @@ impl Fill {
             written: 0,
             total: None,
             phase: Phase::Connecting,
+            from_bucket: false,
         });
         let relay = Relay {
             file_end: file.is_none().then_some(0),

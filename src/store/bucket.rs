@@ -1,0 +1,314 @@
+//! The shared tier: an S3-compatible bucket that replicas read before going upstream and
+//! fill with what they verified. Keys are laid out like `v1/` under the configured prefix
+//! (`v1/blobs/sha256/ab/<hex>`, `v1/manifests/...` holding `<media type>\n<body>` as on
+//! disk), so objects never change and a duplicate write is harmless. Which trust domain
+//! delivered a digest is a small marker object (`v1/delivered/<domain>/<alg>/<hex>`), so
+//! one replica serves another's content only within the domain that fetched it.
+//!
+//! Nothing is judged by ETag: a blob read back is verified as it streams, like a fill.
+//! A blob enters only through a multipart upload completed after its digest matched
+//! (an incomplete upload is invisible); small objects are create-only puts. A failing
+//! bucket is logged and counted, and regcache goes on with its disk and upstream.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig, WriteMultipart,
+};
+use prometheus::IntCounterVec;
+
+use super::files::{parse_manifest, unix_millis, ObjectKey, ObjectKind, LAYOUT_VERSION};
+use crate::config::BucketConfig;
+use crate::oci::Digest;
+
+/// Parts of a blob upload: S3 wants at least 5 MiB for all but the last.
+const PART_BYTES: usize = 8 << 20;
+/// Parts in flight per upload: memory stays under `(PARTS_IN_FLIGHT + 1) x PART_BYTES`.
+const PARTS_IN_FLIGHT: usize = 2;
+/// After a failure the bucket is left alone this long, so a dead bucket costs each
+/// request nothing rather than a connect timeout.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+pub type BlobStream = BoxStream<'static, Result<Bytes, object_store::Error>>;
+
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    name: String,
+    /// `regcache_bucket_operations_total{op, result}`.
+    counts: IntCounterVec,
+    /// Unix milliseconds until which the bucket is skipped after a failure.
+    paused_until: Arc<AtomicU64>,
+}
+
+impl Bucket {
+    /// A client for the configured bucket; credentials from the AWS environment variables
+    /// (keys, session token, web identity). Does no I/O.
+    pub fn new(config: &BucketConfig, counts: IntCounterVec) -> object_store::Result<Bucket> {
+        // No overall request timeout: a blob read streams for as long as the blob takes.
+        // (Client options first: `with_allow_http` sets one of them.)
+        let client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout_disabled();
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_client_options(client)
+            .with_retry(retry)
+            .with_bucket_name(&config.name)
+            .with_region(&config.region)
+            .with_virtual_hosted_style_request(!config.path_style);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        Ok(Bucket {
+            store: Arc::new(builder.build()?),
+            prefix: config.prefix.clone(),
+            name: config.name.clone(),
+            counts,
+            paused_until: Arc::default(),
+        })
+    }
+
+    fn count(&self, op: &str, result: &str) {
+        self.counts.with_label_values(&[op, result]).inc();
+    }
+
+    /// Whether to try the bucket now (not within a pause after a failure); counts a skip.
+    fn usable(&self, op: &str) -> bool {
+        let usable = unix_millis() >= self.paused_until.load(Ordering::Relaxed);
+        if !usable {
+            self.count(op, "skipped");
+        }
+        usable
+    }
+
+    /// Counts a failure and pauses the bucket's use.
+    fn failed(&self, op: &str) {
+        self.count(op, "error");
+        let until = unix_millis() + PAUSE_AFTER_FAILURE.as_millis() as u64;
+        self.paused_until.store(until, Ordering::Relaxed);
+    }
+
+    fn object(&self, key: &ObjectKey) -> Path {
+        let digest = &key.digest;
+        let hex = digest.hex();
+        Path::from(format!(
+            "{}{LAYOUT_VERSION}/{}/{}/{}/{hex}",
+            self.prefix,
+            key.kind.dir_name(),
+            digest.algorithm().as_str(),
+            &hex[..2]
+        ))
+    }
+
+    fn marker(&self, domain: &str, digest: &Digest) -> Path {
+        Path::from(format!(
+            "{}{LAYOUT_VERSION}/delivered/{domain}/{}/{}",
+            self.prefix,
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    /// A blob's length and bytes, if the bucket holds it. The caller verifies the bytes.
+    pub async fn blob(&self, digest: &Digest) -> Option<(u64, BlobStream)> {
+        if !self.usable("get_blob") {
+            return None;
+        }
+        let path = self.object(&ObjectKey::blob(digest));
+        match self.store.get(&path).await {
+            Ok(found) => {
+                self.count("get_blob", "hit");
+                let len = found.meta.size;
+                Some((len, found.into_stream().boxed()))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.count("get_blob", "miss");
+                None
+            }
+            Err(e) => {
+                self.failed("get_blob");
+                tracing::warn!(bucket = %self.name, %digest, error = %e, "reading the bucket failed; going upstream");
+                None
+            }
+        }
+    }
+
+    /// A manifest and its media type, if the bucket holds one that hashes to `digest`.
+    /// A damaged one is removed.
+    pub async fn manifest(&self, digest: &Digest) -> Option<(String, Bytes)> {
+        if !self.usable("get_manifest") {
+            return None;
+        }
+        let key = ObjectKey::manifest(digest);
+        let path = self.object(&key);
+        let read = match self.store.get(&path).await {
+            Ok(found) => found.bytes().await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(data) => match parse_manifest(digest, data.to_vec()) {
+                Some(found) => {
+                    self.count("get_manifest", "hit");
+                    Some(found)
+                }
+                None => {
+                    self.count("get_manifest", "corrupt");
+                    tracing::warn!(bucket = %self.name, %digest, "a manifest in the bucket does not match its digest; removed");
+                    self.remove(&key).await;
+                    None
+                }
+            },
+            Err(object_store::Error::NotFound { .. }) => {
+                self.count("get_manifest", "miss");
+                None
+            }
+            Err(e) => {
+                self.failed("get_manifest");
+                tracing::warn!(bucket = %self.name, %digest, error = %e, "reading the bucket failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores a verified manifest (create-only: one already there is left as it is).
+    pub async fn put_manifest(&self, digest: &Digest, media_type: &str, body: &Bytes) {
+        let mut record = Vec::with_capacity(media_type.len() + 1 + body.len());
+        record.extend_from_slice(media_type.as_bytes());
+        record.push(b'\n');
+        record.extend_from_slice(body);
+        let path = self.object(&ObjectKey::manifest(digest));
+        self.create(&path, record.into(), "put_manifest").await;
+    }
+
+    /// Whether trust domain `domain` delivered `digest` (through any replica).
+    pub async fn delivered(&self, domain: &str, digest: &Digest) -> bool {
+        if !self.usable("head_marker") {
+            return false;
+        }
+        match self.store.head(&self.marker(domain, digest)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => {
+                self.failed("head_marker");
+                tracing::warn!(bucket = %self.name, %digest, error = %e, "reading a delivery marker failed");
+                false
+            }
+        }
+    }
+
+    /// Records that `domain` delivered `digest`, once its content is in the bucket.
+    pub async fn mark_delivered(&self, domain: &str, digest: &Digest) {
+        let path = self.marker(domain, digest);
+        self.create(&path, PutPayload::new(), "put_marker").await;
+    }
+
+    async fn create(&self, path: &Path, payload: PutPayload, op: &str) {
+        if !self.usable(op) {
+            return;
+        }
+        match self
+            .store
+            .put_opts(path, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => self.count(op, "ok"),
+            Err(object_store::Error::AlreadyExists { .. }) => self.count(op, "exists"),
+            Err(e) => {
+                self.failed(op);
+                tracing::warn!(bucket = %self.name, %path, error = %e, "writing to the bucket failed");
+            }
+        }
+    }
+
+    /// Uploads a blob from `bytes`, which ends cleanly only once the fill verified the
+    /// digest: then the upload completes; an error aborts it, and nothing appears.
+    /// Returns whether the blob is in the bucket.
+    pub async fn upload_blob<S, E>(&self, digest: &Digest, mut bytes: S) -> bool
+    where
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if !self.usable("put_blob") {
+            return false;
+        }
+        let path = self.object(&ObjectKey::blob(digest));
+        let upload = match self.store.put_multipart(&path).await {
+            Ok(upload) => upload,
+            Err(e) => {
+                self.failed("put_blob");
+                tracing::warn!(bucket = %self.name, %digest, error = %e, "starting an upload failed");
+                return false;
+            }
+        };
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        loop {
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                self.abort(writer, digest, &e.to_string()).await;
+                return false;
+            }
+            match bytes.next().await {
+                Some(Ok(chunk)) => writer.put(chunk),
+                Some(Err(e)) => {
+                    self.abort(writer, digest, &e.to_string()).await;
+                    return false;
+                }
+                None => break,
+            }
+        }
+        match writer.finish().await {
+            Ok(_) => {
+                self.count("put_blob", "ok");
+                true
+            }
+            Err(e) => {
+                self.failed("put_blob");
+                tracing::warn!(bucket = %self.name, %digest, error = %e, "completing an upload failed");
+                false
+            }
+        }
+    }
+
+    async fn abort(&self, writer: WriteMultipart, digest: &Digest, why: &str) {
+        self.count("put_blob", "aborted");
+        tracing::debug!(bucket = %self.name, %digest, why, "blob upload aborted");
+        if let Err(e) = writer.abort().await {
+            tracing::warn!(bucket = %self.name, %digest, error = %e, "aborting an upload failed; the bucket's lifecycle rule removes it");
+        }
+    }
+
+    /// Removes an object that failed verification.
+    pub async fn remove(&self, key: &ObjectKey) {
+        let path = self.object(key);
+        if let Err(e) = self.store.delete(&path).await {
+            tracing::warn!(bucket = %self.name, %path, error = %e, "removing a damaged object from the bucket failed");
+        }
+        if key.kind == ObjectKind::Blob {
+            self.count("remove_blob", "ok");
+        }
+    }
+}
+
+/// A bucket read's error as an I/O error, for the fill's reader.
+pub fn io_error(e: object_store::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+/// `stream` with its errors as I/O errors.
+pub fn io_stream(stream: BlobStream) -> BoxStream<'static, std::io::Result<Bytes>> {
+    stream.map_err(io_error).boxed()
+}

@@ -1,0 +1,177 @@
+//! The bucket tier with the real binary: two replicas with their own disks, one bucket.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::fake_images::{add_image, pull_checked};
+use crate::support::regcache::Regcache;
+use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+
+const MIB: usize = 1 << 20;
+
+fn replica(fake: &FakeRegistry, seaweed: &Seaweed, cache: &Path) -> Regcache {
+    let config = format!(
+        "{}[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
+        seaweed.config(),
+        fake.url()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    Regcache::start_with_config_env(&config, cache, &env)
+}
+
+/// The value of the sample `series` (name and labels, as the exposition writes them).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `regcache_bucket_operations_total{op, result}` of a replica.
+async fn bucket_ops(replica: &Regcache, op: &str, result: &str) -> f64 {
+    let metrics = replica.metrics().await;
+    let series = format!("regcache_bucket_operations_total{{op=\"{op}\",result=\"{result}\"}}");
+    sample(&metrics, &series)
+}
+
+/// Waits (bounded) until the replica counted `n` operations `op` with `result`.
+async fn until_ops(replica: &Regcache, op: &str, result: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bucket_ops(replica, op, result).await < n {
+        if Instant::now() >= deadline {
+            let metrics = replica.metrics().await;
+            let bucket: Vec<&str> = metrics.lines().filter(|l| l.contains("bucket")).collect();
+            panic!(
+                "{op} {result} never reached {n}: {bucket:?}\n{}",
+                replica.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_serves_what_the_first_put_in_the_bucket_without_upstream_gets() {
+    let Some(seaweed) = Seaweed::start("shared") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    // A 20 MiB layer: three parts of a multipart upload.
+    let image = add_image(&fake, "team/app", "v1", &[20 * MIB, 64 << 10], 7);
+    let root = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+
+    let a = replica(&fake, &seaweed, &root.path().join("a"));
+    pull_checked(&client, &a.url(), &image).await;
+    // Config and two layers uploaded, each with its delivery marker; and the manifest.
+    until_ops(&a, "put_blob", "ok", 3.0).await;
+    until_ops(&a, "put_manifest", "ok", 1.0).await;
+    until_ops(&a, "put_marker", "ok", 4.0).await;
+    let gets = |d: &str| fake.count("GET", d);
+    assert!(image.blobs.iter().all(|(d, _)| gets(d) == 1));
+
+    // Another replica with an empty disk: every blob comes from the bucket.
+    let b = replica(&fake, &seaweed, &root.path().join("b"));
+    pull_checked(&client, &b.url(), &image).await;
+    for (digest, _) in &image.blobs {
+        assert_eq!(gets(digest), 1, "{digest} was fetched upstream again");
+    }
+    assert_eq!(bucket_ops(&b, "get_blob", "hit").await, 3.0);
+    let metrics = b.metrics().await;
+    let from_bucket = sample(&metrics, "regcache_served_bytes_total{source=\"bucket\"}");
+    assert!(from_bucket >= (20 * MIB) as f64, "{metrics}");
+    // A third replica asked for the manifest by digest reads it from the bucket.
+    let c = replica(&fake, &seaweed, &root.path().join("c"));
+    let url = format!(
+        "{}/v2/team/app/manifests/{}",
+        c.url(),
+        image.manifest_digest
+    );
+    let response = client
+        .get(url)
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap()[..] == image.manifest[..]);
+    assert_eq!(bucket_ops(&c, "get_manifest", "hit").await, 1.0);
+    assert_eq!(
+        gets(&image.manifest_digest),
+        0,
+        "never fetched by digest upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_fails_verification_never_enters_the_bucket() {
+    let Some(seaweed) = Seaweed::start("verified") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    let bad = fake.add_blob(vec![3u8; 12 * MIB]);
+    fake.set_fault(&bad, Fault::Corrupt);
+    let root = tempfile::tempdir().unwrap();
+    let a = replica(&fake, &seaweed, &root.path().join("a"));
+    let url = format!("{}/v2/team/app/blobs/{bad}", a.url());
+    let response = reqwest::get(&url).await.unwrap();
+    // The client never gets a clean, complete wrong body.
+    assert!(
+        response.bytes().await.is_err(),
+        "a corrupt blob ended cleanly"
+    );
+    until_ops(&a, "put_blob", "aborted", 1.0).await;
+    assert_eq!(bucket_ops(&a, "put_blob", "ok").await, 0.0);
+
+    // Upstream repaired: a second replica finds nothing in the bucket and goes upstream.
+    fake.set_fault(&bad, Fault::None);
+    let b = replica(&fake, &seaweed, &root.path().join("b"));
+    let body = reqwest::get(format!("{}/v2/team/app/blobs/{bad}", b.url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body[..] == vec![3u8; 12 * MIB][..]);
+    assert_eq!(bucket_ops(&b, "get_blob", "hit").await, 0.0);
+    assert_eq!(fake.count("GET", &bad), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_serving_and_filling_when_the_bucket_stops() {
+    let Some(mut seaweed) = Seaweed::start("stopping") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    let first = add_image(&fake, "team/app", "v1", &[2 * MIB], 1);
+    let second = add_image(&fake, "team/app", "v2", &[2 * MIB], 2);
+    let root = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let a = replica(&fake, &seaweed, &root.path().join("a"));
+    pull_checked(&client, &a.url(), &first).await;
+    until_ops(&a, "put_blob", "ok", 2.0).await;
+
+    seaweed.stop();
+    // Held content from the disk, new content from upstream: no client sees the bucket.
+    pull_checked(&client, &a.url(), &first).await;
+    pull_checked(&client, &a.url(), &second).await;
+    let mut failed = 0.0;
+    let mut skipped = 0.0;
+    for op in [
+        "get_blob",
+        "put_blob",
+        "head_marker",
+        "put_manifest",
+        "put_marker",
+    ] {
+        failed += bucket_ops(&a, op, "error").await;
+        skipped += bucket_ops(&a, op, "skipped").await;
+    }
+    assert!(failed > 0.0, "the stopped bucket was never noticed");
+    // Once it failed, the bucket is left alone for a while instead of timing out again.
+    assert!(skipped > 0.0, "failed {failed}, never skipped");
+}
