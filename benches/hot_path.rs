@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _entered = runtime.enter();
-    let cache = Mirror::open(&config.cache, None, rules, Metrics::new()).unwrap();
+    let cache = Mirror::open(&config.cache, None, None, rules, Metrics::new()).unwrap();
     let small = store_blob(&cache, &[1u8; 16 << 10]);
     let large = store_blob(&cache, &vec![2u8; 8 << 20]);
 

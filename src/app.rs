@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -34,6 +35,8 @@ pub enum AppError {
     Activated(io::Error),
     #[error("bucket: {0}")]
     Bucket(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The bound sockets. Binding before `run` lets callers (and tests, with port 0) learn the
@@ -89,6 +92,7 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let cache = Mirror::open(
         &config.cache,
         bucket(config, &metrics)?,
+        cluster(config, &metrics)?,
         rules,
         metrics.clone(),
     )
@@ -115,6 +119,7 @@ pub fn owned(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     let cache = Mirror::open(
         &config.cache,
         bucket(config, &metrics)?,
+        cluster(config, &metrics)?,
         rules,
         metrics.clone(),
     )
@@ -124,6 +129,14 @@ pub fn owned(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     })?
     .one_trust_domain(config.one_trust_domain());
     Ok((cache, Upstreams::new(config, &metrics)?))
+}
+
+/// The other replicas, when the config lists a cluster.
+fn cluster(config: &Config, metrics: &Metrics) -> Result<Option<Cluster>, AppError> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    Ok(Some(Cluster::new(cluster, metrics.peer_forwards.clone())?))
 }
 
 /// The shared bucket's client, when the config names one.

@@ -12,6 +12,8 @@
 //!   held content for a repository only once it is known to belong there and its trust
 //!   domain delivered it, and runs the single-flight fills (`mirror::fill`) that stream
 //!   upstream bytes to every waiting client while hashing.
+//! - [`cluster`]: with several replicas, the owner of each blob digest (rendezvous
+//!   hashing), which a replica asks before going upstream itself.
 //! - [`store`]: what is held and how it is kept, with no `upstream` and no `http`: the
 //!   content-addressed files, the one lookup (memory, then disk), the one door in
 //!   (`Disk::land`: verified content only), the index, budget and eviction, the snapshot,
@@ -28,6 +30,7 @@
 //! through its admin API).
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;

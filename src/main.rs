@@ -189,6 +189,14 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
+            // The daemon would refuse to start without a usable cluster secret.
+            if let Some(cluster) = &config.cluster {
+                let counter = regcache::metrics::Metrics::new().peer_forwards;
+                if let Err(e) = regcache::cluster::Cluster::new(cluster, counter) {
+                    println!("problem in {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             if let Some(warning) = auth.exposure_warning(config.listen, config.server.tls.is_some())
             {
                 println!("warning: {warning}");

@@ -63,6 +63,7 @@ pub const DISK_BYTES: &str = "regcache_disk_bytes";
 pub const EVICTIONS: &str = "regcache_evictions_total";
 pub const OFFLINE_MISSES: &str = "regcache_offline_misses_total";
 pub const BUCKET_OPERATIONS: &str = "regcache_bucket_operations_total";
+pub const PEER_FORWARDS: &str = "regcache_peer_forwards_total";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +123,7 @@ pub struct Metrics {
     pub fills_in_flight: IntGauge,
     pub fills: IntCounterVec,
     pub bucket_operations: IntCounterVec,
+    pub peer_forwards: IntCounterVec,
     pub errors: IntCounterVec,
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
@@ -184,6 +186,12 @@ impl Metrics {
              put_manifest, put_marker, head_marker, remove_blob) and result (hit, miss, ok, \
              exists, aborted, corrupt, error, skipped: within a pause after an error).",
             &["op", "result"],
+        );
+        let peer_forwards = counter_vec(
+            PEER_FORWARDS,
+            "Blob misses asked of the owner replica, by result (ok, not_found, fallback: \
+             the owner failed and upstream was asked directly).",
+            &["result"],
         );
         let fills = counter_vec(
             FILLS,
@@ -307,6 +315,7 @@ impl Metrics {
             fills_in_flight,
             fills,
             bucket_operations,
+            peer_forwards,
             errors,
             cache_write_errors,
             memory_objects,

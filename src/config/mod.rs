@@ -7,6 +7,7 @@
 mod auth;
 mod bucket;
 mod cache;
+mod cluster;
 mod credentials;
 mod hosts;
 mod server;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 pub use auth::{admin_exposure_warning, AuthConfig};
 pub use bucket::BucketConfig;
 pub use cache::{CacheConfig, DiskBudget};
+pub use cluster::ClusterConfig;
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
 
@@ -38,6 +40,7 @@ struct RawConfig {
     #[serde(default)]
     cache: cache::RawCache,
     bucket: Option<bucket::RawBucket>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<upstream::RawUpstream>,
 }
@@ -51,6 +54,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The shared tier, when replicas share a bucket.
     pub bucket: Option<BucketConfig>,
+    /// The replicas blob misses are routed among.
+    pub cluster: Option<ClusterConfig>,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -187,6 +192,7 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
         server: raw.server.validate(problems),
         cache,
         bucket: raw.bucket.and_then(|b| b.validate(problems)),
+        cluster: raw.cluster.and_then(|c| c.validate(problems)),
         upstreams,
     }
 }

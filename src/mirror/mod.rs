@@ -26,6 +26,7 @@ pub use reader::{BlobReader, Piece, CHUNK, H2_CHUNK};
 
 use http::Method;
 
+use crate::cluster::Cluster;
 use crate::config::CacheConfig;
 use crate::error::{Error, Result, UpstreamError};
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ impl Mirror {
     pub fn open(
         config: &CacheConfig,
         bucket: Option<Bucket>,
+        cluster: Option<Cluster>,
         rules: Rules,
         metrics: Metrics,
     ) -> std::io::Result<Mirror> {
@@ -76,6 +78,7 @@ impl Mirror {
                 declared: Declared::default(),
                 max_blob_bytes: config.max_blob_bytes,
                 members: members.clone(),
+                cluster: cluster.map(Arc::new),
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),
@@ -116,6 +119,11 @@ impl Mirror {
 
     pub fn disk(&self) -> &Arc<Disk> {
         &self.ctx.tiers.disk
+    }
+
+    /// The replicas blob misses are routed among, when there are several.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.ctx.cluster.as_deref()
     }
 
     /// Forgets the tag answers held in memory, after tag records were written underneath

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::body::{full, Body, Outgoing, ServedBytes};
 use super::respond::{self, API_VERSION};
 use super::{blob, manifest, passthrough, Peer, State};
+use crate::cluster::PEER_HEADER;
 use crate::error::Result;
 use crate::metrics::Outcome;
 use crate::oci::{self, ErrorCode, RepoName, Route, RouteError};
@@ -55,10 +56,21 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Outgo
             Ok(Route::Manifest { .. }) => ErrorCode::ManifestUnknown,
             _ => ErrorCode::NameUnknown,
         };
-        let result = match admit(&state, &parts).await {
+        // Another replica forwarding a miss vouches for its client (it admitted it).
+        let forwarded = state.cache.cluster().is_some_and(|cluster| {
+            parts
+                .headers
+                .get(PEER_HEADER)
+                .is_some_and(|v| cluster.is_peer(v))
+        });
+        let admitted = match forwarded {
+            true => Ok(()),
+            false => admit(&state, &parts).await,
+        };
+        let result = match admitted {
             Err(e) => Err(e),
             Ok(()) => match route {
-                Ok(route) => dispatch(&state, &parts, route).await,
+                Ok(route) => dispatch(&state, &parts, route, forwarded).await,
                 Err(e) => Err(route_error(e)),
             },
         };
@@ -116,7 +128,7 @@ async fn admit(state: &State, parts: &Parts) -> Result<()> {
         })
 }
 
-async fn dispatch(state: &State, parts: &Parts, route: Route) -> Result<Reply> {
+async fn dispatch(state: &State, parts: &Parts, route: Route, forwarded: bool) -> Result<Reply> {
     let method = &parts.method;
     let head = method == Method::HEAD;
     let read_only = matches!(*method, Method::GET | Method::HEAD);
@@ -129,7 +141,8 @@ async fn dispatch(state: &State, parts: &Parts, route: Route) -> Result<Reply> {
             manifest::get(state, parts, &target, &reference, head).await
         }
         Route::Blob { name, digest } => {
-            let target = target(state, parts, &name)?;
+            let mut target = target(state, parts, &name)?;
+            target.forwarded = forwarded;
             blob::get(state, parts, &target, &digest, head).await
         }
         Route::Tags { name } => passthrough::tags(parts, &target(state, parts, &name)?).await,

@@ -45,6 +45,8 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     pub name: RepoName,
     pub via: Via,
+    /// Forwarded by another replica of the cluster: never forwarded again.
+    pub forwarded: bool,
 }
 
 impl Upstreams {
@@ -75,6 +77,7 @@ impl Upstreams {
             upstream: self.list[routed.upstream].clone(),
             name: routed.name,
             via: routed.via,
+            forwarded: false,
         })
     }
 }

@@ -30,7 +30,7 @@ impl Regcache {
     /// (which may hold a previous run's cache). Panics with the log if it is not
     /// answering `GET /v2/` with 200 within ~20 s.
     pub fn start(upstream_url: &str, cache_dir: &Path) -> Regcache {
-        Regcache::launch(cache_dir, &["--upstream", upstream_url], &[])
+        Regcache::launch(cache_dir, &["--upstream", upstream_url], &[], None)
     }
 
     /// Starts `regcache serve --config <cache_dir>.toml` after writing `config` there
@@ -42,13 +42,24 @@ impl Regcache {
     /// As [`Regcache::start_with_config`], with `env` added to the daemon's environment
     /// (say, the AWS credentials of a bucket).
     pub fn start_with_config_env(config: &str, cache_dir: &Path, env: &[(&str, &str)]) -> Regcache {
+        Regcache::start_on(None, config, cache_dir, env)
+    }
+
+    /// As [`Regcache::start_with_config_env`], listening on `port` when given (a member of
+    /// a cluster whose config names every member's address before they start).
+    pub fn start_on(
+        port: Option<u16>,
+        config: &str,
+        cache_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Regcache {
         let config_path = cache_dir.with_extension("toml");
         if let Some(parent) = config_path.parent() {
             std::fs::create_dir_all(parent).expect("create config dir");
         }
         std::fs::write(&config_path, config).expect("write regcache config");
         let config_arg = config_path.display().to_string();
-        Regcache::launch(cache_dir, &["--config", &config_arg], env)
+        Regcache::launch(cache_dir, &["--config", &config_arg], env, port)
     }
 
     /// As [`Regcache::start`], with `--config FILE` under the command-line flags.
@@ -62,16 +73,21 @@ impl Regcache {
             args.extend(["--config".to_string(), config.display().to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Regcache::launch(cache_dir, &args, &[])
+        Regcache::launch(cache_dir, &args, &[], None)
     }
 
-    fn launch(cache_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Regcache {
+    fn launch(
+        cache_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        fixed_port: Option<u16>,
+    ) -> Regcache {
         let log_path = cache_dir.with_extension("log");
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).expect("create log dir");
         }
         for _ in 0..START_ATTEMPTS {
-            let (port, admin_port) = (free_port(), free_port());
+            let (port, admin_port) = (fixed_port.unwrap_or_else(free_port), free_port());
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
             cmd.arg("serve")
                 .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -22,13 +22,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use http::header::CONTENT_RANGE;
 use http::{Method, StatusCode};
 use tokio::sync::mpsc;
 
 pub use state::{At, Fill, Phase, Progress};
 
+use crate::cluster::Cluster;
 use crate::error::{Error, UpstreamError};
 use crate::metrics::Metrics;
 use crate::mirror::declared::Declared;
@@ -74,6 +76,8 @@ pub struct FillContext {
     pub members: Membership,
     /// `cache.max_blob_bytes`.
     pub max_blob_bytes: u64,
+    /// The other replicas, which own some digests' fills.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Fills {
@@ -233,16 +237,24 @@ async fn download(
     let from_bucket = held.is_some();
     let (source, total) = match held {
         Some((len, stream)) => (Source::Bucket(stream), Some(len)),
-        None => {
-            let resource = Resource::Blob(&fill.digest);
-            let response = target
-                .upstream
-                .send(Method::GET, &target.name, resource, None)
-                .await?;
-            let total = response.content_length();
-            (Source::Upstream(response), total)
-        }
+        None => match from_owner(ctx, fill, target).await? {
+            Some(response) => {
+                let total = response.content_length();
+                let body = response.bytes_stream().map_err(BodyError::Peer).boxed();
+                (Source::Peer(body), total)
+            }
+            None => {
+                let resource = Resource::Blob(&fill.digest);
+                let response = target
+                    .upstream
+                    .send(Method::GET, &target.name, resource, None)
+                    .await?;
+                let total = response.content_length();
+                (Source::Upstream(response), total)
+            }
+        },
     };
+    let from_upstream = matches!(source, Source::Upstream(_));
     let declared = ctx
         .declared
         .get(upstream.name(), &target.name, &fill.digest);
@@ -259,7 +271,11 @@ async fn download(
             fill.digest.clone(),
             total,
         )),
-        Source::Bucket(stream) => tokio::spawn(pump_bucket(stream, batches)),
+        Source::Bucket(stream) => {
+            let stream = stream.map_err(BodyError::Bucket).boxed();
+            tokio::spawn(pump_stream(stream, batches))
+        }
+        Source::Peer(stream) => tokio::spawn(pump_stream(stream, batches)),
     };
     // Only now: the clients this wakes then run before the pump, which would otherwise
     // keep their worker busy reading and hold back their response heads (about 1 ms).
@@ -270,7 +286,7 @@ async fn download(
     });
     // What upstream sends goes on to the bucket as it arrives; the upload completes only
     // if the fill verifies it (the reader ends cleanly only then).
-    if let (Some(bucket), false, true) = (bucket, from_bucket, fill.file.is_some()) {
+    if let (Some(bucket), true, true) = (bucket, from_upstream, fill.file.is_some()) {
         let reader = BlobReader::filling(fill.clone(), fill.subscribe(), 0, u64::MAX);
         let (bucket, digest) = (bucket.clone(), fill.digest.clone());
         let domain = target.upstream.config().trust_domain.clone();
@@ -338,6 +354,10 @@ async fn download(
         Err(CopyError::Body(BodyError::Bucket(e))) => {
             return Err(Error::local("reading the bucket", bucket_io(e)));
         }
+        Err(CopyError::Body(BodyError::Peer(e))) => {
+            let cause = std::io::Error::other(format!("the owner replica's body failed: {e}"));
+            return Err(Error::local("reading from the owner replica", cause));
+        }
         Err(CopyError::Body(BodyError::Upstream(e))) => {
             return Err(upstream.error(match total {
                 Some(expected) if e.is_body() || e.is_decode() => UpstreamError::Truncated {
@@ -351,7 +371,7 @@ async fn download(
             return Err(upstream.error(UpstreamError::TooLarge { limit, bound }))
         }
     };
-    if !from_bucket {
+    if from_upstream {
         target.upstream.count_bytes(written);
     }
     if let Some(expected) = total.filter(|&t| t != written) {
@@ -503,16 +523,68 @@ type Batch = Result<Vec<Bytes>, BodyError>;
 enum Source {
     Upstream(Answer),
     Bucket(BlobStream),
+    /// The owner replica's answer (see `cluster`).
+    Peer(BoxStream<'static, Result<Bytes, BodyError>>),
 }
 
 /// Why a body stopped, by where it came from.
 enum BodyError {
     Upstream(reqwest::Error),
     Bucket(object_store::Error),
+    Peer(reqwest::Error),
 }
 
-/// Reads a blob from the bucket and sends it on in batches, as [`pump`] does upstream's.
-async fn pump_bucket(mut stream: BlobStream, out: mpsc::Sender<Batch>) {
+/// Asks the owner replica of the blob, unless this replica owns it or the request was
+/// forwarded already. `None`: go upstream (the owner failed, or there is none); an
+/// owner's "not found" is the answer.
+async fn from_owner(
+    ctx: &FillContext,
+    fill: &Fill,
+    target: &Target,
+) -> Result<Option<reqwest::Response>, Error> {
+    let Some(cluster) = ctx.cluster.as_deref().filter(|_| !target.forwarded) else {
+        return Ok(None);
+    };
+    let Some(owner) = cluster.owner(&fill.digest) else {
+        return Ok(None);
+    };
+    let upstream = target.upstream.name();
+    let asked = cluster
+        .fetch_blob(owner, upstream, &target.name, &fill.digest)
+        .await;
+    match asked {
+        Ok(response) if response.status().is_success() => {
+            cluster.count("ok");
+            Ok(Some(response))
+        }
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+            cluster.count("not_found");
+            Err(Error::not_found(
+                oci::ErrorCode::BlobUnknown,
+                format!(
+                    "blob unknown to repository {} (the owner replica asked)",
+                    target.name
+                ),
+            ))
+        }
+        answer => {
+            cluster.count("fallback");
+            let why = match answer {
+                Ok(response) => response.status().to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(%owner, digest = %fill.digest, %why, "the owner replica failed; fetching upstream");
+            Ok(None)
+        }
+    }
+}
+
+/// Reads a body from the bucket or the owner replica and sends it on in batches, as
+/// [`pump`] does upstream's.
+async fn pump_stream(
+    mut stream: BoxStream<'static, Result<Bytes, BodyError>>,
+    out: mpsc::Sender<Batch>,
+) {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;
     loop {
@@ -533,7 +605,7 @@ async fn pump_bucket(mut stream: BlobStream, out: mpsc::Sender<Batch>) {
                 if !batch.is_empty() && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
                     return;
                 }
-                let _ = out.send(Err(BodyError::Bucket(e))).await;
+                let _ = out.send(Err(e)).await;
                 return;
             }
         };

@@ -1,0 +1,110 @@
+//! Routing blob misses to the owner replica, with the real binary: three replicas that
+//! know each other, many cold clients of one blob spread over them, one upstream GET.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::fake::{FakeRegistry, Fault};
+use crate::support::regcache::Regcache;
+use crate::support::registry::free_port;
+
+const MIB: usize = 1 << 20;
+
+/// The bearer token clients must show; peers prove themselves with the secret instead.
+const TOKEN: &str = "client-token-0123456789";
+const SECRET: &str = "a-test-secret-of-some-length";
+
+/// Three replicas on ports chosen up front (each config lists every member), sharing the
+/// secret in `dir/secret`, each asking clients for [`TOKEN`].
+fn cluster(fake: &FakeRegistry, dir: &Path) -> Vec<Regcache> {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"http://127.0.0.1:{p}\""))
+        .collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(n, port)| {
+            let config = format!(
+                "[server.auth]\ntokens_file = \"{}\"\n\
+                 [cluster]\nmembers = [{}]\nself = \"http://127.0.0.1:{port}\"\nsecret_file = \"{}\"\n\
+                 [[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
+                tokens.display(),
+                members.join(", "),
+                secret.display(),
+                fake.url()
+            );
+            Regcache::start_on(Some(*port), &config, &dir.join(format!("r{n}")), &[])
+        })
+        .collect()
+}
+
+fn forwards(metrics: &str, result: &str) -> f64 {
+    let series = format!("regcache_peer_forwards_total{{result=\"{result}\"}}");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_clients_spread_over_three_replicas_cost_one_upstream_get() {
+    let fake = FakeRegistry::start().await;
+    let bytes: Vec<u8> = (0..24 * MIB).map(|i| (i % 251) as u8).collect();
+    let digest = fake.add_blob(bytes.clone());
+    // Slow enough that every client arrives while the fill is in flight.
+    fake.set_fault(&digest, Fault::Slow(Duration::from_millis(5)));
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = cluster(&fake, dir.path());
+    let client = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for n in 0..30 {
+        let url = format!("{}/v2/team/app/blobs/{digest}", replicas[n % 3].url());
+        let client = client.clone();
+        clients.push(tokio::spawn(async move {
+            let response = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap()
+        }));
+    }
+    for c in clients {
+        let body = tokio::time::timeout(Duration::from_secs(120), c)
+            .await
+            .expect("a client finished within 2 minutes")
+            .unwrap();
+        assert!(body[..] == bytes[..], "a client got the wrong bytes");
+    }
+    assert_eq!(fake.count("GET", &digest), 1, "upstream GETs of the blob");
+    let mut ok = 0.0;
+    for r in &replicas {
+        let metrics = r.metrics().await;
+        ok += forwards(&metrics, "ok");
+        assert_eq!(forwards(&metrics, "fallback"), 0.0, "{metrics}");
+    }
+    // The two replicas that do not own the digest asked the owner once each.
+    assert_eq!(ok, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_cluster_secret_lets_a_request_in_as_a_peer() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob(vec![1u8; 1000]);
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = cluster(&fake, dir.path());
+    let url = format!("{}/v2/team/app/blobs/{digest}?ns=origin", replicas[0].url());
+    let client = reqwest::Client::new();
+    let status = |peer: &'static str| {
+        let request = client.get(&url).header("x-regcache-peer", peer);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Neither a client's token nor a peer's secret: refused like any client.
+    assert_eq!(status("not-the-secret-at-all").await, 401);
+    assert_eq!(fake.count("GET", &digest), 0);
+    // The secret admits a forwarded request without the client's credentials.
+    assert_eq!(status(SECRET).await, 200);
+}
