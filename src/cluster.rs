@@ -9,7 +9,9 @@
 //! is admitted on that proof (the forwarding replica checked the client), and the owner
 //! still applies the upstream's allow/deny policy and membership to the name asked.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use prometheus::IntCounterVec;
@@ -23,6 +25,10 @@ use crate::oci::{Digest, RepoName};
 /// Carries the cluster's secret on a forwarded request.
 pub const PEER_HEADER: &str = "x-regcache-peer";
 
+/// A member that failed a forward is left out of the owner choice this long: every
+/// replica that sees it fail picks the same next owner, so a death costs one more fetch.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
 pub struct Cluster {
     members: Vec<Url>,
     self_url: Url,
@@ -30,6 +36,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// `regcache_peer_forwards_total{result}`.
     forwards: IntCounterVec,
+    /// Members that failed a forward, until when they are left out.
+    down: Mutex<HashMap<Url, Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +71,30 @@ impl Cluster {
             secret,
             http,
             forwards,
+            down: Mutex::default(),
         })
     }
 
-    /// The member that owns `digest`, unless it is this replica.
-    pub fn owner(&self, digest: &Digest) -> Option<&Url> {
-        let owner = self.members.iter().max_by_key(|m| weight(m, digest))?;
-        (*owner != self.self_url).then_some(owner)
+    /// The member that owns `digest` among those not down, unless it is this replica.
+    pub fn owner(&self, digest: &Digest) -> Option<Url> {
+        let now = Instant::now();
+        let down = self.down.lock().expect("down lock");
+        let up = |m: &&Url| **m == self.self_url || down.get(*m).is_none_or(|until| *until <= now);
+        let owner = self
+            .members
+            .iter()
+            .filter(up)
+            .max_by_key(|m| weight(m, digest))?;
+        (*owner != self.self_url).then(|| owner.clone())
+    }
+
+    /// Leaves `member` out of the owner choice for a while: it failed a forward.
+    pub fn mark_down(&self, member: &Url) {
+        let until = Instant::now() + DOWN_FOR;
+        self.down
+            .lock()
+            .expect("down lock")
+            .insert(member.clone(), until);
     }
 
     /// Whether a request's [`PEER_HEADER`] proves it comes from a member.

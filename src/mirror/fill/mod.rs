@@ -512,6 +512,9 @@ async fn publish(
     Ok(true)
 }
 
+/// Owner replicas asked in turn before a fill goes upstream itself.
+const MAX_OWNERS_ASKED: usize = 2;
+
 /// Batches handed from the network side to the writer: at most this many wait.
 const PUMP_DEPTH: usize = 8;
 /// A batch goes out once it holds this much, or as soon as upstream has nothing ready.
@@ -545,38 +548,43 @@ async fn from_owner(
     let Some(cluster) = ctx.cluster.as_deref().filter(|_| !target.forwarded) else {
         return Ok(None);
     };
-    let Some(owner) = cluster.owner(&fill.digest) else {
-        return Ok(None);
-    };
-    let upstream = target.upstream.name();
-    let asked = cluster
-        .fetch_blob(owner, upstream, &target.name, &fill.digest)
-        .await;
-    match asked {
-        Ok(response) if response.status().is_success() => {
-            cluster.count("ok");
-            Ok(Some(response))
-        }
-        Ok(response) if response.status() == StatusCode::NOT_FOUND => {
-            cluster.count("not_found");
-            Err(Error::not_found(
-                oci::ErrorCode::BlobUnknown,
-                format!(
-                    "blob unknown to repository {} (the owner replica asked)",
-                    target.name
-                ),
-            ))
-        }
-        answer => {
-            cluster.count("fallback");
-            let why = match answer {
-                Ok(response) => response.status().to_string(),
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(%owner, digest = %fill.digest, %why, "the owner replica failed; fetching upstream");
-            Ok(None)
+    // A failed owner is left out and the next one asked: the replicas that saw it fail
+    // agree on the next.
+    for _ in 0..MAX_OWNERS_ASKED {
+        let Some(owner) = cluster.owner(&fill.digest) else {
+            return Ok(None);
+        };
+        let upstream = target.upstream.name();
+        let asked = cluster
+            .fetch_blob(&owner, upstream, &target.name, &fill.digest)
+            .await;
+        match asked {
+            Ok(response) if response.status().is_success() => {
+                cluster.count("ok");
+                return Ok(Some(response));
+            }
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+                cluster.count("not_found");
+                return Err(Error::not_found(
+                    oci::ErrorCode::BlobUnknown,
+                    format!(
+                        "blob unknown to repository {} (the owner replica asked)",
+                        target.name
+                    ),
+                ));
+            }
+            answer => {
+                cluster.count("fallback");
+                cluster.mark_down(&owner);
+                let why = match answer {
+                    Ok(response) => response.status().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(%owner, digest = %fill.digest, %why, "the owner replica failed; asking the next");
+            }
         }
     }
+    Ok(None)
 }
 
 /// Reads a body from the bucket or the owner replica and sends it on in batches, as

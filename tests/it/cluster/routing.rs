@@ -108,3 +108,70 @@ async fn only_the_cluster_secret_lets_a_request_in_as_a_peer() {
     // The secret admits a forwarded request without the client's credentials.
     assert_eq!(status(SECRET).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_killed_mid_fill_costs_one_more_upstream_get_and_no_clean_short_body() {
+    let fake = FakeRegistry::start().await;
+    let bytes: Vec<u8> = (0..24 * MIB).map(|i| (i % 241) as u8).collect();
+    let digest = fake.add_blob(bytes.clone());
+    // About two seconds per fetch: the kill lands mid-fill.
+    fake.set_fault(&digest, Fault::Slow(Duration::from_millis(5)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = cluster(&fake, dir.path());
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let client = reqwest::Client::new();
+    let fetch = move |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(url).bearer_auth(TOKEN).send().await?;
+            response.error_for_status()?.bytes().await
+        }
+    };
+    let mut clients = Vec::new();
+    for n in 0..30 {
+        let url = format!("{}/v2/team/app/blobs/{digest}", urls[n % 3]);
+        let fetch = fetch.clone();
+        clients.push((n % 3, tokio::spawn(async move { fetch(url).await })));
+    }
+    // The owner is the replica that forwarded nothing while the other two did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let owner = loop {
+        let mut forwarded = Vec::new();
+        for r in &replicas {
+            forwarded.push(forwards(&r.metrics().await, "ok") > 0.0);
+        }
+        if forwarded.iter().filter(|f| **f).count() == 2 {
+            break forwarded.iter().position(|f| !f).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no forwards seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pid = replicas[owner].pid().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
+    assert!(killed.unwrap().success());
+    for (replica, c) in clients {
+        let first = tokio::time::timeout(Duration::from_secs(120), c)
+            .await
+            .expect("a client finished within 2 minutes")
+            .unwrap();
+        match first {
+            // A body that ended cleanly is the whole blob, never a short or wrong one.
+            Ok(body) => assert!(body[..] == bytes[..], "a clean end with wrong bytes"),
+            // Cut: a client of a survivor asks again and gets the blob.
+            Err(_) if replica != owner => {
+                let url = format!("{}/v2/team/app/blobs/{digest}", urls[replica]);
+                let again = fetch(url).await.expect("the retry succeeds");
+                assert!(again[..] == bytes[..]);
+            }
+            Err(_) => {}
+        }
+    }
+    let gets = fake.count("GET", &digest);
+    assert!(
+        gets <= 2,
+        "{gets} upstream GETs for one blob and one owner death"
+    );
+    replicas[owner].wait_exit(Duration::from_secs(5));
+}
