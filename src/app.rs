@@ -88,19 +88,7 @@ impl Listeners {
 /// Builds the shared state: opens the store (removing crash leftovers) and the clients.
 pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let metrics = Metrics::new();
-    let rules = Rules::new(&config.upstreams);
-    let cache = Mirror::open(
-        &config.cache,
-        bucket(config, &metrics)?,
-        cluster(config, &metrics)?,
-        rules,
-        metrics.clone(),
-    )
-    .map_err(|source| AppError::Cache {
-        dir: config.cache.dir.display().to_string(),
-        source,
-    })?
-    .one_trust_domain(config.one_trust_domain());
+    let cache = mirror(config, &metrics)?;
     let upstreams = Upstreams::new(config, &metrics)?;
     let access = Access::load(&config.server.auth, metrics.auth_bcrypt_runs.clone())?;
     Ok(Arc::new(State {
@@ -115,20 +103,23 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
 /// the run, and is refused while a daemon does (see `store::owner`).
 pub fn owned(config: &Config) -> Result<(Mirror, Upstreams), AppError> {
     let metrics = Metrics::new();
-    let rules = Rules::new(&config.upstreams);
-    let cache = Mirror::open(
-        &config.cache,
-        bucket(config, &metrics)?,
-        cluster(config, &metrics)?,
-        rules,
-        metrics.clone(),
-    )
-    .map_err(|source| AppError::Cache {
-        dir: config.cache.dir.display().to_string(),
-        source,
-    })?
-    .one_trust_domain(config.one_trust_domain());
+    let cache = mirror(config, &metrics)?;
     Ok((cache, Upstreams::new(config, &metrics)?))
+}
+
+/// The mirror over the configured store, bucket and cluster; this process owns the store.
+fn mirror(config: &Config, metrics: &Metrics) -> Result<Mirror, AppError> {
+    let rules = Rules::new(&config.upstreams);
+    let bucket = bucket(config, metrics)?;
+    let cluster = cluster(config, metrics)?;
+    let mirror =
+        Mirror::open(&config.cache, bucket, cluster, rules, metrics.clone()).map_err(|source| {
+            AppError::Cache {
+                dir: config.cache.dir.display().to_string(),
+                source,
+            }
+        })?;
+    Ok(mirror.one_trust_domain(config.one_trust_domain()))
 }
 
 /// The other replicas, when the config lists a cluster.

@@ -593,38 +593,69 @@ async fn pump_stream(
     mut stream: BoxStream<'static, Result<Bytes, BodyError>>,
     out: mpsc::Sender<Batch>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut batched = 0usize;
+    let mut batch = Batcher::new(out);
     loop {
         let polled = if batch.is_empty() {
             Some(stream.next().await)
         } else {
             stream.next().now_or_never()
         };
-        let (flush, ended) = match polled {
-            Some(Some(Ok(chunk))) => {
-                batched += chunk.len();
-                batch.push(chunk);
-                (batched >= PUMP_BATCH, false)
-            }
-            None => (true, false),
-            Some(None) => (true, true),
-            Some(Some(Err(e))) => {
-                if !batch.is_empty() && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return;
-                }
-                let _ = out.send(Err(e)).await;
+        let flush = match polled {
+            Some(Some(Ok(chunk))) => batch.push(chunk),
+            Some(Some(Err(e))) => return batch.fail(e).await,
+            Some(None) => {
+                batch.flush().await;
                 return;
             }
+            None => true,
         };
-        if flush && !batch.is_empty() {
-            batched = 0;
-            if out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                return;
-            }
-        }
-        if ended {
+        if flush && !batch.flush().await {
             return;
+        }
+    }
+}
+
+/// Chunks gathered into batches for the writer (see [`PUMP_BATCH`]).
+struct Batcher {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    out: mpsc::Sender<Batch>,
+}
+
+impl Batcher {
+    fn new(out: mpsc::Sender<Batch>) -> Batcher {
+        Batcher {
+            chunks: Vec::new(),
+            bytes: 0,
+            out,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Adds a chunk; true once the batch should go.
+    fn push(&mut self, chunk: Bytes) -> bool {
+        self.bytes += chunk.len();
+        self.chunks.push(chunk);
+        self.bytes >= PUMP_BATCH
+    }
+
+    /// Sends what was gathered; false once the writer is gone.
+    async fn flush(&mut self) -> bool {
+        self.bytes = 0;
+        if self.chunks.is_empty() {
+            return true;
+        }
+        let batch = std::mem::take(&mut self.chunks);
+        self.out.send(Ok(batch)).await.is_ok()
+    }
+
+    /// Sends what was gathered, then the error that ended the body.
+    async fn fail(mut self, e: BodyError) {
+        if self.flush().await {
+            let _ = self.out.send(Err(e)).await;
         }
     }
 }
@@ -640,8 +671,7 @@ async fn pump(
     total: Option<u64>,
 ) {
     let (mut received, mut resumes) = (0u64, 0);
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut batched = 0usize;
+    let mut batch = Batcher::new(out);
     loop {
         // Wait for the first chunk of a batch; take the rest only while it is ready.
         let polled = if batch.is_empty() {
@@ -649,20 +679,20 @@ async fn pump(
         } else {
             response.chunk().now_or_never()
         };
-        let ended = matches!(polled, Some(Ok(None)));
         let flush = match polled {
             Some(Ok(Some(chunk))) => {
                 received += chunk.len() as u64;
-                batched += chunk.len();
-                batch.push(chunk);
-                batched >= PUMP_BATCH
+                batch.push(chunk)
             }
-            None | Some(Ok(None)) => true,
+            Some(Ok(None)) => {
+                batch.flush().await;
+                return;
+            }
+            None => true,
             Some(Err(e)) => {
-                if !batch.is_empty() && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                if !batch.flush().await {
                     return;
                 }
-                batched = 0;
                 let retries = target.upstream.config().retries;
                 let rest = match resumes < retries {
                     true => resume(&target, &digest, received, total).await,
@@ -674,20 +704,11 @@ async fn pump(
                         response = rest;
                         continue;
                     }
-                    None => {
-                        let _ = out.send(Err(BodyError::Upstream(e))).await;
-                        return;
-                    }
+                    None => return batch.fail(BodyError::Upstream(e)).await,
                 }
             }
         };
-        if flush && !batch.is_empty() {
-            batched = 0;
-            if out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                return;
-            }
-        }
-        if ended {
+        if flush && !batch.flush().await {
             return;
         }
     }

@@ -24,7 +24,17 @@ fn config(upstream: &str, budget: &str) -> String {
 }
 
 /// Runs `regcache ARGS --config <cache>.toml --cache-dir <cache>` (bounded); its output.
+/// Panics unless it succeeded.
 fn regcache(args: &[&str], cache: &Path) -> String {
+    run(args, cache, true)
+}
+
+/// As [`regcache`], for a command that must fail.
+fn regcache_fails(args: &[&str], cache: &Path) -> String {
+    run(args, cache, false)
+}
+
+fn run(args: &[&str], cache: &Path, succeed: bool) -> String {
     let log = cache.with_extension("cli.log");
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
@@ -36,26 +46,8 @@ fn regcache(args: &[&str], cache: &Path) -> String {
     let status = crate::support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        status.is_some_and(|s| s.success()),
-        "regcache {args:?}:\n{out}"
-    );
-    out
-}
-
-/// As [`regcache`], for a command that must fail; its output.
-fn regcache_fails(args: &[&str], cache: &Path) -> String {
-    let log = cache.with_extension("cli.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(cache.with_extension("toml"))
-        .arg("--cache-dir")
-        .arg(cache);
-    let status = crate::support::registry::run_bounded(&mut cmd, &log, Duration::from_secs(60));
-    let out = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "regcache {args:?} succeeded:\n{out}"
+        status.is_some_and(|s| s.success() == succeed),
+        "regcache {args:?} (should succeed: {succeed}):\n{out}"
     );
     out
 }
