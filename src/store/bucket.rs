@@ -23,6 +23,7 @@ use object_store::{
     ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig, WriteMultipart,
 };
 use prometheus::IntCounterVec;
+use tokio::sync::Semaphore;
 
 use super::files::{parse_manifest, unix_millis, ObjectKey, ObjectKind, LAYOUT_VERSION};
 use crate::config::BucketConfig;
@@ -32,6 +33,9 @@ use crate::oci::Digest;
 const PART_BYTES: usize = 8 << 20;
 /// Parts in flight per upload: memory stays under `(PARTS_IN_FLIGHT + 1) x PART_BYTES`.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Uploads at once: with the above, at most 96 MiB of upload buffers however many cold
+/// blobs are filling. The others wait (reading their fill's file, which stays open).
+const UPLOADS_AT_ONCE: usize = 4;
 /// After a failure the bucket is left alone this long, so a dead bucket costs each
 /// request nothing rather than a connect timeout.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -47,6 +51,8 @@ pub struct Bucket {
     counts: IntCounterVec,
     /// Unix milliseconds until which the bucket is skipped after a failure.
     paused_until: Arc<AtomicU64>,
+    /// Bounds the memory of uploads in flight (see [`UPLOADS_AT_ONCE`]).
+    uploads: Arc<Semaphore>,
 }
 
 impl Bucket {
@@ -80,6 +86,7 @@ impl Bucket {
             name: config.name.clone(),
             counts,
             paused_until: Arc::default(),
+            uploads: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
         })
     }
 
@@ -243,6 +250,9 @@ impl Bucket {
         S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let Ok(_permit) = self.uploads.acquire().await else {
+            return false;
+        };
         if !self.usable("put_blob") {
             return false;
         }
