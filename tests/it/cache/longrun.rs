@@ -115,11 +115,7 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
     // A flipped bit in a small blob (read whole into memory) fails its digest check.
     let small = data(1000, 9);
     let small_digest = fake.add_blob(small.clone());
-    let proxy = Proxy::to(&fake.url())
-        .cache("")
-        .dir(dir.path())
-        .start()
-        .await;
+    let proxy = Proxy::to(&fake.url()).dir(dir.path()).start().await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{small_digest}"));
     assert!(fetch(&url).await.1 == small);
     proxy.stop().await;
@@ -127,11 +123,7 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
     let mut damaged = small.clone();
     damaged[500] ^= 1;
     std::fs::write(&path, &damaged).unwrap();
-    let proxy = Proxy::to(&fake.url())
-        .cache("")
-        .dir(dir.path())
-        .start()
-        .await;
+    let proxy = Proxy::to(&fake.url()).dir(dir.path()).start().await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{small_digest}"));
     assert!(fetch(&url).await.1 == small);
     assert_eq!(fake.count("GET", &small_digest), 2);
