@@ -332,6 +332,19 @@ impl Store {
     }
 }
 
+/// The entries of a directory; none when it does not exist (yet). Blocks.
+pub(super) fn list_dir(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Splits a manifest record into media type and body, if the body hashes to `digest`.
 pub fn parse_manifest(digest: &Digest, mut data: Vec<u8>) -> Option<(String, Bytes)> {
     let newline = data.iter().position(|&b| b == b'\n')?;

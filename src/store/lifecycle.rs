@@ -12,7 +12,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::files::{Store, TagRecord};
+use super::files::{list_dir, Store, TagRecord};
 use crate::config::UpstreamConfig;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,12 +109,7 @@ fn visit_tags(
     dir: &Path,
     each: &mut dyn FnMut(&str, &Path, TagRecord),
 ) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries.flatten() {
+    for entry in list_dir(dir)? {
         let path = entry.path();
         if !path.is_dir() {
             continue;

@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::time::UNIX_EPOCH;
 
-use super::files::{ObjectKey, ObjectKind, Store};
+use super::files::{list_dir, ObjectKey, ObjectKind, Store};
 use super::index::{Index, Meta};
 use crate::oci::Digest;
 
@@ -60,10 +60,10 @@ pub fn walk(store: &Store) -> io::Result<Vec<Found>> {
 fn visit(store: &Store, each: &mut dyn FnMut(ObjectKey, &fs::DirEntry)) -> io::Result<()> {
     for kind in ObjectKind::ALL {
         let dir = store.root().join(kind.dir_name());
-        for algorithm in read_dir(&dir)? {
+        for algorithm in list_dir(&dir)? {
             let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
-            for prefix in read_dir(&algorithm.path())? {
-                for file in read_dir(&prefix.path())? {
+            for prefix in list_dir(&algorithm.path())? {
+                for file in list_dir(&prefix.path())? {
                     let name = file.file_name().to_string_lossy().into_owned();
                     let Ok(digest) = format!("{algorithm_name}:{name}").parse::<Digest>() else {
                         continue;
@@ -82,18 +82,6 @@ fn modified_millis(meta: &fs::Metadata) -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn read_dir(dir: &std::path::Path) -> io::Result<Vec<fs::DirEntry>> {
-    match fs::read_dir(dir) {
-        Ok(entries) => Ok(entries.flatten().collect()),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
-        {
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// The last snapshot's records; empty when there is none or it is unreadable.

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use super::file::{self, FILE_NAME};
 use crate::oci::Digest;
-use crate::store::files::Store;
+use crate::store::files::{list_dir, Store};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -32,12 +32,7 @@ pub struct Pruned {
 pub fn prune(store: &Store, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pruned> {
     let mut pruned = Pruned::default();
     let root = store.root().join("members");
-    let upstreams = match fs::read_dir(&root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(pruned),
-        Err(e) => return Err(e),
-    };
-    for upstream in upstreams.flatten() {
+    for upstream in list_dir(&root)? {
         let name = upstream.file_name().to_string_lossy().into_owned();
         let dir = upstream.path();
         if dir.is_dir() {
@@ -56,12 +51,7 @@ fn visit(
     present: &dyn Fn(&Digest) -> bool,
     pruned: &mut Pruned,
 ) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries.flatten() {
+    for entry in list_dir(dir)? {
         let path = entry.path();
         if path.is_dir() {
             visit(store, upstream, base, &path, present, pruned)?;
