@@ -127,7 +127,7 @@ fn cluster(config: &Config, metrics: &Metrics) -> Result<Option<Cluster>, AppErr
     let Some(cluster) = &config.cluster else {
         return Ok(None);
     };
-    Ok(Some(Cluster::new(cluster, metrics.peer_forwards.clone())?))
+    Ok(Some(Cluster::new(cluster, metrics)?))
 }
 
 /// The shared bucket's client, when the config names one.

@@ -191,8 +191,8 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
             // The daemon would refuse to start without a usable cluster secret.
             if let Some(cluster) = &config.cluster {
-                let counter = regcache::metrics::Metrics::new().peer_forwards;
-                if let Err(e) = regcache::cluster::Cluster::new(cluster, counter) {
+                let metrics = regcache::metrics::Metrics::new();
+                if let Err(e) = regcache::cluster::Cluster::new(cluster, &metrics) {
                     println!("problem in {e}");
                     return Ok(ExitCode::FAILURE);
                 }

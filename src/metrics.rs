@@ -64,6 +64,8 @@ pub const EVICTIONS: &str = "regcache_evictions_total";
 pub const OFFLINE_MISSES: &str = "regcache_offline_misses_total";
 pub const BUCKET_OPERATIONS: &str = "regcache_bucket_operations_total";
 pub const PEER_FORWARDS: &str = "regcache_peer_forwards_total";
+pub const PARENT_REQUESTS: &str = "regcache_parent_requests_total";
+pub const CLUSTER_MEMBERS: &str = "regcache_cluster_members";
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +126,8 @@ pub struct Metrics {
     pub fills: IntCounterVec,
     pub bucket_operations: IntCounterVec,
     pub peer_forwards: IntCounterVec,
+    pub parent_requests: IntCounterVec,
+    pub cluster_members: IntGauge,
     pub errors: IntCounterVec,
     pub cache_write_errors: IntCounter,
     pub memory_objects: IntGauge,
@@ -183,15 +187,24 @@ impl Metrics {
         let bucket_operations = counter_vec(
             BUCKET_OPERATIONS,
             "Operations on the shared bucket by operation (get_blob, get_manifest, put_blob, \
-             put_manifest, put_marker, head_marker, remove_blob) and result (hit, miss, ok, \
-             exists, aborted, corrupt, error, skipped: within a pause after an error).",
+             put_manifest, put_marker, head_marker, remove_blob, lease) and result (hit, \
+             miss, ok, exists, aborted, corrupt, taken and held for leases, error, skipped: \
+             within a pause after an error).",
             &["op", "result"],
         );
         let peer_forwards = counter_vec(
             PEER_FORWARDS,
-            "Blob misses asked of the owner replica, by result (ok, not_found, fallback: \
-             the owner failed and upstream was asked directly).",
-            &["result"],
+            "Blob misses asked of another replica, by whom (to: owner, the digest's owner; \
+             lease_holder, the replica whose fill lease was found) and result (ok, \
+             not_found, fallback: it failed and the fill went on without it).",
+            &["result", "to"],
+        );
+        let parent_requests = counter_vec(
+            PARENT_REQUESTS,
+            "Requests sent to an upstream's parents (other regcaches asked before the \
+             registry) by upstream and result (ok, not_found, failed: the next parent or the \
+             registry was asked, skipped: the parent failed within the last 10 s).",
+            &["upstream", "result"],
         );
         let fills = counter_vec(
             FILLS,
@@ -278,6 +291,11 @@ impl Metrics {
             "Bytes held in the memory tier (manifests and small blobs).",
         );
         let connections = gauge(CONNECTIONS, "Client connections open, on every listener.");
+        let cluster_members = gauge(
+            CLUSTER_MEMBERS,
+            "Replicas in the cluster's member list (this one included), as last configured \
+             or resolved from cluster.members_dns.",
+        );
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -316,6 +334,8 @@ impl Metrics {
             fills,
             bucket_operations,
             peer_forwards,
+            parent_requests,
+            cluster_members,
             errors,
             cache_write_errors,
             memory_objects,

@@ -22,7 +22,7 @@ use serde::Deserialize;
 pub use auth::{admin_exposure_warning, AuthConfig};
 pub use bucket::BucketConfig;
 pub use cache::{CacheConfig, DiskBudget};
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, Members};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
 

@@ -52,6 +52,8 @@ pub(super) struct RawUpstream {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
+    #[serde(default)]
+    parents: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +104,8 @@ pub struct UpstreamConfig {
     pub token_realm_hosts: Vec<String>,
     /// Which repositories (as this upstream names them) the mirror serves.
     pub policy: Policy,
+    /// Other regcaches (a regional mirror) asked in order before the registry itself.
+    pub parents: Vec<Url>,
 }
 
 impl RawUpstream {
@@ -134,6 +138,7 @@ impl RawUpstream {
             token_realm_hosts: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
+            parents: Vec::new(),
         }
     }
 }
@@ -417,7 +422,13 @@ impl RawUpstream {
             allow: patterns(&self.allow, &key("allow"), library_prefix, problems),
             deny: patterns(&self.deny, &key("deny"), library_prefix, problems),
         };
+        let parents = self
+            .parents
+            .iter()
+            .filter_map(|p| super::cluster::base_url(&key("parents"), p, problems))
+            .collect();
         Some(UpstreamConfig {
+            parents,
             library_prefix,
             policy,
             default: self.default || single,

@@ -66,6 +66,10 @@ impl Mirror {
         let disk = Arc::new(Disk::open(config, rules, metrics.clone())?);
         disk.start(config.index_flush, config.lifecycle_sweep);
         let members = disk.members.clone();
+        let cluster = cluster.map(Arc::new);
+        if let Some(cluster) = &cluster {
+            Cluster::watch(cluster);
+        }
         Ok(Mirror {
             ctx: FillContext {
                 store: disk.store.clone(),
@@ -78,7 +82,7 @@ impl Mirror {
                 declared: Declared::default(),
                 max_blob_bytes: config.max_blob_bytes,
                 members: members.clone(),
-                cluster: cluster.map(Arc::new),
+                cluster,
             },
             fills: Arc::new(Fills::default()),
             tags: Tags::new(TAG_ENTRIES),

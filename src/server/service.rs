@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::body::{full, Body, Outgoing, ServedBytes};
 use super::respond::{self, API_VERSION};
 use super::{blob, manifest, passthrough, Peer, State};
-use crate::cluster::PEER_HEADER;
 use crate::error::Result;
 use crate::metrics::Outcome;
 use crate::oci::{self, ErrorCode, RepoName, Route, RouteError};
@@ -57,20 +56,18 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Outgo
             _ => ErrorCode::NameUnknown,
         };
         // Another replica forwarding a miss vouches for its client (it admitted it).
-        let forwarded = state.cache.cluster().is_some_and(|cluster| {
-            parts
-                .headers
-                .get(PEER_HEADER)
-                .is_some_and(|v| cluster.is_peer(v))
-        });
-        let admitted = match forwarded {
-            true => Ok(()),
-            false => admit(&state, &parts).await,
+        let hops = state
+            .cache
+            .cluster()
+            .map_or(0, |cluster| cluster.hops(&parts.headers));
+        let admitted = match hops {
+            0 => admit(&state, &parts).await,
+            _ => Ok(()),
         };
         let result = match admitted {
             Err(e) => Err(e),
             Ok(()) => match route {
-                Ok(route) => dispatch(&state, &parts, route, forwarded).await,
+                Ok(route) => dispatch(&state, &parts, route, hops).await,
                 Err(e) => Err(route_error(e)),
             },
         };
@@ -128,7 +125,7 @@ async fn admit(state: &State, parts: &Parts) -> Result<()> {
         })
 }
 
-async fn dispatch(state: &State, parts: &Parts, route: Route, forwarded: bool) -> Result<Reply> {
+async fn dispatch(state: &State, parts: &Parts, route: Route, hops: u8) -> Result<Reply> {
     let method = &parts.method;
     let head = method == Method::HEAD;
     let read_only = matches!(*method, Method::GET | Method::HEAD);
@@ -142,7 +139,7 @@ async fn dispatch(state: &State, parts: &Parts, route: Route, forwarded: bool) -
         }
         Route::Blob { name, digest } => {
             let mut target = target(state, parts, &name)?;
-            target.forwarded = forwarded;
+            target.hops = hops;
             blob::get(state, parts, &target, &digest, head).await
         }
         Route::Tags { name } => passthrough::tags(parts, &target(state, parts, &name)?).await,

@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Auth;
 use super::credentials::CredentialSource;
+use super::parents::{Asked, Parents};
 use super::ratelimit;
 use super::reach::{Guarded, Reach};
 use super::realm::Realms;
@@ -48,6 +49,8 @@ pub struct Upstream {
     /// One per request in flight (body included): `max_concurrent_requests`.
     permits: Arc<Semaphore>,
     backoff: Backoff,
+    /// Regcaches asked before the registry (`parents`).
+    parents: Parents,
     metrics: Metrics,
 }
 
@@ -102,7 +105,16 @@ impl Upstream {
             }
         }
         let http = builder.build()?;
+        let ns = config.implied_names().swap_remove(0);
+        let parents = Parents::new(
+            &config.parents,
+            ns,
+            &config.name,
+            config.idle_timeout,
+            metrics.parent_requests.clone(),
+        )?;
         Ok(Upstream {
+            parents,
             base: config.url.as_str().trim_end_matches('/').to_string(),
             auth: Auth::new(
                 CredentialSource::from_config(&config),
@@ -177,15 +189,27 @@ impl Upstream {
         let scope = oci::scope_for_pull(name);
         let range =
             range_from.map(|from| HeaderValue::try_from(format!("bytes={from}-")).expect("digits"));
+        if !self.parents.is_empty() {
+            let permit = self.permit().await;
+            let path = format!("{}/{}", name, resource.path());
+            if let Asked::Answer(response) = self
+                .parents
+                .send(&method, &path, accept, range.as_ref())
+                .await
+            {
+                if response.status().is_success() {
+                    return Ok(Answer {
+                        response,
+                        _permit: permit,
+                    });
+                }
+                return Err(self.error(failure(response).await));
+            }
+        }
         let mut challenged = false;
         let mut attempt = 0;
         loop {
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the permits are never closed");
+            let permit = self.permit().await;
             let mut request = self.http.request(method.clone(), &url);
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
@@ -281,6 +305,14 @@ impl Upstream {
         redirect::follow(&self.http, &self.reach, &self.config.url, hop, response)
             .await
             .map(|response| (response, true))
+    }
+
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the permits are never closed")
     }
 
     async fn pause(&self, wait: Duration, attempt: u32) {

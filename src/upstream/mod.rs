@@ -9,6 +9,7 @@ mod docker_config;
 #[cfg(feature = "ecr")]
 mod ecr;
 mod helper;
+mod parents;
 pub mod policy;
 mod ratelimit;
 mod reach;
@@ -45,8 +46,9 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     pub name: RepoName,
     pub via: Via,
-    /// Forwarded by another replica of the cluster: never forwarded again.
-    pub forwarded: bool,
+    /// Replicas of the cluster this request passed already (0: from a client); see
+    /// `cluster::MAX_HOPS`.
+    pub hops: u8,
 }
 
 impl Upstreams {
@@ -77,7 +79,7 @@ impl Upstreams {
             upstream: self.list[routed.upstream].clone(),
             name: routed.name,
             via: routed.via,
-            forwarded: false,
+            hops: 0,
         })
     }
 }

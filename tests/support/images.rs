@@ -240,6 +240,13 @@ fn client(authorization: Option<&str>) -> reqwest::Client {
 }
 
 /// Monolithic upload: POST to open an upload, PUT the whole body with `digest=`.
+/// Pushes one blob to `repo` of the registry at `url`; its digest.
+pub async fn push_blob(url: &str, repo: &str, body: Vec<u8>) -> String {
+    let digest = sha256_digest(&body);
+    put_blob(url, None, repo, &digest, body).await;
+    digest
+}
+
 async fn put_blob(url: &str, auth: Option<&str>, repo: &str, digest: &str, body: Vec<u8>) {
     let client = client(auth);
     let start = client

@@ -12,6 +12,7 @@ pub mod scripted;
 pub mod seaweed;
 pub mod skopeo;
 pub mod store;
+pub mod throttle;
 pub mod token_issuer;
 
 /// A test whose prerequisite is missing here (`reason` says which) skips, saying so on

@@ -126,6 +126,11 @@ impl Registry {
         self.count_gets("/blobs/sha256:")
     }
 
+    /// Number of GETs of blob `digest` received, whatever their status.
+    pub fn gets_of(&self, digest: &str) -> usize {
+        self.count_gets(&format!("/blobs/{digest}"))
+    }
+
     /// Number of `GET /v2/<name>/manifests/<reference>` requests received.
     pub fn manifest_gets(&self) -> usize {
         self.count_gets("/manifests/")

@@ -12,6 +12,7 @@
 //! the next fill finds room.
 
 mod copy;
+mod source;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use http::header::CONTENT_RANGE;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::sync::mpsc;
 
 pub use state::{At, Fill, Phase, Progress};
@@ -36,13 +37,14 @@ use crate::metrics::Metrics;
 use crate::mirror::declared::Declared;
 use crate::mirror::BlobReader;
 use crate::oci::{self, Digest};
-use crate::store::bucket::{io_error as bucket_io, BlobStream};
+use crate::store::bucket::io_error as bucket_io;
 use crate::store::memory::{Entry, Key};
 use crate::store::Membership;
 use crate::store::{Disk, Tiers};
 use crate::store::{ObjectKey, Store};
 use crate::upstream::{classify, Answer, Resource, Target};
 use copy::{copy, CopyError};
+use source::{BodyError, Picked, Source};
 
 /// The fills in progress, by trust domain and digest: a client joins only a fill from an
 /// upstream its own upstream trusts.
@@ -229,31 +231,12 @@ async fn download(
 ) -> Result<bool, Error> {
     let upstream = target.upstream.clone();
     let bucket = ctx.tiers.bucket.as_ref();
-    // The shared bucket first: what another replica verified costs no upstream request.
-    let held = match bucket.filter(|_| bucket_allowed) {
-        Some(bucket) => bucket.blob(&fill.digest).await,
-        None => None,
-    };
-    let from_bucket = held.is_some();
-    let (source, total) = match held {
-        Some((len, stream)) => (Source::Bucket(stream), Some(len)),
-        None => match from_owner(ctx, fill, target).await? {
-            Some(response) => {
-                let total = response.content_length();
-                let body = response.bytes_stream().map_err(BodyError::Peer).boxed();
-                (Source::Peer(body), total)
-            }
-            None => {
-                let resource = Resource::Blob(&fill.digest);
-                let response = target
-                    .upstream
-                    .send(Method::GET, &target.name, resource, None)
-                    .await?;
-                let total = response.content_length();
-                (Source::Upstream(response), total)
-            }
-        },
-    };
+    let Picked {
+        source,
+        total,
+        lease,
+    } = source::pick(ctx, fill, target, bucket_allowed).await?;
+    let from_bucket = matches!(source, Source::Bucket(_));
     let from_upstream = matches!(source, Source::Upstream(_));
     let declared = ctx
         .declared
@@ -295,6 +278,8 @@ async fn download(
             if bucket.upload_blob(&digest, bytes).await {
                 bucket.mark_delivered(&domain, &digest).await;
             }
+            // Only now may another replica's claim win: the blob is in the bucket.
+            drop(lease);
         });
     }
     let (writer, disk, temp_path) = (
@@ -512,80 +497,12 @@ async fn publish(
     Ok(true)
 }
 
-/// Owner replicas asked in turn before a fill goes upstream itself.
-const MAX_OWNERS_ASKED: usize = 2;
-
 /// Batches handed from the network side to the writer: at most this many wait.
 const PUMP_DEPTH: usize = 8;
 /// A batch goes out once it holds this much, or as soon as upstream has nothing ready.
 const PUMP_BATCH: usize = 256 << 10;
 
 type Batch = Result<Vec<Bytes>, BodyError>;
-
-/// Where a fill's bytes come from.
-enum Source {
-    Upstream(Answer),
-    Bucket(BlobStream),
-    /// The owner replica's answer (see `cluster`).
-    Peer(BoxStream<'static, Result<Bytes, BodyError>>),
-}
-
-/// Why a body stopped, by where it came from.
-enum BodyError {
-    Upstream(reqwest::Error),
-    Bucket(object_store::Error),
-    Peer(reqwest::Error),
-}
-
-/// Asks the owner replica of the blob, unless this replica owns it or the request was
-/// forwarded already. `None`: go upstream (the owner failed, or there is none); an
-/// owner's "not found" is the answer.
-async fn from_owner(
-    ctx: &FillContext,
-    fill: &Fill,
-    target: &Target,
-) -> Result<Option<reqwest::Response>, Error> {
-    let Some(cluster) = ctx.cluster.as_deref().filter(|_| !target.forwarded) else {
-        return Ok(None);
-    };
-    // A failed owner is left out and the next one asked: the replicas that saw it fail
-    // agree on the next.
-    for _ in 0..MAX_OWNERS_ASKED {
-        let Some(owner) = cluster.owner(&fill.digest) else {
-            return Ok(None);
-        };
-        let upstream = target.upstream.name();
-        let asked = cluster
-            .fetch_blob(&owner, upstream, &target.name, &fill.digest)
-            .await;
-        match asked {
-            Ok(response) if response.status().is_success() => {
-                cluster.count("ok");
-                return Ok(Some(response));
-            }
-            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
-                cluster.count("not_found");
-                return Err(Error::not_found(
-                    oci::ErrorCode::BlobUnknown,
-                    format!(
-                        "blob unknown to repository {} (the owner replica asked)",
-                        target.name
-                    ),
-                ));
-            }
-            answer => {
-                cluster.count("fallback");
-                cluster.mark_down(&owner);
-                let why = match answer {
-                    Ok(response) => response.status().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::warn!(%owner, digest = %fill.digest, %why, "the owner replica failed; asking the next");
-            }
-        }
-    }
-    Ok(None)
-}
 
 /// Reads a body from the bucket or the owner replica and sends it on in batches, as
 /// [`pump`] does upstream's.

@@ -4,4 +4,6 @@
 //! replica, so many cold clients over many replicas cost one upstream fetch (`routing`).
 
 mod bucket;
+mod chain;
 mod routing;
+mod scale;

@@ -44,8 +44,9 @@ fn cluster(fake: &FakeRegistry, dir: &Path) -> Vec<Regcache> {
         .collect()
 }
 
+/// Forwards to the owner replica with `result`.
 fn forwards(metrics: &str, result: &str) -> f64 {
-    let series = format!("regcache_peer_forwards_total{{result=\"{result}\"}}");
+    let series = format!("regcache_peer_forwards_total{{result=\"{result}\",to=\"owner\"}}");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())

@@ -25,6 +25,10 @@ use object_store::{
 use prometheus::IntCounterVec;
 use tokio::sync::Semaphore;
 
+mod lease;
+
+pub use lease::{Claim, Lease};
+
 use super::files::{parse_manifest, unix_millis, ObjectKey, ObjectKind, LAYOUT_VERSION};
 use crate::config::BucketConfig;
 use crate::oci::Digest;
