@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use prometheus::{IntCounterVec, IntGauge};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
@@ -234,16 +234,45 @@ impl Cluster {
         digest: &Digest,
         hops: u8,
     ) -> reqwest::Result<reqwest::Response> {
-        let mut url = member
-            .join(&format!("v2/{name}/blobs/{digest}"))
-            .expect("a valid path");
-        url.query_pairs_mut().append_pair("ns", upstream);
-        self.http
-            .get(url)
-            .header(PEER_HEADER, &self.secret)
-            .header(HOPS_HEADER, hops.to_string())
-            .send()
+        let path = format!("{name}/blobs/{digest}");
+        self.send(member, Method::GET, &path, upstream, hops, None)
             .await
+    }
+
+    /// Sends `method` for manifest `reference` of `name` on `upstream` to `member`.
+    pub async fn fetch_manifest(
+        &self,
+        member: &Url,
+        method: Method,
+        (upstream, name): (&str, &RepoName),
+        reference: &str,
+        accept: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        let path = format!("{name}/manifests/{reference}");
+        self.send(member, method, &path, upstream, 1, Some(accept))
+            .await
+    }
+
+    async fn send(
+        &self,
+        member: &Url,
+        method: Method,
+        path: &str,
+        upstream: &str,
+        hops: u8,
+        accept: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut url = member.join(&format!("v2/{path}")).expect("a valid path");
+        url.query_pairs_mut().append_pair("ns", upstream);
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(PEER_HEADER, &self.secret)
+            .header(HOPS_HEADER, hops.to_string());
+        if let Some(accept) = accept {
+            request = request.header(http::header::ACCEPT, accept);
+        }
+        request.send().await
     }
 }
 

@@ -187,16 +187,18 @@ impl Metrics {
         let bucket_operations = counter_vec(
             BUCKET_OPERATIONS,
             "Operations on the shared bucket by operation (get_blob, get_manifest, put_blob, \
-             put_manifest, put_marker, head_marker, remove_blob, lease) and result (hit, \
+             put_manifest, put_marker, head_marker, put_member, head_member, remove_blob, \
+             lease) and result (hit, \
              miss, ok, exists, aborted, corrupt, taken and held for leases, error, skipped: \
              within a pause after an error).",
             &["op", "result"],
         );
         let peer_forwards = counter_vec(
             PEER_FORWARDS,
-            "Blob misses asked of another replica, by whom (to: owner, the digest's owner; \
-             lease_holder, the replica whose fill lease was found) and result (ok, \
-             not_found, fallback: it failed and the fill went on without it).",
+            "Requests asked of another replica, by whom (to: owner, a blob digest's owner; \
+             lease_holder, the replica whose fill lease was found; tag_owner, the replica \
+             that revalidates a tag) and result (ok, not_found, fallback: it failed and \
+             this replica went on without it).",
             &["result", "to"],
         );
         let parent_requests = counter_vec(

@@ -46,7 +46,16 @@ impl Mirror {
                 self.manifest_by_digest(target, digest, accept, want_body)
                     .await?
             }
-            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept, want_body).await?,
+            Reference::Tag(tag) => match self.tag_from_owner(target, tag, accept, want_body).await?
+            {
+                Some(found) => found,
+                // The tag's owner answering a replica's HEAD holds the manifest after: the
+                // replica GETs it next unless it holds it, and the tag is then confirmed.
+                None => {
+                    let want_body = want_body || target.hops > 0;
+                    self.manifest_by_tag(target, tag, accept, want_body).await?
+                }
+            },
         };
         if !accept.accepts(&found.media_type) {
             return Err(Error::not_found(
@@ -183,7 +192,7 @@ impl Mirror {
 
     /// Records that upstream says `tag` points at `manifest` now: fresh for the upstream's
     /// tag TTL.
-    fn confirm_tag(&self, target: &Target, tag: &Tag, manifest: &Manifest) {
+    pub(super) fn confirm_tag(&self, target: &Target, tag: &Tag, manifest: &Manifest) {
         let ttl = target.upstream.config().tag_ttl;
         self.tags.confirm(
             self.disk(),
@@ -199,7 +208,7 @@ impl Mirror {
     /// A manifest held that `target`'s trust domain delivered (see [`Mirror::trusted`]):
     /// one that only another domain delivered is fetched again from this upstream, so a
     /// hostile upstream cannot name (or answer a tag with) another one's digest and read it.
-    async fn held_manifest(&self, target: &Target, digest: &Digest) -> Option<Manifest> {
+    pub(super) async fn held_manifest(&self, target: &Target, digest: &Digest) -> Option<Manifest> {
         if !self.trusted(target, digest).await {
             return None;
         }
@@ -257,8 +266,8 @@ impl Mirror {
         accept: &Accept,
         expected: Option<&Digest>,
     ) -> Result<Manifest> {
-        let upstream = &target.upstream;
-        let mut response = upstream
+        let mut response = target
+            .upstream
             .send(
                 Method::GET,
                 &target.name,
@@ -266,6 +275,20 @@ impl Mirror {
                 Some(&accept.header_value()),
             )
             .await?;
+        let found = self.take_manifest(target, &mut response, expected).await?;
+        target.upstream.count_bytes(found.len);
+        Ok(found)
+    }
+
+    /// Reads a manifest answer (from upstream, or from the replica that owns its tag),
+    /// verifies it (against `expected`, or else the answer's digest header) and stores it.
+    pub(super) async fn take_manifest(
+        &self,
+        target: &Target,
+        response: &mut reqwest::Response,
+        expected: Option<&Digest>,
+    ) -> Result<Manifest> {
+        let upstream = &target.upstream;
         let too_large = || {
             upstream.error(UpstreamError::Invalid(format!(
                 "manifest larger than {MAX_MANIFEST_BYTES} bytes"
@@ -290,7 +313,6 @@ impl Mirror {
             body.extend_from_slice(&chunk);
         }
         let bytes = body.freeze();
-        upstream.count_bytes(bytes.len() as u64);
         let claimed = expected.cloned().or_else(|| header_digest(&headers));
         let algorithm = claimed
             .as_ref()
@@ -369,7 +391,7 @@ fn manifest(digest: &Digest, entry: Entry, outcome: Outcome) -> Manifest {
     }
 }
 
-fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+pub(super) fn header_digest(headers: &HeaderMap) -> Option<Digest> {
     headers
         .get("docker-content-digest")?
         .to_str()
@@ -380,11 +402,11 @@ fn header_digest(headers: &HeaderMap) -> Option<Digest> {
 }
 
 /// reqwest reports a HEAD answer's body size (0), not the header.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-fn content_type(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let media_type = value.split(';').next()?.trim();
     // Some registries label manifests generically; the body's mediaType then decides.

@@ -16,6 +16,7 @@ mod declared;
 mod fill;
 mod manifests;
 mod reader;
+mod tag_owner;
 mod tags;
 
 use std::sync::Arc;
@@ -146,11 +147,34 @@ impl Mirror {
 
     /// Records that upstream answered for `digest` under `target`'s repository.
     fn confirmed(&self, target: &Target, digest: &Digest) {
-        self.members.record(
-            target.upstream.name(),
-            &target.name,
-            std::slice::from_ref(digest),
-        );
+        self.record_members(target, vec![digest.clone()]);
+    }
+
+    /// Records members of `target`'s repository here, and in the bucket (in the
+    /// background) for the other replicas.
+    fn record_members(&self, target: &Target, digests: Vec<Digest>) {
+        let upstream = target.upstream.name();
+        self.members.record(upstream, &target.name, &digests);
+        if let Some(bucket) = &self.ctx.tiers.bucket {
+            let (bucket, upstream, name) =
+                (bucket.clone(), upstream.to_string(), target.name.clone());
+            tokio::spawn(async move { bucket.record_members(&upstream, &name, &digests).await });
+        }
+    }
+
+    /// Whether another replica recorded `digest` in `target`'s repository; then it is
+    /// recorded here too.
+    async fn shared_member(&self, target: &Target, digest: &Digest) -> bool {
+        let Some(bucket) = &self.ctx.tiers.bucket else {
+            return false;
+        };
+        let upstream = target.upstream.name();
+        if !bucket.is_member(upstream, &target.name, digest).await {
+            return false;
+        }
+        let digests = std::slice::from_ref(digest);
+        self.members.record(upstream, &target.name, digests);
+        true
     }
 
     /// Whether the blob is held for this repository (memory lookup, then its record on
@@ -174,7 +198,9 @@ impl Mirror {
         accept: Option<&str>,
     ) -> Result<()> {
         let upstream = target.upstream.name();
-        if self.members.contains(upstream, &target.name, digest).await {
+        if self.members.contains(upstream, &target.name, digest).await
+            || self.shared_member(target, digest).await
+        {
             return Ok(());
         }
         let (resource, code, what) = match accept {
@@ -247,7 +273,7 @@ impl Mirror {
         // The references first: the manifest's own record means "its blobs are recorded".
         let mut digests = found.blobs;
         digests.push(manifest.digest.clone());
-        self.members.record(upstream, &target.name, &digests);
+        self.record_members(target, digests);
     }
 
     /// Updates the memory and disk gauges; called when metrics are scraped.

@@ -134,7 +134,8 @@ async fn dispatch(state: &State, parts: &Parts, route: Route, hops: u8) -> Resul
         _ if !read_only => Err(unsupported(method)),
         Route::Base => Ok(Reply::new(base(), Outcome::MemoryHit)),
         Route::Manifest { name, reference } => {
-            let target = target(state, parts, &name)?;
+            let mut target = target(state, parts, &name)?;
+            target.hops = hops;
             manifest::get(state, parts, &target, &reference, head).await
         }
         Route::Blob { name, digest } => {

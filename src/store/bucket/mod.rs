@@ -26,6 +26,7 @@ use prometheus::IntCounterVec;
 use tokio::sync::Semaphore;
 
 mod lease;
+mod records;
 
 pub use lease::{Claim, Lease};
 
@@ -228,9 +229,10 @@ impl Bucket {
         self.create(&path, PutPayload::new(), "put_marker").await;
     }
 
-    async fn create(&self, path: &Path, payload: PutPayload, op: &str) {
+    /// A create-only put; whether the object is there now.
+    async fn create(&self, path: &Path, payload: PutPayload, op: &str) -> bool {
         if !self.usable(op) {
-            return;
+            return false;
         }
         match self
             .store
@@ -242,8 +244,10 @@ impl Bucket {
             Err(e) => {
                 self.failed(op);
                 tracing::warn!(bucket = %self.name, %path, error = %e, "writing to the bucket failed");
+                return false;
             }
         }
+        true
     }
 
     /// Uploads a blob from `bytes`, which ends cleanly only once the fill verified the

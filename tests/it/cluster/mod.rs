@@ -5,5 +5,7 @@
 
 mod bucket;
 mod chain;
+mod fleet;
 mod routing;
 mod scale;
+mod shared;
