@@ -30,6 +30,8 @@
 //! through its admin API).
 
 pub mod app;
+#[cfg(feature = "ecr")]
+pub mod aws;
 pub mod cluster;
 pub mod config;
 pub mod error;

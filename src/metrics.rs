@@ -78,6 +78,8 @@ pub enum Outcome {
     Coalesced,
     /// Read from the shared bucket (this request started the fill from it).
     BucketHit,
+    /// Sent to a presigned bucket URL (`bucket.redirect_min_bytes`).
+    Redirected,
     Error,
 }
 
@@ -99,6 +101,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::BucketHit => "bucket_hit",
+            Outcome::Redirected => "redirected",
             Outcome::Error => "error",
         }
     }
@@ -108,7 +111,7 @@ impl Outcome {
         match self {
             Outcome::MemoryHit => "memory",
             Outcome::DiskHit => "disk",
-            Outcome::BucketHit => "bucket",
+            Outcome::BucketHit | Outcome::Redirected => "bucket",
             Outcome::Miss | Outcome::Coalesced | Outcome::Error => "upstream",
         }
     }
@@ -188,7 +191,7 @@ impl Metrics {
             BUCKET_OPERATIONS,
             "Operations on the shared bucket by operation (get_blob, get_manifest, put_blob, \
              put_manifest, put_marker, head_marker, put_member, head_member, remove_blob, \
-             lease) and result (hit, \
+             lease, head_blob, redirect) and result (hit, \
              miss, ok, exists, aborted, corrupt, taken and held for leases, error, skipped: \
              within a pause after an error).",
             &["op", "result"],

@@ -2,6 +2,7 @@
 //! fill. Credentials come the AWS way (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, web identity), never from this file.
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::Problems;
@@ -14,6 +15,7 @@ pub(super) struct RawBucket {
     endpoint: Option<String>,
     region: Option<String>,
     path_style: Option<bool>,
+    redirect_min_bytes: Option<ByteSize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +28,9 @@ pub struct BucketConfig {
     pub region: String,
     /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
     pub path_style: bool,
+    /// Blobs at least this large that only the bucket holds are answered with a redirect
+    /// to a presigned bucket URL (clients must reach the bucket); `None`: never.
+    pub redirect_min_bytes: Option<u64>,
 }
 
 impl RawBucket {
@@ -64,7 +69,16 @@ impl RawBucket {
                 );
             }
         }
+        let redirect_min_bytes = self.redirect_min_bytes.map(|b| b.as_u64());
+        if redirect_min_bytes == Some(0) {
+            problems.add(
+                "bucket.redirect_min_bytes",
+                "0",
+                "give a size such as \"64 MiB\" (blobs that large are redirected), or leave it out",
+            );
+        }
         Some(BucketConfig {
+            redirect_min_bytes,
             name,
             prefix,
             path_style: self.path_style.unwrap_or(self.endpoint.is_some()),

@@ -20,6 +20,7 @@ use crate::oci::Digest;
 
 use crate::store::{Held, ObjectKey, Tier};
 use crate::upstream::{Resource, Target};
+use url::Url;
 
 /// A blob ready to send: what the response head needs, and its bytes.
 pub struct BlobAnswer {
@@ -225,6 +226,25 @@ impl Mirror {
     }
 
     /// The blob if memory or disk has it (see [`crate::store::Tiers::find`]).
+    /// A presigned bucket URL for a GET of a large blob that only the bucket holds here,
+    /// when the bucket redirects (`bucket.redirect_min_bytes`) and the blob may be served
+    /// for `target`. Never for a replica's request: replicas stream to each other.
+    pub async fn blob_redirect(&self, digest: &Digest, target: &Target) -> Result<Option<Url>> {
+        let bucket = self.ctx.tiers.bucket.as_ref();
+        let Some(bucket) = bucket.filter(|b| b.redirecting() && target.hops == 0) else {
+            return Ok(None);
+        };
+        if self.stored_blob(digest).await.is_some() {
+            return Ok(None);
+        }
+        let len = bucket.blob_len(digest).await;
+        if !len.is_some_and(|len| bucket.redirects(len)) || !self.trusted(target, digest).await {
+            return Ok(None);
+        }
+        self.ensure_member(target, digest, None).await?;
+        Ok(bucket.presigned(digest).await)
+    }
+
     async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
         let (held, tier) = self.ctx.tiers.find(&ObjectKey::blob(digest)).await?;
         Some(BlobSource::Held(held, tier))

@@ -1,7 +1,8 @@
 //! `GET` and `HEAD /v2/<name>/blobs/<digest>`: from memory, disk or a fill, whole or one range.
 
 use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LOCATION,
+    RANGE,
 };
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode};
@@ -11,6 +12,7 @@ use super::respond::DOCKER_CONTENT_DIGEST;
 use super::service::Reply;
 use super::State;
 use crate::error::{Error, Result};
+use crate::metrics::Outcome;
 use crate::mirror::{self, BlobBody};
 use crate::oci::{self, ByteRange, Digest, ErrorCode};
 use crate::upstream::Target;
@@ -39,6 +41,16 @@ pub async fn get(
         }
         let response = builder.body(empty()).expect("valid headers");
         return Ok(Reply::new(response, outcome));
+    }
+    if let Some(url) = state.cache.blob_redirect(digest, target).await? {
+        let response = Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(LOCATION, url.as_str())
+            // The URL expires: no cache may keep the redirect.
+            .header(CACHE_CONTROL, "no-store")
+            .body(Outgoing::Body(empty()))
+            .expect("valid headers");
+        return Ok(Reply::new(response, Outcome::Redirected));
     }
     let range = requested_range(parts)?;
     let chunk = match parts.version {

@@ -9,14 +9,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_smithy_http_client::proxy::ProxyConfig;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use aws_smithy_http_client::Connector;
-use aws_smithy_runtime_api::client::http::{
-    http_client_fn, HttpConnectorSettings, SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use base64::Engine as _;
 use tokio::sync::OnceCell;
 
@@ -42,11 +34,7 @@ impl Ecr {
     async fn client(&self) -> &aws_sdk_ecr::Client {
         self.client
             .get_or_init(|| async {
-                let shared = aws_config::defaults(BehaviorVersion::latest())
-                    .region(Region::new(self.config.region.clone()))
-                    .http_client(http_client_fn(connector))
-                    .load()
-                    .await;
+                let shared = crate::aws::sdk_config(Some(&self.config.region)).await;
                 // Only the ECR API moves; STS (web identity) keeps its own endpoint.
                 let mut ecr = aws_sdk_ecr::config::Builder::from(&shared);
                 if let Some(url) = &self.config.endpoint_url {
@@ -93,25 +81,6 @@ impl Ecr {
         );
         Ok((Some(credentials), valid_for))
     }
-}
-
-/// The SDK's HTTPS connector: rustls with ring, like the rest of regcache (the SDK's
-/// default needs aws-lc), and HTTPS_PROXY/NO_PROXY from the environment as for upstream
-/// traffic (the SDK's default ignores them). A new connection per call is fine for one
-/// call every few hours.
-fn connector(
-    settings: &HttpConnectorSettings,
-    components: &RuntimeComponents,
-) -> SharedHttpConnector {
-    let mut builder = Connector::builder()
-        .connector_settings(settings.clone())
-        .proxy_config(ProxyConfig::from_env());
-    builder.set_sleep_impl(components.sleep_impl());
-    SharedHttpConnector::new(
-        builder
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build(),
-    )
 }
 
 /// `base64("AWS:<password>")` into its two halves.

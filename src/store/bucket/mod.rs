@@ -25,8 +25,11 @@ use object_store::{
 use prometheus::IntCounterVec;
 use tokio::sync::Semaphore;
 
+#[cfg(feature = "ecr")]
+mod credentials;
 mod lease;
 mod records;
+mod redirect;
 
 pub use lease::{Claim, Lease};
 
@@ -58,11 +61,14 @@ pub struct Bucket {
     paused_until: Arc<AtomicU64>,
     /// Bounds the memory of uploads in flight (see [`UPLOADS_AT_ONCE`]).
     uploads: Arc<Semaphore>,
+    /// `bucket.redirect_min_bytes` (see `redirect`).
+    redirect_min_bytes: Option<u64>,
 }
 
 impl Bucket {
-    /// A client for the configured bucket; credentials from the AWS environment variables
-    /// (keys, session token, web identity). Does no I/O.
+    /// A client for the configured bucket; credentials from the AWS SDK's chain (see
+    /// `credentials`), or without the `ecr` feature from the environment (keys, session
+    /// token, web identity, instance roles). Does no I/O.
     pub fn new(config: &BucketConfig, counts: IntCounterVec) -> object_store::Result<Bucket> {
         // No overall request timeout: a blob read streams for as long as the blob takes.
         // (Client options first: `with_allow_http` sets one of them.)
@@ -85,6 +91,10 @@ impl Bucket {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
+        #[cfg(feature = "ecr")]
+        {
+            builder = builder.with_credentials(Arc::new(credentials::Chain::default()));
+        }
         Ok(Bucket {
             store: Arc::new(builder.build()?),
             prefix: config.prefix.clone(),
@@ -92,6 +102,7 @@ impl Bucket {
             counts,
             paused_until: Arc::default(),
             uploads: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
+            redirect_min_bytes: config.redirect_min_bytes,
         })
     }
 

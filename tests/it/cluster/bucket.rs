@@ -175,3 +175,102 @@ async fn a_replica_keeps_serving_and_filling_when_the_bucket_stops() {
     // Once it failed, the bucket is left alone for a while instead of timing out again.
     assert!(skipped > 0.0, "failed {failed}, never skipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_signs_with_the_keys_of_a_shared_profile() {
+    let Some(seaweed) = Seaweed::start("profile") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob(vec![5u8; 6 * MIB]);
+    let root = tempfile::tempdir().unwrap();
+    // The keys live only in a profile of the shared credentials file, as `aws configure
+    // --profile ci` writes them.
+    let credentials = root.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [ci]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let config_file = root.path().join("config");
+    std::fs::write(&config_file, "").unwrap();
+    let config = format!(
+        "{}[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
+        seaweed.config(),
+        fake.url()
+    );
+    let credentials = credentials.display().to_string();
+    let config_file = config_file.display().to_string();
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str()),
+        ("AWS_CONFIG_FILE", config_file.as_str()),
+        ("AWS_PROFILE", "ci"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let a = Regcache::start_with_config_env(&config, &root.path().join("a"), &env);
+    let url = format!("{}/v2/team/app/blobs/{digest}", a.url());
+    assert_eq!(
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        6 * MIB
+    );
+    until_ops(&a, "put_blob", "ok", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redirects_on_a_large_blob_only_the_bucket_holds_is_a_presigned_307() {
+    let Some(seaweed) = Seaweed::start("redirect") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    let large = vec![6u8; 8 * MIB];
+    let large_digest = fake.add_blob(large.clone());
+    let small_digest = fake.add_blob(vec![7u8; 100 << 10]);
+    let root = tempfile::tempdir().unwrap();
+    let a = replica(&fake, &seaweed, &root.path().join("a"));
+    for digest in [&large_digest, &small_digest] {
+        let url = format!("{}/v2/team/app/blobs/{digest}", a.url());
+        assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
+    }
+    until_ops(&a, "put_blob", "ok", 2.0).await;
+
+    // A replica that redirects blobs of 1 MiB and more; its disk holds neither blob.
+    let config = format!(
+        "{}redirect_min_bytes = \"1 MiB\"\n[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
+        seaweed.config(),
+        fake.url()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let b = Regcache::start_with_config_env(&config, &root.path().join("b"), &env);
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{}/v2/team/app/blobs/{large_digest}", b.url());
+    let response = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 307);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&seaweed.endpoint()), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    // The client follows it to the bucket and gets the blob.
+    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert!(body[..] == large[..]);
+    // Small blobs are streamed as usual; nothing went upstream again.
+    let url = format!("{}/v2/team/app/blobs/{small_digest}", b.url());
+    assert_eq!(no_follow.get(url).send().await.unwrap().status(), 200);
+    assert_eq!(fake.count("GET", &large_digest), 1);
+    let metrics = b.metrics().await;
+    assert!(metrics.contains("result=\"redirected\""), "{metrics}");
+}
