@@ -176,3 +176,32 @@ async fn an_owner_killed_mid_fill_costs_one_more_upstream_get_and_no_clean_short
     );
     replicas[owner].wait_exit(Duration::from_secs(5));
 }
+
+#[test]
+fn the_shipped_cluster_config_validates_and_its_dns_form_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let shipped = include_str!("../../../config/cluster.toml")
+        .replace("/etc/regcache/cluster-secret", &secret.display().to_string());
+    let (status, printed) = crate::support::regcache::check_config(dir.path(), &shipped);
+    assert!(status.success(), "{printed}");
+    // The Kubernetes form: members from a headless Service, this replica found by address.
+    let dns = shipped
+        .replace("members = [", "# members = [")
+        .replace("self = ", "# self = ")
+        .replace(
+            "[cluster]\n",
+            "[cluster]\nmembers_dns = \"http://regcache-peers.regcache.svc:5000\"\n",
+        );
+    let (status, printed) = crate::support::regcache::check_config(dir.path(), &dns);
+    assert!(status.success(), "{printed}");
+    // Both forms at once is a mistake the check names.
+    let both = shipped.replace(
+        "[cluster]\n",
+        "[cluster]\nmembers_dns = \"http://regcache-peers:5000\"\n",
+    );
+    let (status, printed) = crate::support::regcache::check_config(dir.path(), &both);
+    assert!(!status.success());
+    assert!(printed.contains("cluster.members_dns"), "{printed}");
+}
