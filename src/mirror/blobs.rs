@@ -95,12 +95,19 @@ impl Mirror {
         let mut outcome = source.outcome();
         let total = match &source {
             BlobSource::Fill { fill, started } => {
-                let total = fill_length(fill, ranged).await?;
+                // A fill from the bucket needs the repository's membership; it is looked up
+                // while the fill connects, before the bucket gets busy sending the body.
+                let shared = *started && self.ctx.tiers.bucket.is_some();
+                let member = async { shared && self.known_member(target, digest).await };
+                let (total, member) = tokio::join!(fill_length(fill, ranged), member);
+                let total = total?;
                 let from_bucket = fill.subscribe().borrow().from_bucket;
                 if *started && from_bucket {
                     // The bucket is not upstream's word for this repository.
                     outcome = Outcome::BucketHit;
-                    self.ensure_member(target, digest, None).await?;
+                    if !member {
+                        self.ensure_member(target, digest, None).await?;
+                    }
                 } else {
                     self.confirmed(target, digest);
                 }
@@ -225,7 +232,6 @@ impl Mirror {
         Err(vanished())
     }
 
-    /// The blob if memory or disk has it (see [`crate::store::Tiers::find`]).
     /// A presigned bucket URL for a GET of a large blob that only the bucket holds here,
     /// when the bucket redirects (`bucket.redirect_min_bytes`) and the blob may be served
     /// for `target`. Never for a replica's request: replicas stream to each other.
@@ -245,6 +251,7 @@ impl Mirror {
         Ok(bucket.presigned(digest).await)
     }
 
+    /// The blob if memory or disk has it (see [`crate::store::Tiers::find`]).
     async fn stored_blob(&self, digest: &Digest) -> Option<BlobSource> {
         let (held, tier) = self.ctx.tiers.find(&ObjectKey::blob(digest)).await?;
         Some(BlobSource::Held(held, tier))

@@ -162,6 +162,14 @@ impl Mirror {
         }
     }
 
+    /// Whether `digest` is known to belong to `target`'s repository, here or (recorded by
+    /// another replica) in the bucket.
+    async fn known_member(&self, target: &Target, digest: &Digest) -> bool {
+        let upstream = target.upstream.name();
+        self.members.contains(upstream, &target.name, digest).await
+            || self.shared_member(target, digest).await
+    }
+
     /// Whether another replica recorded `digest` in `target`'s repository; then it is
     /// recorded here too.
     async fn shared_member(&self, target: &Target, digest: &Digest) -> bool {
@@ -198,9 +206,7 @@ impl Mirror {
         accept: Option<&str>,
     ) -> Result<()> {
         let upstream = target.upstream.name();
-        if self.members.contains(upstream, &target.name, digest).await
-            || self.shared_member(target, digest).await
-        {
+        if self.known_member(target, digest).await {
             return Ok(());
         }
         let (resource, code, what) = match accept {

@@ -182,8 +182,10 @@ fn the_shipped_cluster_config_validates_and_its_dns_form_too() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let shipped = include_str!("../../../config/cluster.toml")
-        .replace("/etc/regcache/cluster-secret", &secret.display().to_string());
+    let shipped = include_str!("../../../config/cluster.toml").replace(
+        "/etc/regcache/cluster-secret",
+        &secret.display().to_string(),
+    );
     let (status, printed) = crate::support::regcache::check_config(dir.path(), &shipped);
     assert!(status.success(), "{printed}");
     // The Kubernetes form: members from a headless Service, this replica found by address.
