@@ -220,11 +220,14 @@ class Relay:
 
 
 def settle(limit=60.0):
-    """Waits (<= limit s) until the CPUs are mostly idle for a second: what one figure
-    started (a bucket digesting uploads, exiting processes) must not slow the next."""
+    """Flushes dirty pages, then waits (<= limit s) until the CPUs are mostly idle (not
+    waiting on I/O) for a second: what one figure left behind (written-back layers, a
+    bucket digesting uploads) must not slow the next."""
+    os.sync()
+
     def idle_total():
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)
+        return fields[3], sum(fields)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         (i0, t0), _ = idle_total(), time.sleep(1.0)
