@@ -4,7 +4,8 @@
 //! Labels are bounded: kind, result, source, upstream name. Never a repository or digest.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub const REQUESTS: &str = "regcache_requests_total";
@@ -66,6 +67,15 @@ pub const BUCKET_OPERATIONS: &str = "regcache_bucket_operations_total";
 pub const PEER_FORWARDS: &str = "regcache_peer_forwards_total";
 pub const PARENT_REQUESTS: &str = "regcache_parent_requests_total";
 pub const CLUSTER_MEMBERS: &str = "regcache_cluster_members";
+pub const REQUEST_DURATION: &str = "regcache_request_duration_seconds";
+pub const FIRST_BYTE: &str = "regcache_response_first_byte_seconds";
+pub const UPSTREAM_DURATION: &str = "regcache_upstream_request_duration_seconds";
+
+/// Latency buckets from 1 ms (a hot manifest) to 60 s (a slow upstream), about three
+/// per decade so a p99 is resolved within a factor of two.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// How a request was answered; the `result` label of [`REQUESTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +160,9 @@ pub struct Metrics {
     pub auth_bcrypt_runs: IntCounter,
     pub policy_denials: IntCounterVec,
     pub membership_checks: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub first_byte: HistogramVec,
+    pub upstream_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -282,6 +295,31 @@ impl Metrics {
         registry
             .register(Box::new(auth_bcrypt_runs.clone()))
             .expect("unique metric");
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let request_duration = histogram_vec(
+            REQUEST_DURATION,
+            "Time from a registry API request to its response head, by kind and result.",
+            &["kind", "result"],
+        );
+        let first_byte = histogram_vec(
+            FIRST_BYTE,
+            "Time from a registry API request to the first body byte handed to the \
+             connection (a blob fill waits for upstream's first bytes), by kind.",
+            &["kind"],
+        );
+        let upstream_duration = histogram_vec(
+            UPSTREAM_DURATION,
+            "Time from sending an upstream request to its response head, by upstream and \
+             kind.",
+            &["upstream", "kind"],
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -355,6 +393,9 @@ impl Metrics {
             auth_bcrypt_runs,
             policy_denials,
             membership_checks,
+            request_duration,
+            first_byte,
+            upstream_duration,
         }
     }
 

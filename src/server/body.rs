@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
-use prometheus::IntCounter;
+use std::time::Instant;
+
+use prometheus::{Histogram, IntCounter};
 
 use super::guard::RequestGuard;
 use crate::mirror::BlobReader;
@@ -65,9 +67,45 @@ impl Outgoing {
     }
 }
 
-/// The served-bytes counter of a successful registry answer, in its extensions.
+/// The accounting of a successful registry answer, in its extensions: its served-bytes
+/// counter, and when the request began for the time to its first body byte.
 #[derive(Clone)]
-pub struct ServedBytes(pub IntCounter);
+pub struct ServedBytes {
+    pub bytes: IntCounter,
+    pub started: Instant,
+    pub first_byte: Histogram,
+}
+
+/// What a body sender tallies: bytes sent, and the first byte's time, observed once.
+pub struct Tally {
+    pub sent: u64,
+    first_byte: Option<(Instant, Histogram)>,
+}
+
+impl Tally {
+    pub fn new(served: Option<&ServedBytes>) -> Tally {
+        Tally {
+            sent: 0,
+            first_byte: served.map(|s| (s.started, s.first_byte.clone())),
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        if n > 0 {
+            if let Some((started, histogram)) = self.first_byte.take() {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
+        }
+        self.sent += n;
+    }
+
+    /// Records the bytes into `served`'s counter; once, when the response ends.
+    pub fn record(&self, served: Option<&ServedBytes>) {
+        if let Some(served) = served {
+            served.bytes.inc_by(self.sent);
+        }
+    }
+}
 
 /// `body` for hyper: reports to `guard` when hyper asks for a frame and when it takes one,
 /// so a stream that waits too long between the two can be told from one waiting on
@@ -77,8 +115,8 @@ pub fn watched(body: Outgoing, guard: RequestGuard, served: Option<ServedBytes>)
     Watched {
         inner: body.into_body(),
         guard,
+        tally: Tally::new(served.as_ref()),
         served,
-        sent: 0,
     }
     .boxed_unsync()
 }
@@ -87,7 +125,7 @@ struct Watched {
     inner: Body,
     guard: RequestGuard,
     served: Option<ServedBytes>,
-    sent: u64,
+    tally: Tally,
 }
 
 impl HttpBody for Watched {
@@ -103,7 +141,8 @@ impl HttpBody for Watched {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             self.guard.handed();
             if let Some(data) = frame.data_ref() {
-                self.sent += data.len() as u64;
+                let n = data.len() as u64;
+                self.tally.add(n);
             }
         }
         polled
@@ -123,8 +162,6 @@ impl Drop for Watched {
         // The stream (and the pin on its cached object) goes first: once the count shows,
         // the object may already be evicted.
         drop(std::mem::replace(&mut self.inner, empty()));
-        if let Some(ServedBytes(counter)) = &self.served {
-            counter.inc_by(self.sent);
-        }
+        self.tally.record(self.served.as_ref());
     }
 }

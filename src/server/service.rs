@@ -74,11 +74,15 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Outgo
         let (mut response, outcome) = match result {
             Ok(mut reply) => {
                 // Whichever path sends the body counts what the client received.
-                let counter = state
-                    .metrics
-                    .served_bytes
-                    .with_label_values(&[reply.outcome.byte_source()]);
-                reply.response.extensions_mut().insert(ServedBytes(counter));
+                let served = ServedBytes {
+                    bytes: state
+                        .metrics
+                        .served_bytes
+                        .with_label_values(&[reply.outcome.byte_source()]),
+                    started,
+                    first_byte: state.metrics.first_byte.with_label_values(&[kind]),
+                };
+                reply.response.extensions_mut().insert(served);
                 (reply.response, reply.outcome)
             }
             Err(e) => {
@@ -91,6 +95,11 @@ pub async fn handle<B>(state: Arc<State>, request: Request<B>) -> Response<Outgo
             .requests
             .with_label_values(&[kind, outcome.as_str()])
             .inc();
+        state
+            .metrics
+            .request_duration
+            .with_label_values(&[kind, outcome.as_str()])
+            .observe(started.elapsed().as_secs_f64());
         response
             .headers_mut()
             .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));

@@ -230,7 +230,12 @@ impl Upstream {
                 authorization: sent.as_ref().map(|s| &s.value),
                 range: range.as_ref(),
             };
+            let began = std::time::Instant::now();
             let result = self.exchange(request, kind, hop).await;
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[self.name(), kind.as_str()])
+                .observe(began.elapsed().as_secs_f64());
             let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
             self.metrics
                 .upstream_requests

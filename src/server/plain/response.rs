@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::mirror::{BlobReader, Piece};
-use crate::server::body::{Body, Outgoing, ServedBytes};
+use crate::server::body::{Body, Outgoing, ServedBytes, Tally};
 use crate::server::guard::Guarded;
 
 /// Small frames are gathered up to this size (with the head) into one write.
@@ -46,17 +46,16 @@ pub async fn write(
     let (parts, body) = response.into_parts();
     let framing = framing(&parts, &body, head_only);
     let head = encode_head(&parts, framing, close);
-    let mut sent = 0;
+    let served = parts.extensions.get::<ServedBytes>();
+    let mut tally = Tally::new(served);
     let result = match body {
         _ if framing == Framing::NoBody => io.write_all(&head).await,
         Outgoing::Blob { reader, .. } => {
-            send_pieces(io, socket, reader, head, framing, &mut sent).await
+            send_pieces(io, socket, reader, head, framing, &mut tally).await
         }
-        Outgoing::Body(body) => write_frames(io, body, head, framing, &mut sent).await,
+        Outgoing::Body(body) => write_frames(io, body, head, framing, &mut tally).await,
     };
-    if let Some(ServedBytes(counter)) = parts.extensions.get::<ServedBytes>() {
-        counter.inc_by(sent);
-    }
+    tally.record(served);
     result
 }
 
@@ -121,7 +120,7 @@ async fn send_pieces(
     mut reader: BlobReader,
     head: Vec<u8>,
     framing: Framing,
-    sent: &mut u64,
+    tally: &mut Tally,
 ) -> io::Result<()> {
     io.write_all(&head).await?;
     let chunked = framing == Framing::Chunked;
@@ -141,12 +140,12 @@ async fn send_pieces(
                 io.send_file(socket, file, *offset, *len, *cached).await?;
             }
         }
-        *sent += piece.len();
+        tally.add(piece.len());
         if chunked {
             io.write_all(b"\r\n").await?;
         }
     }
-    finish(io, framing, *sent, Vec::new()).await
+    finish(io, framing, tally.sent, Vec::new()).await
 }
 
 /// Any other body, frame by frame; small frames ride along with the head.
@@ -155,7 +154,7 @@ async fn write_frames(
     mut body: Body,
     head: Vec<u8>,
     framing: Framing,
-    sent: &mut u64,
+    tally: &mut Tally,
 ) -> io::Result<()> {
     let mut out = head;
     while let Some(frame) = body.frame().await {
@@ -165,9 +164,9 @@ async fn write_frames(
         if data.is_empty() {
             continue;
         }
-        *sent += data.len() as u64;
+        tally.add(data.len() as u64);
         if let Framing::Length(len) = framing {
-            if *sent > len {
+            if tally.sent > len {
                 return Err(io::Error::other("response body longer than its length"));
             }
         }
@@ -179,7 +178,7 @@ async fn write_frames(
             out.extend_from_slice(b"\r\n");
         }
     }
-    finish(io, framing, *sent, out).await
+    finish(io, framing, tally.sent, out).await
 }
 
 async fn push(io: &mut Guarded<TcpStream>, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {

@@ -331,3 +331,38 @@ async fn tags_list_and_referrers_pass_through() {
     assert_eq!(response.status().as_u16(), 404);
     assert_eq!(fake.count("GET", "/v2/app/tags/list"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latencies_are_histograms_by_kind_result_and_upstream() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob(vec![4u8; 300_000]);
+    let proxy = Proxy::start(&fake.url()).await;
+    let url = proxy.url(&format!("/v2/team/app/blobs/{digest}"));
+    for _ in 0..2 {
+        let body = get(&url, None).await.bytes().await.unwrap();
+        assert_eq!(body.len(), 300_000);
+    }
+    // One miss, one hit; each answer's head and first body byte timed.
+    let miss = "regcache_request_duration_seconds_count{kind=\"blob\",result=\"miss\"}";
+    assert_eq!(proxy.metric(miss).await, 1.0);
+    let hits = proxy.metrics().await;
+    let hit_count: f64 = hits
+        .lines()
+        .filter(|l| l.starts_with("regcache_request_duration_seconds_count{kind=\"blob\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(hit_count, 2.0, "{hits}");
+    let first = "regcache_response_first_byte_seconds_count{kind=\"blob\"}";
+    assert_eq!(proxy.metric(first).await, 2.0);
+    // The upstream's GET (and the HEAD or token requests, if any) timed by kind.
+    let upstream = hits
+        .lines()
+        .find(|l| l.starts_with("regcache_upstream_request_duration_seconds_count{kind=\"blob\""))
+        .expect("upstream blob requests timed");
+    assert!(!upstream.ends_with(" 0"), "{upstream}");
+    // Buckets resolve from 1 ms to 60 s.
+    assert!(hits.contains(
+        "regcache_request_duration_seconds_bucket{kind=\"blob\",result=\"miss\",le=\"0.001\"}"
+    ));
+    assert!(hits.contains("le=\"60\""));
+}
