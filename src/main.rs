@@ -215,7 +215,6 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    regcache::telemetry::init();
     let overrides = Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -223,6 +222,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
+    regcache::telemetry::init(config.log_format);
     // Before the runtime's threads start: this edits the environment.
     let activated = regcache::systemd::take_listeners().context("socket activation")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -258,7 +258,7 @@ fn stats(args: CacheArgs, top: usize) -> anyhow::Result<ExitCode> {
 }
 
 fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
-    regcache::telemetry::init_with("warn");
+    regcache::telemetry::init_with("warn", Default::default());
     let images = commands::image_list(args.images, args.file.as_deref())?;
     let options = prefetch::Options {
         jobs: args.jobs.max(1),

@@ -35,6 +35,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/regcache.toml");
 struct RawConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
+    log_format: Option<String>,
     #[serde(default)]
     server: server::RawServer,
     #[serde(default)]
@@ -50,6 +51,8 @@ struct RawConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// How the daemon writes its log lines.
+    pub log_format: LogFormat,
     pub server: ServerConfig,
     pub cache: CacheConfig,
     /// The shared tier, when replicas share a bucket.
@@ -57,6 +60,14 @@ pub struct Config {
     /// The replicas blob misses are routed among.
     pub cluster: Option<ClusterConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `log_format`: lines for a person, or one JSON object per line for a log collector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Overrides from the command line; they win over the file.
@@ -186,9 +197,22 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
     for u in &mut upstreams {
         u.offline |= cache.offline;
     }
+    let log_format = match raw.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problems.add(
+                "log_format",
+                format!("{other:?}"),
+                "use \"text\" (the default) or \"json\" (one object per line, for log collectors)",
+            );
+            LogFormat::Text
+        }
+    };
     Config {
         listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 5000).into()),
         admin_listen,
+        log_format,
         server: raw.server.validate(problems),
         cache,
         bucket: raw.bucket.and_then(|b| b.validate(problems)),

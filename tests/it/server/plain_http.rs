@@ -226,3 +226,34 @@ async fn a_fill_without_a_length_is_chunked_and_a_corrupt_one_never_ends_cleanly
         "the client must not receive the whole announced body"
     );
 }
+
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = "[[upstream]]\nurl = \"http://127.0.0.1:9\"\n";
+    let mut plain =
+        crate::support::regcache::Regcache::start_with_config(upstream, &dir.path().join("plain"));
+    plain.stop();
+    let log = plain.log();
+    assert!(log.contains("regcache listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file: {log:?}"
+    );
+
+    let config = format!("log_format = \"json\"\n{upstream}");
+    let mut json =
+        crate::support::regcache::Regcache::start_with_config(&config, &dir.path().join("json"));
+    json.stop();
+    let log = json.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let listening = lines
+        .iter()
+        .find(|l| l["message"] == "regcache listening")
+        .expect("the listening line");
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["addr"].is_string(), "{listening}");
+}
