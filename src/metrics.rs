@@ -67,6 +67,7 @@ pub const BUCKET_OPERATIONS: &str = "regcache_bucket_operations_total";
 pub const PEER_FORWARDS: &str = "regcache_peer_forwards_total";
 pub const PARENT_REQUESTS: &str = "regcache_parent_requests_total";
 pub const CLUSTER_MEMBERS: &str = "regcache_cluster_members";
+pub const DISK_LIMITS: &str = "regcache_disk_limit_bytes";
 pub const REQUEST_DURATION: &str = "regcache_request_duration_seconds";
 pub const FIRST_BYTE: &str = "regcache_response_first_byte_seconds";
 pub const UPSTREAM_DURATION: &str = "regcache_upstream_request_duration_seconds";
@@ -160,6 +161,7 @@ pub struct Metrics {
     pub auth_bcrypt_runs: IntCounter,
     pub policy_denials: IntCounterVec,
     pub membership_checks: IntCounterVec,
+    pub disk_limits: IntGaugeVec,
     pub request_duration: HistogramVec,
     pub first_byte: HistogramVec,
     pub upstream_duration: HistogramVec,
@@ -346,6 +348,12 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let disk_limits = gauge_vec(
+            DISK_LIMITS,
+            "The disk store's limits in bytes (limit: budget, high: where eviction starts, \
+             low: where it stops), as resolved at startup.",
+            &["limit"],
+        );
         let upstream_ratelimit_limit = gauge_vec(
             UPSTREAM_RATELIMIT_LIMIT,
             "Pulls allowed per window, as the upstream last reported (Docker Hub's ratelimit-limit).",
@@ -393,6 +401,7 @@ impl Metrics {
             auth_bcrypt_runs,
             policy_denials,
             membership_checks,
+            disk_limits,
             request_duration,
             first_byte,
             upstream_duration,

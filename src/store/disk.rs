@@ -121,6 +121,14 @@ impl Disk {
     }
 
     pub fn new(store: Arc<Store>, limits: Limits, rules: Rules, metrics: Metrics) -> Disk {
+        for (limit, bytes) in [
+            ("budget", limits.budget),
+            ("high", limits.high),
+            ("low", limits.low),
+        ] {
+            let gauge = metrics.disk_limits.with_label_values(&[limit]);
+            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         Disk {
             members: Membership::new(store.clone(), MEMBER_ENTRIES),
             store,
