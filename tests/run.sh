@@ -8,6 +8,8 @@
 # then checks formatting, the Prometheus rules and Grafana dashboard against the
 # exported metrics (tests/observability/check.py), the Kubernetes manifests
 # (tests/kubernetes/check.py: kubectl's kustomize, kubernetes-validate in target/venv),
+# the container image (tests/container/check.sh: built from the debug binary, run with
+# podman, pulled through with skopeo),
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -25,6 +27,9 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v promtool >/dev/null || missing+=(prometheus)
 # kubectl renders the Kubernetes bases and overlays (its built-in kustomize).
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+# The container image test builds and runs it with podman (runc where crun cannot run).
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 if ((${#missing[@]} > 0)); then
     as_root=()
@@ -67,6 +72,7 @@ cargo clippy --all-targets --features e2e -- -D warnings
 cargo test --all-targets --features e2e
 # After the tests: it runs check-config on each rendered config with the built binary.
 python3 tests/kubernetes/check.py
+tests/container/check.sh
 SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --features e2e --test soak -- --ignored --nocapture
 
 if [[ ${REGCACHE_FUZZ:-1} != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then
