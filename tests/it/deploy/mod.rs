@@ -1,0 +1,4 @@
+//! Running where users run it: `regcache doctor` on node configurations.
+
+mod containerd;
+mod doctor;
