@@ -15,11 +15,17 @@ use regcache::transfer::{prefetch, Platform};
 #[derive(Parser)]
 #[command(
     version,
-    about = "A pull-through caching proxy for container registries"
+    about = "A pull-through caching proxy for container registries",
+    args_conflicts_with_subcommands = true,
+    after_help = "`regcache help <COMMAND>` (or `regcache <COMMAND> --help`) describes each \
+                  command and its flags. With no command, the serve flags apply."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no command, `regcache [serve flags]` runs the mirror as `regcache serve` does.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -186,7 +192,7 @@ fn main() -> ExitCode {
             upstream,
             cache,
         }) => import(&file, upstream.as_deref(), cache),
-        None => serve(ServeArgs::default()),
+        None => serve(cli.serve),
     };
     match result {
         Ok(code) => code,

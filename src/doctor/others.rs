@@ -118,16 +118,8 @@ fn buildkit(options: &Options) -> Vec<Finding> {
     let Some(text) = read(options, RUNTIME, FILE, &["buildkitd"], fix, &mut found) else {
         return found;
     };
-    let table: toml::Table = match text.parse() {
-        Ok(table) => table,
-        Err(e) => {
-            found.push(Finding::new(
-                RUNTIME,
-                Status::Fail,
-                format!("{FILE} does not parse: {}", e.message()),
-            ));
-            return found;
-        }
+    let Some(table) = parse_toml(RUNTIME, FILE, &text, &mut found) else {
+        return found;
     };
     let registry = |name: &str| table.get("registry").and_then(|r| r.get(name));
     let mirrors: Vec<&str> = registry("docker.io")
@@ -179,16 +171,8 @@ fn containers(options: &Options) -> Vec<Finding> {
     let Some(text) = read(options, RUNTIME, FILE, &binaries, fix, &mut found) else {
         return found;
     };
-    let table: toml::Table = match text.parse() {
-        Ok(table) => table,
-        Err(e) => {
-            found.push(Finding::new(
-                RUNTIME,
-                Status::Fail,
-                format!("{FILE} does not parse: {}", e.message()),
-            ));
-            return found;
-        }
+    let Some(table) = parse_toml(RUNTIME, FILE, &text, &mut found) else {
+        return found;
     };
     let registries = table.get("registry").and_then(|r| r.as_array());
     let docker_hub = registries.and_then(|list| {
@@ -231,6 +215,23 @@ fn containers(options: &Options) -> Vec<Finding> {
         ));
     }
     found
+}
+
+/// The file's TOML; `None` with a finding when it does not parse.
+fn parse_toml(
+    runtime: &'static str,
+    file: &str,
+    text: &str,
+    found: &mut Vec<Finding>,
+) -> Option<toml::Table> {
+    match text.parse() {
+        Ok(table) => Some(table),
+        Err(e) => {
+            let what = format!("{file} does not parse: {}", e.message());
+            found.push(Finding::new(runtime, Status::Fail, what));
+            None
+        }
+    }
 }
 
 fn is_loopback(url: &Url) -> bool {

@@ -480,8 +480,8 @@ impl Disk {
                 let (objects, bytes) = self.index.usage();
                 tracing::info!(
                     objects,
-                    bytes,
-                    budget = self.limits.budget,
+                    bytes = %bytesize::ByteSize(bytes),
+                    budget = %bytesize::ByteSize(self.limits.budget),
                     "disk index loaded"
                 );
             }

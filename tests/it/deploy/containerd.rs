@@ -12,6 +12,8 @@ use crate::support::images::push_oci_image;
 use crate::support::regcache::Regcache;
 use crate::support::registry::Registry;
 
+use super::{put, shipped};
+
 const MIB: usize = 1 << 20;
 
 /// A private containerd; killed on drop.
@@ -71,17 +73,6 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn put(root: &Path, path: &str, text: &str) {
-    let path = root.join(path);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn shipped(path: &str) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(repo.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// `regcache doctor --probe` against the node files under `root`.

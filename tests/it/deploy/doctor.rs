@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::{put, shipped};
+
 /// Runs `regcache doctor --root root` (no probe): its exit status and output.
 fn doctor(root: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
@@ -13,17 +15,6 @@ fn doctor(root: &Path) -> (bool, String) {
         .expect("run regcache doctor");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     (out.status.success(), text)
-}
-
-fn put(root: &Path, path: &str, text: &str) {
-    let path = root.join(path);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn shipped(path: &str) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(repo.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
