@@ -147,19 +147,19 @@ struct DoctorArgs {
 #[derive(Args, Default)]
 struct ServeArgs {
     /// TOML config file; without it the embedded default (Docker Hub on 127.0.0.1:5000) runs.
-    #[arg(long, short)]
+    #[arg(long, short, env = "REGCACHE_CONFIG")]
     config: Option<PathBuf>,
     /// Address for the registry API, e.g. 127.0.0.1:5000.
-    #[arg(long)]
+    #[arg(long, env = "REGCACHE_LISTEN")]
     listen: Option<String>,
     /// URL of the (default) upstream registry, e.g. https://registry-1.docker.io.
-    #[arg(long)]
+    #[arg(long, env = "REGCACHE_UPSTREAM")]
     upstream: Option<String>,
     /// Directory of the cache.
-    #[arg(long)]
+    #[arg(long, env = "REGCACHE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Address for /metrics and /healthz.
-    #[arg(long)]
+    #[arg(long, env = "REGCACHE_ADMIN_LISTEN")]
     admin_listen: Option<String>,
 }
 
