@@ -10,6 +10,7 @@ mod cache;
 mod cluster;
 mod credentials;
 mod hosts;
+mod locate;
 mod server;
 mod upstream;
 
@@ -85,6 +86,8 @@ pub struct Problem {
     pub key: String,
     pub value: String,
     pub fix: String,
+    /// Line and column in the file, when the key (or its table) is written there.
+    pub at: Option<(usize, usize)>,
 }
 
 impl fmt::Display for Problem {
@@ -108,7 +111,10 @@ pub struct ConfigError {
 fn render(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  - {p}"))
+        .map(|p| match p.at {
+            Some((line, col)) => format!("  - line {line}:{col}: {p}"),
+            None => format!("  - {p}"),
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -131,6 +137,7 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     source_name: name.clone(),
                     problems: vec![Problem {
+                        at: None,
                         key: "(file)".into(),
                         value: name.clone(),
                         fix: format!("cannot read the file ({e}); check the path and permissions"),
@@ -151,13 +158,43 @@ impl Config {
             source_name: source_name.to_string(),
             problems,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e)]))?;
-        let mut problems = Problems::default();
-        let config = validate(raw, overrides, &mut problems);
-        if problems.0.is_empty() {
+        // Each line TOML or serde refuses is reported and commented out, and the rest read
+        // again, so one run names every problem (serde stops at the first).
+        let mut problems = Vec::new();
+        let mut current = text.to_string();
+        let mut skipped = Vec::new();
+        let raw = loop {
+            let e = match toml::from_str::<RawConfig>(&current) {
+                Ok(raw) => break Some(raw),
+                Err(e) => e,
+            };
+            let line = e.span().map(|s| locate::line_col(&current, s.start).0);
+            problems.push(toml_problem(&e, &current));
+            match line {
+                Some(line)
+                    if problems.len() < MAX_PARSE_PROBLEMS && comment_out(&mut current, line) =>
+                {
+                    skipped.push(line);
+                }
+                _ => break None,
+            }
+        };
+        let Some(raw) = raw else {
+            return Err(fail(problems));
+        };
+        let mut found = Problems::default();
+        let config = validate(raw, overrides, &mut found);
+        for mut problem in found.0 {
+            problem.at = locate::find(text, &problem.key);
+            // A key on a line already reported is missing now only because of that.
+            if !problem.at.is_some_and(|(line, _)| skipped.contains(&line)) {
+                problems.push(problem);
+            }
+        }
+        if problems.is_empty() {
             Ok(config)
         } else {
-            Err(fail(problems.0))
+            Err(fail(problems))
         }
     }
 
@@ -170,15 +207,67 @@ impl Config {
     }
 }
 
-fn toml_problem(e: &toml::de::Error) -> Problem {
-    let key = e
-        .span()
-        .map(|s| format!("(at byte {})", s.start))
-        .unwrap_or_else(|| "(file)".into());
+/// Problems reported before the file is given up on as unreadable.
+const MAX_PARSE_PROBLEMS: usize = 50;
+
+/// A problem TOML or serde found in `text`: where, which key (with its table), and for an
+/// unknown key the nearest known one.
+fn toml_problem(e: &toml::de::Error, text: &str) -> Problem {
+    let Some(span) = e.span() else {
+        return Problem {
+            key: "(file)".into(),
+            value: String::new(),
+            fix: format!("{}; fix the TOML syntax", e.message()),
+            at: None,
+        };
+    };
+    let (line, col) = locate::line_col(text, span.start);
+    let written = text.lines().nth(line - 1).unwrap_or_default();
+    let name = written.split('=').next().unwrap_or_default().trim();
+    let table = locate::table_at(text, line);
+    let key = match (table.is_empty(), name.starts_with('[')) {
+        (_, true) => name.to_string(),
+        (true, false) => name.to_string(),
+        (false, false) => format!("{table}.{name}"),
+    };
+    let message = e.message().trim_end_matches('.').to_string();
+    let fix = match nearest(&message, name) {
+        Some(near) => format!("{message}; did you mean `{near}`?"),
+        None if message.starts_with("unknown field") => {
+            format!("{message}; remove the key or fix its name")
+        }
+        None => format!("{message}; fix the value or the TOML syntax"),
+    };
     Problem {
         key,
         value: String::new(),
-        fix: format!("{}; fix the TOML syntax or the key name", e.message()),
+        fix,
+        at: Some((line, col)),
+    }
+}
+
+/// The known key closest to `written`, from serde's "expected one of `a`, `b`" list.
+fn nearest(message: &str, written: &str) -> Option<String> {
+    let (_, expected) = message.split_once("expected one of")?;
+    let known = expected.split('`').skip(1).step_by(2);
+    known
+        .map(|k| (strsim::damerau_levenshtein(k, written), k))
+        .filter(|(distance, k)| *distance <= 2.max(k.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.to_string())
+}
+
+/// Comments out line `line` (1-based) so the rest can be read; false when there is
+/// nothing left to comment out.
+fn comment_out(text: &mut String, line: usize) -> bool {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    match lines.get_mut(line - 1) {
+        Some(l) if !l.trim_start().starts_with('#') => {
+            l.insert_str(0, "# ");
+            *text = lines.join("\n");
+            true
+        }
+        _ => false,
     }
 }
 
@@ -245,6 +334,7 @@ impl Problems {
         fix: impl Into<String>,
     ) {
         self.0.push(Problem {
+            at: None,
             key: key.into(),
             value: value.to_string(),
             fix: fix.into(),
@@ -294,6 +384,31 @@ mod tests {
         assert_eq!(up.name, "127.0.0.1:9999");
         assert!(!up.library_prefix);
         assert_eq!(c.cache.dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn one_run_names_every_mistake_with_its_line_and_the_nearest_key() {
+        let text = "listen = \"127.0.0.1:5000\"\nadmn_listen = \"127.0.0.1:5001\"\n\
+                    [cache]\ndisk_byts = \"20GiB\"\nmax_blob_bytes = 12 12\n\
+                    [[upstream]]\nurl = \"https://a.example\"\ntag_ttl_secs = \"five\"\n\
+                    [[upstream]]\nurl = \"ftp://b.example\"\n";
+        let err = parse(text).unwrap_err();
+        let shown = err.to_string();
+        for expected in [
+            "line 2:1: admn_listen: unknown field `admn_listen`",
+            "did you mean `admin_listen`?",
+            "line 4:1: cache.disk_byts:",
+            "did you mean `disk_bytes`?",
+            "line 5:",
+            "line 8:16: upstream[0].tag_ttl_secs: invalid type",
+            "line 10:1: upstream[1].url = ftp://b.example",
+        ] {
+            assert!(
+                shown.contains(expected),
+                "{expected:?} missing from:\n{shown}"
+            );
+        }
+        assert_eq!(err.problems.len(), 5, "{shown}");
     }
 
     #[test]
