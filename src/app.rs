@@ -205,6 +205,7 @@ pub async fn run(
             tracing::warn!("{warning}");
         }
     }
+    spawn_upstream_check(&state);
     crate::systemd::notify_ready();
     crate::systemd::spawn_watchdog();
     let api_state = state.clone();
@@ -260,6 +261,23 @@ fn spawn_reload_on_hangup(tls: Option<Tls>, state: Arc<State>) {
                     }
                 }
             }
+        }
+    });
+}
+
+/// Says once, at startup, when the default upstream does not answer: the mirror still
+/// serves what it holds, but every miss will fail until the registry can be reached.
+fn spawn_upstream_check(state: &State) {
+    let Some(upstream) = state.upstreams.default_upstream() else {
+        return;
+    };
+    if upstream.config().offline {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Err(why) = upstream.reachable().await {
+            let url = crate::upstream::redact::url(&upstream.config().url);
+            tracing::warn!(upstream = upstream.name(), %url, %why, "the default upstream is not reachable: cached content is served, misses fail until it is");
         }
     });
 }

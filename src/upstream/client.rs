@@ -334,6 +334,17 @@ impl Upstream {
         tokio::time::sleep(wait).await;
     }
 
+    /// Whether the registry answers at all (`GET /v2/`: any status will do, 401 included);
+    /// the transport error when it does not. For the startup check.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let url = format!("{}/v2/", self.base);
+        let limit = self.config.connect_timeout + Duration::from_secs(5);
+        match self.http.get(url).timeout(limit).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(classify(&e).to_string()),
+        }
+    }
+
     pub fn error(&self, cause: UpstreamError) -> Error {
         Error::upstream(self.name(), cause)
     }

@@ -64,6 +64,11 @@ impl Upstreams {
         })
     }
 
+    /// The default upstream (the one a request naming none goes to).
+    pub fn default_upstream(&self) -> Option<Arc<Upstream>> {
+        self.list.iter().find(|u| u.config().default).cloned()
+    }
+
     /// Each upstream's configuration, in the config's order (the default first).
     pub fn configs(&self) -> Vec<crate::config::UpstreamConfig> {
         self.list.iter().map(|u| u.config().clone()).collect()

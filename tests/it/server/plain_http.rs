@@ -233,6 +233,19 @@ fn logs_carry_no_colour_codes_off_a_terminal_and_json_on_request() {
     let upstream = "[[upstream]]\nurl = \"http://127.0.0.1:9\"\n";
     let mut plain =
         crate::support::regcache::Regcache::start_with_config(upstream, &dir.path().join("plain"));
+    // Nothing listens on the upstream's port: the daemon says so once at startup.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !plain
+        .log()
+        .contains("the default upstream is not reachable")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning: {}",
+            plain.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     plain.stop();
     let log = plain.log();
     assert!(log.contains("regcache listening"), "{log}");
