@@ -121,16 +121,21 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// Whether `url` (a host entry of a runtime's config) is the mirror: same scheme, port and
 /// host, `localhost` and loopback addresses taken as one.
 fn is_mirror(url: &Url, mirror: &Url) -> bool {
-    let loopback = |u: &Url| match u.host() {
+    let same_host =
+        url.host_str() == mirror.host_str() || (is_loopback(url) && is_loopback(mirror));
+    url.scheme() == mirror.scheme()
+        && same_host
+        && url.port_or_known_default() == mirror.port_or_known_default()
+}
+
+/// Whether `url` names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
-    };
-    let same_host = url.host_str() == mirror.host_str() || (loopback(url) && loopback(mirror));
-    url.scheme() == mirror.scheme()
-        && same_host
-        && url.port_or_known_default() == mirror.port_or_known_default()
+    }
 }
 
 /// The mirror as `host:port`, the form BuildKit, Docker's insecure list and

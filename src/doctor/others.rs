@@ -5,7 +5,7 @@ use std::path::Path;
 use url::Url;
 
 use super::containerd::which;
-use super::{host_port, is_mirror, under, Finding, Options, Status};
+use super::{host_port, is_loopback, is_mirror, under, Finding, Options, Status};
 
 pub fn inspect(options: &Options) -> Vec<Finding> {
     let mut found = docker(options);
@@ -231,14 +231,5 @@ fn parse_toml(
             found.push(Finding::new(runtime, Status::Fail, what));
             None
         }
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }

@@ -220,16 +220,29 @@ impl Bucket {
 
     /// Whether trust domain `domain` delivered `digest` (through any replica).
     pub async fn delivered(&self, domain: &str, digest: &Digest) -> bool {
-        if !self.usable("head_marker") {
-            return false;
+        let path = self.marker(domain, digest);
+        self.head("head_marker", &path).await.is_some()
+    }
+
+    /// The size of the object at `path`, counted under `op` as a hit or a miss; `None` when
+    /// it is absent or the bucket failed (a failure pauses the bucket, as any other).
+    async fn head(&self, op: &str, path: &Path) -> Option<u64> {
+        if !self.usable(op) {
+            return None;
         }
-        match self.store.head(&self.marker(domain, digest)).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
+        match self.store.head(path).await {
+            Ok(meta) => {
+                self.count(op, "hit");
+                Some(meta.size)
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.count(op, "miss");
+                None
+            }
             Err(e) => {
-                self.failed("head_marker");
-                tracing::warn!(bucket = %self.name, %digest, error = %e, "reading a delivery marker failed");
-                false
+                self.failed(op);
+                tracing::warn!(bucket = %self.name, %path, error = %e, "reading the bucket failed; treating as a miss");
+                None
             }
         }
     }

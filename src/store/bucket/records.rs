@@ -6,7 +6,7 @@
 //! only after upstream's word, so they are as trustworthy as a replica's own records.
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 
 use super::Bucket;
 use crate::oci::{Digest, RepoName};
@@ -24,25 +24,8 @@ impl Bucket {
 
     /// Whether some replica recorded `digest` as a member of `repo` on `upstream`.
     pub async fn is_member(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> bool {
-        if !self.usable("head_member") {
-            return false;
-        }
         let path = self.member_path(upstream, repo, digest);
-        match self.store.head(&path).await {
-            Ok(_) => {
-                self.count("head_member", "hit");
-                true
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.count("head_member", "miss");
-                false
-            }
-            Err(e) => {
-                self.failed("head_member");
-                tracing::warn!(bucket = %self.name, %path, error = %e, "reading a membership record failed");
-                false
-            }
-        }
+        self.head("head_member", &path).await.is_some()
     }
 
     /// Records `digests` as members of `repo` on `upstream` (create-only: what is there

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::Method;
 use object_store::signer::Signer;
-use object_store::ObjectStoreExt;
 use url::Url;
 
 use super::Bucket;
@@ -30,19 +29,8 @@ impl Bucket {
 
     /// The length of blob `digest` in the bucket, if it is there.
     pub async fn blob_len(&self, digest: &Digest) -> Option<u64> {
-        if !self.usable("head_blob") {
-            return None;
-        }
         let path = self.object(&ObjectKey::blob(digest));
-        match self.store.head(&path).await {
-            Ok(meta) => Some(meta.size),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => {
-                self.failed("head_blob");
-                tracing::warn!(bucket = %self.name, %digest, error = %e, "reading a blob's length failed");
-                None
-            }
-        }
+        self.head("head_blob", &path).await
     }
 
     /// A presigned GET URL for blob `digest`.
