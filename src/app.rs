@@ -37,6 +37,8 @@ pub enum AppError {
     Bucket(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{0}")]
+    Admin(io::Error),
 }
 
 /// The bound sockets. Binding before `run` lets callers (and tests, with port 0) learn the
@@ -91,11 +93,13 @@ pub fn state(config: &Config) -> Result<Arc<State>, AppError> {
     let cache = mirror(config, &metrics)?;
     let upstreams = Upstreams::new(config, &metrics)?;
     let access = Access::load(&config.server.auth, metrics.auth_bcrypt_runs.clone())?;
+    let admin = server::admin::Admin::new(config).map_err(AppError::Admin)?;
     Ok(Arc::new(State {
-        cache,
-        upstreams,
+        cache: Arc::new(cache),
+        upstreams: Arc::new(upstreams),
         metrics,
         access,
+        admin,
     }))
 }
 
@@ -156,11 +160,20 @@ pub async fn run(
         tls,
         metrics: state.metrics.clone(),
     };
+    // A socket passed by systemd bypasses the config's check of `admin_listen`.
+    if let Some(addr) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
+        if let Some(fix) = crate::config::token_required(addr, state.admin.token.is_some()) {
+            return Err(AppError::Admin(io::Error::other(format!(
+                "admin.token_file: {fix}"
+            ))));
+        }
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let admin = listeners.admin.map(|listener| {
         let state = state.clone();
         let mut stopped = stopped.clone();
         tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "admin listening");
+        state.admin.start(state.metrics.clone());
         if let Ok(addr) = listener.local_addr() {
             if let Some(warning) = crate::config::admin_exposure_warning(addr) {
                 tracing::warn!("{warning}");

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use regcache::app::{self, Listeners};
 use regcache::config::{admin_exposure_warning, Config, Overrides};
 use regcache::operator::commands;
+use regcache::store::catalog::Scope;
 use regcache::transfer::{prefetch, Platform};
 
 #[derive(Parser)]
@@ -46,6 +47,40 @@ enum Command {
     /// Re-hash every cached object and remove those that do not match (run by the daemon
     /// while one owns the cache).
     Verify(CacheArgs),
+    /// Remove cached content: a whole upstream, a repository, or one image, written
+    /// UPSTREAM[/REPO[:TAG|@DIGEST]] (the upstream's `name` in the config). What another
+    /// repository still references, or a pin keeps, stays; the report says what was freed
+    /// and what was kept, and why (run by the daemon while one owns the cache).
+    Purge {
+        /// What to purge, e.g. `docker.io/library/alpine:3.19`.
+        scope: Scope,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Keep cached content out of the reach of the budget and the lifecycle rules, across
+    /// restarts: UPSTREAM[/REPO[:TAG|@DIGEST]] as for purge (a pinned tag keeps the image
+    /// it points at, also after it moves).
+    Pin {
+        /// What to pin; it must be cached (prefetch it first).
+        scope: Scope,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Remove a pin: its content is the budget's to evict again.
+    Unpin {
+        /// The pin, exactly as it was given.
+        scope: Scope,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// List the cached repositories with sizes, last pull and pins; with UPSTREAM/REPO,
+    /// that repository's tags.
+    Ls {
+        /// A repository, UPSTREAM/REPO, to list the tags of.
+        repository: Option<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Print sizes, object counts, access times and the largest repositories.
     Stats {
         #[command(flatten)]
@@ -158,9 +193,12 @@ struct ServeArgs {
     /// Directory of the cache.
     #[arg(long, env = "REGCACHE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// Address for /metrics and /healthz.
+    /// Address for /metrics, /healthz, the admin API and the status page.
     #[arg(long, env = "REGCACHE_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// File with the admin API's token (created with a random one when missing).
+    #[arg(long, env = "REGCACHE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// See Cargo.toml for why not the system allocator.
@@ -181,6 +219,16 @@ fn main() -> ExitCode {
         Some(Command::Gc(args)) => gc(args),
         Some(Command::Verify(args)) => verify(args),
         Some(Command::Stats { cache, top }) => stats(cache, top),
+        Some(Command::Purge { scope, cache }) => with_cache(cache, |c| commands::purge(c, &scope)),
+        Some(Command::Pin { scope, cache }) => {
+            with_cache(cache, |c| commands::pin(c, &scope, true))
+        }
+        Some(Command::Unpin { scope, cache }) => {
+            with_cache(cache, |c| commands::pin(c, &scope, false))
+        }
+        Some(Command::Ls { repository, cache }) => {
+            with_cache(cache, |c| commands::list(c, repository.as_deref()))
+        }
         Some(Command::Prefetch(args)) => prefetch(args),
         Some(Command::Export {
             images,
@@ -277,6 +325,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
+        admin_token_file: args.admin_token_file,
         upstream: args.upstream,
         cache_dir: args.cache_dir,
     };
@@ -298,6 +347,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         app::run(listeners, &config, shutdown_signal()).await
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs an operator command on the cache `args` name.
+fn with_cache(
+    args: CacheArgs,
+    command: impl FnOnce(&Config) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    command(&args.load()?)?;
     Ok(ExitCode::SUCCESS)
 }
 

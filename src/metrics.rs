@@ -415,11 +415,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Every collector's current values (what the status page reads, so its numbers are
+    /// the ones `/metrics` shows).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every collector.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).unwrap_or_default()
     }
@@ -429,6 +435,33 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Each series of counter or gauge `name` in `families`: its labels and value.
+pub fn counters<'a>(
+    families: &'a [prometheus::proto::MetricFamily],
+    name: &'a str,
+) -> impl Iterator<Item = (std::collections::HashMap<String, String>, u64)> + 'a {
+    families
+        .iter()
+        .filter(move |f| f.name() == name)
+        .flat_map(|f| {
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            f.get_metric().iter().map(move |m| (counter, m))
+        })
+        .map(|(counter, m)| {
+            let labels = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let value = if counter {
+                m.get_counter().get_value()
+            } else {
+                m.get_gauge().get_value()
+            };
+            (labels, value.max(0.0) as u64)
+        })
 }
 
 /// The status class label for upstream answers: `2xx`..`5xx`, or `error` for no answer.

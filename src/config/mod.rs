@@ -4,6 +4,7 @@
 //! Every problem found is reported at once, each naming the key, the value and the fix,
 //! so `regcache check-config` can print them all. Nothing here does network I/O.
 
+mod admin;
 mod auth;
 mod bucket;
 mod cache;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use admin::{token_required, AdminConfig};
 pub use auth::{admin_exposure_warning, AuthConfig};
 pub use bucket::BucketConfig;
 pub use cache::{CacheConfig, DiskBudget};
@@ -38,6 +40,8 @@ struct RawConfig {
     admin_listen: Option<String>,
     log_format: Option<String>,
     #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
     server: server::RawServer,
     #[serde(default)]
     cache: cache::RawCache,
@@ -54,6 +58,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// How the daemon writes its log lines.
     pub log_format: LogFormat,
+    /// The admin API's token and the status page's egress price.
+    pub admin: AdminConfig,
     pub server: ServerConfig,
     pub cache: CacheConfig,
     /// The shared tier, when replicas share a bucket.
@@ -76,6 +82,7 @@ pub enum LogFormat {
 pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub upstream: Option<String>,
     pub cache_dir: Option<PathBuf>,
 }
@@ -302,6 +309,9 @@ fn validate(raw: RawConfig, ov: &Overrides, problems: &mut Problems) -> Config {
         listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 5000).into()),
         admin_listen,
         log_format,
+        admin: raw
+            .admin
+            .validate(admin_listen, ov.admin_token_file.clone(), problems),
         server: raw.server.validate(problems),
         cache,
         bucket: raw.bucket.and_then(|b| b.validate(problems)),
@@ -376,6 +386,7 @@ mod tests {
             upstream: Some("http://127.0.0.1:9999".into()),
             cache_dir: Some("/tmp/x".into()),
             admin_listen: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
         };
         let c = Config::load(None, &ov).unwrap();
         assert_eq!(c.listen.port(), 0);

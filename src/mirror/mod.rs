@@ -34,10 +34,11 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode};
 use crate::store::bucket::Bucket;
 use crate::store::lifecycle::Rules;
-use crate::store::memory::Memory;
+use crate::store::memory::{Key, Memory};
 use crate::store::{Disk, Membership, Store, Tiers};
 use crate::upstream::{Resource, Target};
 use declared::Declared;
+pub use fill::InProgress;
 use fill::{FillContext, Fills};
 use tags::Tags;
 
@@ -131,9 +132,16 @@ impl Mirror {
         self.ctx.cluster.as_deref()
     }
 
-    /// Forgets the tag answers held in memory, after tag records were written underneath
-    /// (an import through the admin API).
-    pub fn forget_tags(&self) {
+    /// Forgets `removed` objects in the memory tier and every tag answer held in memory,
+    /// after the store changed underneath (purge, verify, import through the admin API).
+    pub fn forget(&self, removed: &[crate::store::ObjectKey]) {
+        for key in removed {
+            let key = match key.kind {
+                crate::store::ObjectKind::Blob => Key::Blob(key.digest.clone()),
+                crate::store::ObjectKind::Manifest => Key::Manifest(key.digest.clone()),
+            };
+            self.ctx.tiers.memory.remove(&key);
+        }
         self.tags.forget_all();
     }
 
@@ -280,6 +288,16 @@ impl Mirror {
         let mut digests = found.blobs;
         digests.push(manifest.digest.clone());
         self.record_members(target, digests);
+    }
+
+    /// The blob fills in progress.
+    pub fn fills(&self) -> Vec<fill::InProgress> {
+        self.fills.in_progress()
+    }
+
+    /// The memory tier's (objects, bytes) and its budget.
+    pub fn memory_usage(&self) -> (u64, u64) {
+        self.ctx.tiers.memory.usage()
     }
 
     /// Updates the memory and disk gauges; called when metrics are scraped.

@@ -3,12 +3,14 @@
 //! Blocks.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytesize::ByteSize;
 
 use super::Ran;
 use crate::config::Config;
+use crate::store::catalog::Scope;
 use crate::store::ops;
 use crate::transfer::{archive, prefetch, ImageRef, Progress};
 
@@ -74,6 +76,100 @@ pub fn import(config: &Config, file: &Path, upstream: Option<&str>) -> anyhow::R
         ByteSize(r.bytes),
         r.already
     );
+    Ok(())
+}
+
+pub fn purge(config: &Config, scope: &Scope) -> anyhow::Result<()> {
+    let (r, ran) = super::purge(config, scope).with_context(|| format!("purging {scope}"))?;
+    say_where(ran);
+    for kept in &r.kept {
+        println!(
+            "kept {} ({}): {}",
+            kept.digest,
+            ByteSize(kept.bytes),
+            kept.reason
+        );
+    }
+    if r.objects_kept > r.kept.len() as u64 {
+        println!("... and {} more kept", r.objects_kept - r.kept.len() as u64);
+    }
+    println!(
+        "{scope}: removed {} tag(s) and {} object(s), freeing {}; kept {} object(s) ({}) and {} pinned tag(s)",
+        r.tags_removed,
+        r.objects_removed,
+        ByteSize(r.bytes_freed),
+        r.objects_kept,
+        ByteSize(r.bytes_kept),
+        r.tags_kept,
+    );
+    Ok(())
+}
+
+pub fn pin(config: &Config, scope: &Scope, on: bool) -> anyhow::Result<()> {
+    let (r, ran) = super::pin(config, scope, on).with_context(|| format!("pinning {scope}"))?;
+    say_where(ran);
+    let what = match (on, r.added) {
+        (true, true) => "pinned",
+        (true, false) => "was pinned already",
+        (false, true) => "unpinned",
+        (false, false) => "was not pinned",
+    };
+    println!(
+        "{scope}: {what}; every pin keeps {} object(s) ({})",
+        r.objects,
+        ByteSize(r.bytes)
+    );
+    Ok(())
+}
+
+/// `ls` or `ls UPSTREAM/REPO`.
+pub fn list(config: &Config, repository: Option<&str>) -> anyhow::Result<()> {
+    let repo = match repository {
+        None => None,
+        Some(text) => Some(text.split_once('/').with_context(|| {
+            format!("{text}: name a repository as UPSTREAM/REPO, e.g. docker.io/library/alpine")
+        })?),
+    };
+    let (listing, ran) = super::list(config, repo)?;
+    say_where(ran);
+    let when = |ms: Option<u64>| match ms {
+        Some(ms) => format!(
+            "{}s ago",
+            crate::store::unix_millis().saturating_sub(ms) / 1000
+        ),
+        None => "never".into(),
+    };
+    let pin = |p: bool| if p { " pinned" } else { "" };
+    match listing {
+        super::Listing::Repositories(repos) => {
+            for r in &repos {
+                println!(
+                    "{}/{}\t{} tag(s)\t{} manifest(s)\t{}\tlast pull {}{}",
+                    r.upstream,
+                    r.repository,
+                    r.tags,
+                    r.manifests,
+                    ByteSize(r.bytes),
+                    when(r.last_pull),
+                    pin(r.pinned)
+                );
+            }
+            println!("{} repositories", repos.len());
+        }
+        super::Listing::Tags(tags) => {
+            for t in &tags {
+                println!(
+                    "{}\t{}\t{}\tlast pull {}{}",
+                    t.tag,
+                    t.digest,
+                    ByteSize(t.bytes),
+                    when(t.last_pull),
+                    pin(t.pinned)
+                );
+            }
+            println!("{} tags", tags.len());
+        }
+    }
     Ok(())
 }
 
@@ -160,8 +256,8 @@ pub fn prefetch(
                     )
                 })?;
                 prefetch::Fetcher::Local {
-                    cache: Box::new(cache),
-                    upstreams,
+                    cache: Arc::new(cache),
+                    upstreams: Arc::new(upstreams),
                 }
             }
         };

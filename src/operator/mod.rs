@@ -1,8 +1,9 @@
-//! Operator commands that write the store (gc, verify, import) run where its one writer is
-//! (see `store::owner`): in this process when it can take the store, because no daemon
-//! runs; else in the daemon that holds it, through the admin API it announced in the
-//! store's lock. Either way the same code does the work (`store::ops`,
-//! `transfer::archive::import`) on the owner's `Disk`, so the index, the budget and the
+//! Operator commands on the store (gc, verify, import, purge, pin, list) run where its one
+//! writer is (see `store::owner`): in this process when it can take the store, because no
+//! daemon runs; else in the daemon that holds it, through the admin API it announced in
+//! the store's lock (with the token from `admin.token_file`). Either way the same code
+//! does the work (`store::ops`, `store::catalog`, `transfer::archive::import`) on the
+//! owner's `Disk`, so the index, the budget and the
 //! daemon's in-memory records see every change at once. Blocks.
 
 pub mod commands;
@@ -12,13 +13,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use reqwest::{Body, Method};
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::server::admin::Page;
+use crate::store::catalog::pins::{self, PinReport};
+use crate::store::catalog::purge::{self, PurgeReport};
+use crate::store::catalog::{Catalog, RepoInfo, Scope, TagInfo};
 use crate::store::lifecycle::Rules;
 use crate::store::ops::{self, GcReport, VerifyReport};
-use crate::store::{owner, Disk};
+use crate::store::{owner, upstream_dir, Disk};
 use crate::transfer::archive::{self, ImportReport};
 
 /// Who did the work.
@@ -33,7 +39,15 @@ pub enum Ran {
 /// The store's writer for one command.
 enum Writer {
     Here(Box<Disk>),
-    Daemon { pid: u32, admin: SocketAddr },
+    Daemon(Daemon),
+}
+
+/// The daemon that owns the store, and how to reach its admin API.
+struct Daemon {
+    pid: u32,
+    admin: SocketAddr,
+    /// `Authorization` for the API, from `admin.token_file` when it is readable.
+    bearer: Option<String>,
 }
 
 /// Takes the store, or finds the daemon that has it.
@@ -47,10 +61,11 @@ fn writer(config: &Config) -> anyhow::Result<Writer> {
         }
         Err(e) => match owner::taken(&e) {
             Some(taken) => match taken.owner.admin {
-                Some(admin) => Ok(Writer::Daemon {
+                Some(admin) => Ok(Writer::Daemon(Daemon {
                     pid: taken.owner.pid,
                     admin,
-                }),
+                    bearer: bearer(config),
+                })),
                 None => anyhow::bail!(
                     "a regcache daemon (process {}) owns {dir} and has no admin listener to \
                      take this command; set admin_listen in its config and restart it, or stop it",
@@ -62,6 +77,13 @@ fn writer(config: &Config) -> anyhow::Result<Writer> {
     }
 }
 
+/// The admin token as a bearer header, read (never created) from `admin.token_file`.
+fn bearer(config: &Config) -> Option<String> {
+    let path = config.admin.token_file.as_ref()?;
+    let token = std::fs::read_to_string(path).ok()?;
+    Some(format!("Bearer {}", token.trim()))
+}
+
 pub fn gc(config: &Config) -> anyhow::Result<(GcReport, Ran)> {
     match writer(config)? {
         Writer::Here(disk) => {
@@ -69,10 +91,7 @@ pub fn gc(config: &Config) -> anyhow::Result<(GcReport, Ran)> {
             disk.flush(true);
             Ok((report, Ran::Here))
         }
-        Writer::Daemon { pid, admin } => Ok((
-            ask(admin, "gc", None, reqwest::Body::from(""))?,
-            Ran::Daemon { pid },
-        )),
+        Writer::Daemon(d) => d.call(Method::POST, "gc", &[], Body::from("")),
     }
 }
 
@@ -83,10 +102,7 @@ pub fn verify(config: &Config) -> anyhow::Result<(VerifyReport, Ran)> {
             disk.flush(true);
             Ok((report, Ran::Here))
         }
-        Writer::Daemon { pid, admin } => Ok((
-            ask(admin, "verify", None, reqwest::Body::from(""))?,
-            Ran::Daemon { pid },
-        )),
+        Writer::Daemon(d) => d.call(Method::POST, "verify", &[], Body::from("")),
     }
 }
 
@@ -103,49 +119,144 @@ pub fn import(
             disk.flush(true);
             Ok((report, Ran::Here))
         }
-        Writer::Daemon { pid, admin } => {
+        Writer::Daemon(d) => {
             let file = tokio::fs::File::from_std(opened()?);
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            let report = ask(admin, "import", upstream, body)?;
-            Ok((report, Ran::Daemon { pid }))
+            let body = Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+            let query: Vec<(&str, &str)> = upstream.map(|u| ("upstream", u)).into_iter().collect();
+            d.call(Method::POST, "import", &query, body)
         }
     }
 }
 
-/// `POST /store/<what>` on the daemon's admin listener; its JSON report, or its error.
-fn ask<T: DeserializeOwned>(
-    admin: SocketAddr,
-    what: &str,
-    upstream: Option<&str>,
-    body: reqwest::Body,
-) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let url = format!("http://{admin}/store/{what}");
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()?;
-        let mut request = client.post(&url).body(body);
-        if let Some(upstream) = upstream {
-            request = request.query(&[("upstream", upstream)]);
+/// Purges `scope` (see `store::catalog::purge`).
+pub fn purge(config: &Config, scope: &Scope) -> anyhow::Result<(PurgeReport, Ran)> {
+    match writer(config)? {
+        Writer::Here(disk) => {
+            let (report, _) = purge::purge(&disk, scope)?;
+            disk.flush(true);
+            Ok((report, Ran::Here))
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("asking the daemon that owns the cache ({url})"))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            let error = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| Some(v.get("error")?.as_str()?.to_string()))
-                .unwrap_or(text);
-            anyhow::bail!("the daemon that owns the cache answered {status}: {error}");
+        Writer::Daemon(d) => d.call(Method::POST, "purge", &[], json(scope)),
+    }
+}
+
+/// Pins `scope` (`on`) or unpins it.
+pub fn pin(config: &Config, scope: &Scope, on: bool) -> anyhow::Result<(PinReport, Ran)> {
+    match writer(config)? {
+        Writer::Here(disk) => {
+            let scope = scope.clone();
+            let report = if on {
+                pins::pin(&disk, scope)?
+            } else {
+                pins::unpin(&disk, scope)?
+            };
+            Ok((report, Ran::Here))
         }
-        serde_json::from_str(&text)
-            .with_context(|| format!("reading the daemon's report from {url}"))
-    })
+        Writer::Daemon(d) => {
+            let method = if on { Method::POST } else { Method::DELETE };
+            d.call(method, "pins", &[], json(scope))
+        }
+    }
+}
+
+/// What is cached: every repository, or with `repo` (`upstream`, repository) its tags.
+pub fn list(config: &Config, repo: Option<(&str, &str)>) -> anyhow::Result<(Listing, Ran)> {
+    match writer(config)? {
+        Writer::Here(disk) => {
+            let catalog = Catalog::read(&disk.store)?;
+            let listing = match repo {
+                None => Listing::Repositories(catalog.repositories(
+                    &disk.store,
+                    &disk.index,
+                    &disk.pins,
+                )),
+                Some((upstream, repo)) => {
+                    let id = (upstream_dir(upstream), repo.to_string());
+                    Listing::Tags(catalog.tags(&disk.store, &disk.index, &disk.pins, &id))
+                }
+            };
+            Ok((listing, Ran::Here))
+        }
+        Writer::Daemon(d) => {
+            let listing = match repo {
+                None => {
+                    let (page, ran): (Page<RepoInfo>, _) =
+                        d.get("repositories", &[("limit", "1000")])?;
+                    (Listing::Repositories(page.items), ran)
+                }
+                Some((upstream, repo)) => {
+                    let query = [
+                        ("upstream", upstream),
+                        ("repository", repo),
+                        ("limit", "1000"),
+                    ];
+                    let (page, ran): (Page<TagInfo>, _) = d.get("tags", &query)?;
+                    (Listing::Tags(page.items), ran)
+                }
+            };
+            Ok(listing)
+        }
+    }
+}
+
+/// What `list` found.
+pub enum Listing {
+    Repositories(Vec<RepoInfo>),
+    Tags(Vec<TagInfo>),
+}
+
+fn json(value: &impl serde::Serialize) -> Body {
+    Body::from(serde_json::to_vec(value).expect("serializes"))
+}
+
+impl Daemon {
+    /// `GET /api/v1/<what>?query`: its JSON.
+    fn get<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<(T, Ran)> {
+        self.call(Method::GET, what, query, Body::from(""))
+    }
+
+    /// `<method> /api/v1/<what>` on the daemon's admin listener: its JSON report, or its
+    /// error.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        what: &str,
+        query: &[(&str, &str)],
+        body: Body,
+    ) -> anyhow::Result<(T, Ran)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let url = format!("http://{}/api/v1/{what}", self.admin);
+        let report = runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()?;
+            let mut request = client.request(method, &url).query(query).body(body);
+            if let Some(bearer) = &self.bearer {
+                request = request.header(reqwest::header::AUTHORIZATION, bearer);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("asking the daemon that owns the cache ({url})"))?;
+            let status = response.status();
+            let text = response.text().await?;
+            if !status.is_success() {
+                let error = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| Some(v.get("error")?.as_str()?.to_string()))
+                    .unwrap_or(text);
+                anyhow::bail!("the daemon that owns the cache answered {status}: {error}");
+            }
+            serde_json::from_str(&text)
+                .with_context(|| format!("reading the daemon's report from {url}"))
+        })?;
+        Ok((report, Ran::Daemon { pid: self.pid }))
+    }
 }

@@ -36,6 +36,9 @@ pub async fn get(
         .cache
         .manifest(target, reference, &accept, !head)
         .await?;
+    state
+        .admin
+        .pulled(target.upstream.name(), target.name.as_str());
     let media_type = HeaderValue::try_from(&*manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let mut builder = Response::builder()

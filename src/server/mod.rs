@@ -5,7 +5,7 @@
 //! `[server]` limits are enforced here and in `conn`, `peers`, `plain` and `guard`;
 //! `[server.auth]` in `auth`.
 
-mod admin;
+pub mod admin;
 pub mod auth;
 mod blob;
 pub mod body;
@@ -43,10 +43,12 @@ use crate::upstream::Upstreams;
 
 /// Everything a request handler may use.
 pub struct State {
-    pub cache: Mirror,
-    pub upstreams: Upstreams,
+    pub cache: Arc<Mirror>,
+    pub upstreams: Arc<Upstreams>,
     pub metrics: Metrics,
     pub access: auth::Access,
+    /// The admin listener's token, prefetch jobs and status page history.
+    pub admin: admin::Admin,
 }
 
 /// The client's address, in every request's extensions.

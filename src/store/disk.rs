@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::catalog::{self, pins::Pins};
 use super::files::{unix_millis, Lookup, ObjectKey, Store};
 use super::index::{Index, Meta, Pin};
 use super::lifecycle::{self, Rules};
-use super::members::{Membership, Pruned};
+use super::members::{upstream_dir, Membership, Pruned};
 use super::persist;
 use super::space::{self, Requests};
 use crate::config::{CacheConfig, DiskBudget};
@@ -67,6 +68,8 @@ pub enum Reason {
     DiskFull,
     Lifecycle,
     Corruption,
+    /// An operator purged it (admin API or `regcache purge`).
+    Purge,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl Reason {
             Reason::DiskFull => "disk_full",
             Reason::Lifecycle => "lifecycle",
             Reason::Corruption => "corruption",
+            Reason::Purge => "purge",
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Disk {
     rules: Rules,
     /// Which repository holds which digest; pruned after each sweep.
     pub members: Membership,
+    /// What operators pinned: never evicted by the budget or the lifecycle rules.
+    pub pins: Pins,
     metrics: Metrics,
     wake: Arc<Notify>,
     /// False until the startup walk has filled the index: eviction waits for it.
@@ -131,6 +137,7 @@ impl Disk {
         }
         Disk {
             members: Membership::new(store.clone(), MEMBER_ENTRIES),
+            pins: Pins::load(&store),
             store,
             index: Arc::default(),
             limits,
@@ -338,7 +345,11 @@ impl Disk {
         self.count(Reason::Lifecycle, swept.objects);
         swept.bytes = self.remove_all(&expired);
         for (upstream, max) in self.rules.tag_limits() {
-            match lifecycle::trim_tags(&self.store, upstream, max) {
+            let pinned = |repo: &str, tag: &str, record: &crate::store::TagRecord| {
+                let id = (upstream_dir(upstream), repo.to_string());
+                self.pins.covers_tag(&id, tag) || self.index.is_kept(&record.digest)
+            };
+            match lifecycle::trim_tags(&self.store, upstream, max, &pinned) {
                 Ok(n) => swept.tags += n,
                 Err(e) => tracing::warn!(upstream, error = %e, "trimming tag records failed"),
             }
@@ -358,6 +369,13 @@ impl Disk {
     /// the files (for what the index has not loaded yet). Blocks.
     pub fn holds(&self, digest: &Digest) -> bool {
         self.index.holds(digest) || self.store.holds(digest)
+    }
+
+    /// Resolves the pins again (tags move; pinned repositories gain content). Blocks.
+    pub fn refresh_pins(&self) {
+        if let Err(e) = catalog::pins::refresh(self) {
+            tracing::warn!(error = %e, "resolving the pins failed; the last resolution stays");
+        }
     }
 
     /// Prunes the membership records of content no longer held. Blocks.
@@ -457,6 +475,7 @@ impl Disk {
                         disk.evict_for_space(failed);
                     }
                     if sweep {
+                        disk.refresh_pins();
                         disk.sweep();
                     }
                     disk.evict(false);
@@ -487,6 +506,8 @@ impl Disk {
             }
             Err(e) => tracing::warn!(error = %e, "walking the store failed; the index is partial"),
         }
+        // Before eviction may run: pinned content must not go in the first pass.
+        self.refresh_pins();
         self.ready.store(true, Ordering::Relaxed);
         if self.over_high() {
             self.wake.notify_one();

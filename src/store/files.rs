@@ -320,6 +320,15 @@ impl Store {
         Ok(serde_json::from_slice(&data).ok())
     }
 
+    /// Removes a tag record; false when there was none.
+    pub fn remove_tag(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> io::Result<bool> {
+        match fs::remove_file(self.tag_path(upstream, repo, tag)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn write_tag(
         &self,
         upstream: &str,

@@ -37,6 +37,8 @@ pub struct Index {
 struct Inner {
     objects: HashMap<ObjectKey, Meta>,
     bytes: u64,
+    /// Digests operators pinned (see `catalog::pins`): never victims.
+    kept: HashSet<Digest>,
     /// Upstream names, shared by every object of that origin.
     origins: HashMap<String, Arc<str>>,
 }
@@ -272,10 +274,11 @@ impl Index {
         if inner.bytes <= target {
             return Vec::new();
         }
+        let kept = &inner.kept;
         let mut candidates: Vec<(u64, ObjectKey)> = inner
             .objects
             .iter()
-            .filter(|(_, m)| m.pins == 0)
+            .filter(|(k, m)| m.pins == 0 && !kept.contains(&k.digest))
             .map(|(k, m)| (m.last_access, k.clone()))
             .collect();
         // Sorting under the lock is fine: eviction runs rarely, between the watermarks.
@@ -305,7 +308,7 @@ impl Index {
         let expired: Vec<ObjectKey> = inner
             .objects
             .iter()
-            .filter(|(_, m)| m.pins == 0)
+            .filter(|(k, m)| m.pins == 0 && !inner.kept.contains(&k.digest))
             .filter(|(_, m)| {
                 let limit = m.origin.as_deref().and_then(max_age);
                 limit.is_some_and(|limit| now.saturating_sub(m.last_access) > limit)
@@ -323,6 +326,25 @@ impl Index {
             self.dirty.store(true, Ordering::Relaxed);
         }
         taken
+    }
+
+    /// Replaces the digests operators pinned.
+    pub fn set_kept(&self, kept: HashSet<Digest>) {
+        self.lock().kept = kept;
+    }
+
+    pub fn is_kept(&self, digest: &Digest) -> bool {
+        self.lock().kept.contains(digest)
+    }
+
+    /// (objects, bytes) held of the pinned digests.
+    pub fn kept_usage(&self) -> (u64, u64) {
+        let inner = self.lock();
+        inner
+            .objects
+            .iter()
+            .filter(|(k, _)| inner.kept.contains(&k.digest))
+            .fold((0, 0), |(n, b), (_, m)| (n + 1, b + m.size))
     }
 
     /// Every record, if anything changed since the last call (or `force`).

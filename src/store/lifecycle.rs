@@ -60,12 +60,22 @@ impl Rules {
 }
 
 /// Keeps the `max` most recently confirmed tag records of each repository of `upstream`
-/// and removes the others. Returns how many were removed.
-pub fn trim_tags(store: &Store, upstream: &str, max: usize) -> io::Result<u64> {
+/// and removes the others, except those `pinned(repo, tag, record)`. Returns how many
+/// were removed.
+pub fn trim_tags(
+    store: &Store,
+    upstream: &str,
+    max: usize,
+    pinned: &dyn Fn(&str, &str, &TagRecord) -> bool,
+) -> io::Result<u64> {
     let mut removed = 0;
     let mut by_repo: HashMap<String, Vec<(u64, std::path::PathBuf)>> = HashMap::new();
     let dir = store.tags_dir(upstream);
     visit_tags(&dir, &dir, &mut |repo, path, record| {
+        let tag = path.file_name().unwrap_or_default().to_string_lossy();
+        if pinned(repo, &tag, &record) {
+            return;
+        }
         by_repo
             .entry(repo.to_string())
             .or_default()
@@ -87,8 +97,8 @@ pub fn trim_tags(store: &Store, upstream: &str, max: usize) -> io::Result<u64> {
     Ok(removed)
 }
 
-/// Every tag record: (upstream directory name, repository, record).
-pub fn tag_records(store: &Store) -> io::Result<Vec<(String, String, TagRecord)>> {
+/// Every tag record: (upstream directory name, repository, tag, record).
+pub fn tag_records(store: &Store) -> io::Result<Vec<(String, String, String, TagRecord)>> {
     let mut out = Vec::new();
     let Ok(upstreams) = fs::read_dir(store.root().join("tags")) else {
         return Ok(out);
@@ -96,8 +106,9 @@ pub fn tag_records(store: &Store) -> io::Result<Vec<(String, String, TagRecord)>
     for upstream in upstreams.flatten() {
         let name = upstream.file_name().to_string_lossy().into_owned();
         let dir = upstream.path();
-        visit_tags(&dir, &dir, &mut |repo, _, record| {
-            out.push((name.clone(), repo.to_string(), record));
+        visit_tags(&dir, &dir, &mut |repo, path, record| {
+            let tag = path.file_name().unwrap_or_default().to_string_lossy();
+            out.push((name.clone(), repo.to_string(), tag.into_owned(), record));
         })?;
     }
     Ok(out)

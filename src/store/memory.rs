@@ -62,6 +62,13 @@ impl Memory {
         }
     }
 
+    /// Forgets an object (purged from the store).
+    pub fn remove(&self, key: &Key) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key);
+        }
+    }
+
     /// (objects, bytes) held, for the metrics.
     pub fn usage(&self) -> (u64, u64) {
         match &self.cache {

@@ -13,11 +13,13 @@
 //!   S3-compatible bucket that replicas read and fill.
 //! - `members`: which repository holds which digest, and which trust domain delivered
 //!   it: records the mirror writes and reads to decide what it may serve.
-//! - `ops`: the operator commands on a store this process owns (gc, verify, stats).
+//! - `ops`: the operator commands on a store this process owns (gc, verify, stats);
+//!   `catalog`: what the cache holds by upstream, repository and tag, purge and pins.
 //!
 //! A disk error never fails a request: the caller treats it as a miss.
 
 pub mod bucket;
+pub mod catalog;
 mod disk;
 mod files;
 mod index;
@@ -40,5 +42,5 @@ pub use files::{
 pub use index::{Index, Meta, Pin};
 pub use land::Refused;
 pub use lookup::{Held, Tier, Tiers};
-pub use members::{record_image, Membership};
+pub use members::{record_image, upstream_dir, Membership};
 pub use persist::{read_snapshot, walk, Found};

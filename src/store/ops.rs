@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::catalog::reach;
 use super::disk::{Disk, Swept};
 use super::files::{parse_manifest, ObjectKey, ObjectKind, Store};
 use super::lifecycle::tag_records;
@@ -144,11 +145,11 @@ pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
         };
         slot.0 += 1;
         slot.1 += found.len;
-        sizes.insert(found.key.clone(), found.len);
+        *sizes.entry(found.key.digest.clone()).or_insert(0) += found.len;
     }
-    let mut by_repo: HashMap<String, HashSet<ObjectKey>> = HashMap::new();
+    let mut by_repo: HashMap<String, HashSet<Digest>> = HashMap::new();
     let mut tags: HashMap<String, u64> = HashMap::new();
-    for (upstream, repo, record) in tag_records(&store)? {
+    for (upstream, repo, _, record) in tag_records(&store)? {
         *tags.entry(upstream.clone()).or_default() += 1;
         let reached = by_repo.entry(format!("{upstream}/{repo}")).or_default();
         reach(&store, &record.digest, reached, 2);
@@ -166,25 +167,6 @@ pub fn stats(dir: &Path, top: usize) -> io::Result<Stats> {
     repos.truncate(top);
     stats.top_repositories = repos;
     Ok(stats)
-}
-
-/// Adds a manifest and what it references (config, layers, and for an index its
-/// manifests, `depth` levels down) to `reached`.
-fn reach(store: &Store, digest: &Digest, reached: &mut HashSet<ObjectKey>, depth: u8) {
-    reached.insert(ObjectKey::manifest(digest));
-    let Ok(Some(data)) = read_if_present(&store.manifest_path(digest)) else {
-        return;
-    };
-    let Some((media_type, body)) = parse_manifest(digest, data) else {
-        return;
-    };
-    let found = crate::oci::manifest::references(&media_type, &body);
-    reached.extend(found.blobs.iter().map(ObjectKey::blob));
-    if depth > 0 {
-        for child in &found.manifests {
-            reach(store, child, reached, depth - 1);
-        }
-    }
 }
 
 #[cfg(test)]

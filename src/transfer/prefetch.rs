@@ -27,10 +27,11 @@ pub enum Fetcher {
         client: reqwest::Client,
         base: String,
     },
-    /// A cache this process owns for the run (see [`crate::app::owned`]).
+    /// A mirror in this process: the daemon's own (a prefetch through its admin API), or
+    /// one over a cache this process owns for the run (see [`crate::app::owned`]).
     Local {
-        cache: Box<Mirror>,
-        upstreams: Upstreams,
+        cache: Arc<Mirror>,
+        upstreams: Arc<Upstreams>,
     },
 }
 

@@ -22,6 +22,16 @@ struct Counts {
     blobs: AtomicUsize,
     of: AtomicUsize,
     bytes: AtomicU64,
+    total: AtomicU64,
+}
+
+/// How far a transfer got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Done {
+    pub blobs: usize,
+    pub of_blobs: usize,
+    pub bytes: u64,
+    pub of_bytes: u64,
 }
 
 impl Progress {
@@ -49,6 +59,7 @@ impl Progress {
     /// The downloads begin: `bytes` in `blobs` objects.
     pub fn start(&self, bytes: u64, blobs: usize) {
         self.done.of.store(blobs, Ordering::Relaxed);
+        self.done.total.store(bytes, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.set_length(bytes);
             bar.set_style(
@@ -86,6 +97,17 @@ impl Progress {
             Some(bar) if !bar.is_hidden() => bar.println(message),
             _ if self.quiet => {}
             _ => eprintln!("{message}"),
+        }
+    }
+
+    /// The counts so far (for the admin API's prefetch jobs).
+    pub fn done(&self) -> Done {
+        let d = &self.done;
+        Done {
+            blobs: d.blobs.load(Ordering::Relaxed),
+            of_blobs: d.of.load(Ordering::Relaxed),
+            bytes: d.bytes.load(Ordering::Relaxed),
+            of_bytes: d.total.load(Ordering::Relaxed),
         }
     }
 

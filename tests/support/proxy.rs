@@ -112,6 +112,7 @@ impl Proxy {
             admin_listen: Some("127.0.0.1:0".into()),
             upstream: None,
             cache_dir: Some(cache_dir),
+            ..Overrides::default()
         };
         let config = Config::parse(text, "test", &overrides).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();

@@ -55,6 +55,18 @@ pub struct Fills {
 
 type FillKey = (String, Digest);
 
+/// A fill in progress as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InProgress {
+    pub digest: Digest,
+    /// The trust domain it fills for (by default, the upstream's name).
+    pub upstream: String,
+    pub written: u64,
+    /// Upstream's Content-Length, once known.
+    pub total: Option<u64>,
+    pub from_bucket: bool,
+}
+
 /// What [`Fills::join_or_start`] found.
 pub enum Joined {
     /// The blob reached the store meanwhile; look it up there.
@@ -170,6 +182,26 @@ impl Fills {
 
     pub fn in_flight(&self) -> usize {
         self.active.lock().expect("fills lock").len()
+    }
+
+    /// The fills in progress, largest first, for the status page.
+    pub fn in_progress(&self) -> Vec<InProgress> {
+        let active = self.active.lock().expect("fills lock");
+        let mut out: Vec<InProgress> = active
+            .iter()
+            .map(|((domain, digest), fill)| {
+                let progress = fill.subscribe().borrow().clone();
+                InProgress {
+                    digest: digest.clone(),
+                    upstream: domain.clone(),
+                    written: progress.written,
+                    total: progress.total,
+                    from_bucket: progress.from_bucket,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.total.cmp(&a.total).then(a.digest.cmp(&b.digest)));
+        out
     }
 }
 

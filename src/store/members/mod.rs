@@ -17,13 +17,14 @@ mod file;
 mod prune;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moka::sync::Cache;
 
-use super::files::Store;
+use super::files::{list_dir, Store};
 use crate::oci::{Digest, RepoName};
+pub use file::upstream_dir;
 pub use prune::Pruned;
 
 #[derive(Clone)]
@@ -141,6 +142,26 @@ impl Membership {
         file::path(&self.store, upstream, repo)
     }
 
+    /// Removes every record of one repository (`upstream` as its directory is named), on
+    /// disk and in memory; false when it had none. Blocks.
+    pub fn forget(&self, upstream: &str, repo: &str) -> io::Result<bool> {
+        let path = self
+            .store
+            .root()
+            .join("members")
+            .join(upstream)
+            .join(repo)
+            .join(file::FILE_NAME);
+        let dropped = file::prune(&self.store, &path, &|_| false)?;
+        for digest in &dropped {
+            self.memory.invalidate(&key(upstream, repo, digest));
+        }
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(!dropped.is_empty())
+    }
+
     /// Prunes the records of digests not `present` on disk and forgets them in memory too,
     /// so they are written again when their content returns. Blocks.
     pub fn prune(&self, present: &dyn Fn(&Digest) -> bool) -> io::Result<Pruned> {
@@ -150,6 +171,45 @@ impl Membership {
         }
         Ok(pruned)
     }
+}
+
+/// One repository's membership records, as read from its file.
+pub struct MemberFile {
+    /// The upstream's directory name.
+    pub upstream: String,
+    pub repo: String,
+    pub digests: Vec<Digest>,
+}
+
+/// Every repository's membership records (not the delivered ones). Blocks.
+pub fn members_of(store: &Store) -> io::Result<Vec<MemberFile>> {
+    fn visit(upstream: &str, base: &Path, dir: &Path, out: &mut Vec<MemberFile>) -> io::Result<()> {
+        for entry in list_dir(dir)? {
+            let path = entry.path();
+            if path.is_dir() {
+                visit(upstream, base, &path, out)?;
+            } else if entry.file_name() == file::FILE_NAME {
+                let repo = dir.strip_prefix(base).unwrap_or(dir).to_string_lossy();
+                let mut digests = file::read(&path)?;
+                digests.sort();
+                digests.dedup();
+                out.push(MemberFile {
+                    upstream: upstream.to_string(),
+                    repo: repo.into_owned(),
+                    digests,
+                });
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for upstream in list_dir(&store.root().join("members"))? {
+        let name = upstream.file_name().to_string_lossy().into_owned();
+        if name != file::DELIVERED_DIR && upstream.path().is_dir() {
+            visit(&name, &upstream.path(), &upstream.path(), &mut out)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Records, straight in the store, that an image and everything it references belong to

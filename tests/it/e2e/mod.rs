@@ -1,5 +1,6 @@
 //! End to end against Debian's `docker-registry` with real clients (skopeo).
 
+mod admin;
 mod airgap;
 mod auth;
 mod mirror;
