@@ -147,12 +147,17 @@ struct CacheArgs {
     /// Directory of the cache; wins over the config's.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// The admin token, for the daemon that owns the cache; wins over the config's
+    /// admin.token_file.
+    #[arg(long, env = "REGCACHE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 impl CacheArgs {
     fn load(self) -> anyhow::Result<Config> {
         let overrides = Overrides {
             cache_dir: self.cache_dir,
+            admin_token_file: self.admin_token_file,
             ..Overrides::default()
         };
         Ok(Config::load(self.config.as_deref(), &overrides)?)

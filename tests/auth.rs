@@ -220,7 +220,11 @@ fn check_config_warns_about_open_listeners_and_checks_the_files() {
     assert!(ok && !out.contains("warning"), "{out}");
 
     let admin = |addr: &str| format!("admin_listen = \"{addr}\"\n{upstream}");
+    // Reachable from other hosts: the API needs a token, and /metrics is open anyway.
     let (ok, out) = check_config(dir.path(), &admin("0.0.0.0:5001"));
+    assert!(!ok && out.contains("admin.token_file: required"), "{out}");
+    let token = "[admin]\ntoken_file = \"/etc/regcache/admin-token\"\n";
+    let (ok, out) = check_config(dir.path(), &format!("{}{token}", admin("0.0.0.0:5001")));
     assert!(ok, "{out}");
     assert!(
         out.contains("warning: admin_listen = 0.0.0.0:5001 is reachable from other hosts"),

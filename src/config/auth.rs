@@ -84,8 +84,8 @@ pub fn admin_exposure_warning(addr: SocketAddr) -> Option<String> {
         return None;
     }
     Some(format!(
-        "admin_listen = {addr} is reachable from other hosts, and the admin listener has no \
-         authentication: anyone who can connect reads /metrics; bind it to 127.0.0.1 or a \
+        "admin_listen = {addr} is reachable from other hosts: the admin API needs the token, \
+         but /metrics and /healthz answer anyone who can connect; bind it to 127.0.0.1 or a \
          private interface (e.g. admin_listen = \"127.0.0.1:{}\"), or firewall the port",
         addr.port()
     ))

@@ -132,13 +132,7 @@ pub fn list(config: &Config, repository: Option<&str>) -> anyhow::Result<()> {
     };
     let (listing, ran) = super::list(config, repo)?;
     say_where(ran);
-    let when = |ms: Option<u64>| match ms {
-        Some(ms) => format!(
-            "{}s ago",
-            crate::store::unix_millis().saturating_sub(ms) / 1000
-        ),
-        None => "never".into(),
-    };
+    let when = |ms| ago(ms, "never");
     let pin = |p: bool| if p { " pinned" } else { "" };
     match listing {
         super::Listing::Repositories(repos) => {
@@ -173,6 +167,17 @@ pub fn list(config: &Config, repository: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `12s ago` for a time in unix milliseconds, `none` without one.
+fn ago(ms: Option<u64>, none: &str) -> String {
+    match ms {
+        Some(ms) => format!(
+            "{}s ago",
+            crate::store::unix_millis().saturating_sub(ms) / 1000
+        ),
+        None => none.into(),
+    }
+}
+
 /// Says when a command's work was done by the daemon that owns the store.
 fn say_where(ran: Ran) {
     if let Ran::Daemon { pid } = ran {
@@ -187,13 +192,7 @@ pub fn stats(config: &Config, top: usize) -> anyhow::Result<()> {
     println!("cache: {dir}");
     println!("blobs: {} ({})", s.blobs.0, ByteSize(s.blobs.1));
     println!("manifests: {} ({})", s.manifests.0, ByteSize(s.manifests.1));
-    let age = |ms: Option<u64>| match ms {
-        Some(ms) => format!(
-            "{}s ago",
-            crate::store::unix_millis().saturating_sub(ms) / 1000
-        ),
-        None => "-".into(),
-    };
+    let age = |ms| ago(ms, "-");
     println!("oldest access: {}", age(s.oldest_access));
     println!("newest access: {}", age(s.newest_access));
     for (upstream, n) in &s.tags {
@@ -240,33 +239,56 @@ pub fn prefetch(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(async {
-        let fetcher = match into {
+    let outcome = runtime.block_on(async {
+        let fetcher = match &into {
             Where::Daemon(base) => prefetch::Fetcher::Daemon {
                 client: reqwest::Client::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
                     .build()?,
-                base,
+                base: base.clone(),
             },
-            Where::Cache(config) => {
-                let (cache, upstreams) = crate::app::owned(&config).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{e}; while a daemon owns the cache, prefetch through it with \
-                         --via <its registry URL>"
-                    )
-                })?;
-                prefetch::Fetcher::Local {
+            Where::Cache(config) => match crate::app::owned(config) {
+                Ok((cache, upstreams)) => prefetch::Fetcher::Local {
                     cache: Arc::new(cache),
                     upstreams: Arc::new(upstreams),
-                }
-            }
+                },
+                // Perhaps a daemon owns it: asked below, outside this runtime.
+                Err(e) => return anyhow::Ok(Err(e)),
+            },
         };
         let progress = Progress::for_stderr();
         let report = prefetch::prefetch(fetcher.into(), images, options, &progress).await?;
-        anyhow::Ok(report)
+        anyhow::Ok(Ok(report))
     })?;
     // Waits for the manifest and tag writes still in flight.
     drop(runtime);
+    let report = match (outcome, into) {
+        (Ok(report), _) => report,
+        (Err(e), Where::Cache(config)) => {
+            let request = crate::server::admin::PrefetchRequest {
+                images: images.iter().map(|i| i.text.clone()).collect(),
+                platforms: options.platforms.iter().map(ToString::to_string).collect(),
+                jobs: Some(options.jobs),
+            };
+            match super::prefetch_in_daemon(&e, &config, &request)? {
+                Some(job) => {
+                    let p = job.progress;
+                    println!(
+                        "prefetched {} image(s) in the daemon: {} blob(s) ({})",
+                        job.images.len(),
+                        p.blobs,
+                        ByteSize(p.bytes)
+                    );
+                    return Ok(());
+                }
+                None => anyhow::bail!(
+                    "{e}; while a daemon owns the cache, prefetch through it with --via <its \
+                     registry URL>, or give it an admin_listen"
+                ),
+            }
+        }
+        (Err(e), Where::Daemon(_)) => return Err(e.into()),
+    };
     println!(
         "prefetched {} image(s): {} manifest(s), {} blob(s) ({})",
         report.images,

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::admin::Page;
+use crate::server::admin::{Page, PrefetchJob, PrefetchRequest};
 use crate::store::catalog::pins::{self, PinReport};
 use crate::store::catalog::purge::{self, PurgeReport};
 use crate::store::catalog::{Catalog, RepoInfo, Scope, TagInfo};
@@ -195,6 +195,51 @@ pub fn list(config: &Config, repo: Option<(&str, &str)>) -> anyhow::Result<(List
                 }
             };
             Ok(listing)
+        }
+    }
+}
+
+/// Runs a prefetch in the daemon that owns the cache, if `error` (from opening the cache)
+/// says one does, and follows it to its end; None when no daemon owns it.
+pub fn prefetch_in_daemon(
+    error: &crate::app::AppError,
+    config: &Config,
+    request: &PrefetchRequest,
+) -> anyhow::Result<Option<PrefetchJob>> {
+    let crate::app::AppError::Cache { source, .. } = error else {
+        return Ok(None);
+    };
+    let Some(admin) = owner::taken(source).and_then(|t| Some((t.owner.pid, t.owner.admin?))) else {
+        return Ok(None);
+    };
+    let daemon = Daemon {
+        pid: admin.0,
+        admin: admin.1,
+        bearer: bearer(config),
+    };
+    let (job, _): (PrefetchJob, _) = daemon.call(Method::POST, "prefetch", &[], json(request))?;
+    eprintln!(
+        "the daemon that owns the cache (process {}) runs this prefetch as job {}",
+        daemon.pid, job.id
+    );
+    let mut last = None;
+    loop {
+        let (view, _): (PrefetchJob, _) = daemon.get(&format!("prefetch/{}", job.id), &[])?;
+        if last != Some(view.progress) {
+            let p = view.progress;
+            eprintln!(
+                "{}/{} blobs, {}/{} bytes",
+                p.blobs, p.of_blobs, p.bytes, p.of_bytes
+            );
+            last = Some(p);
+        }
+        match view.state.as_str() {
+            "running" => std::thread::sleep(std::time::Duration::from_millis(500)),
+            "done" => return Ok(Some(view)),
+            _ => anyhow::bail!(
+                "the daemon's prefetch failed: {}",
+                view.error.unwrap_or_default()
+            ),
         }
     }
 }

@@ -128,6 +128,16 @@ impl FromStr for Platform {
     }
 }
 
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(variant) => write!(f, "/{variant}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Platform {
     /// Whether an index entry's platform is the one asked for (a variant asked for must match).
     pub fn matches(&self, other: &Platform) -> bool {

@@ -5,7 +5,8 @@
 # it with skopeo from a real upstream (Debian's docker-registry) on 127.0.0.1. Checks the
 # daemon runs as 65532:65532, that every digest pulled through it equals the pushed one,
 # that the blobs landed in the volume and that /metrics counted the misses. Also starts
-# the image with its own CMD (no config, no network) to see that `podman run IMAGE` works.
+# the image with its own CMD (no config, no network) to see that `podman run IMAGE` works
+# and writes its admin token into the cache volume (its admin listener is on 0.0.0.0).
 #
 # Exit 0 with "container: 1 passed, 0 failed" last; 1 on a failure; 2 when podman is not
 # installed; 3 when podman is installed but cannot run a container on this machine (the
@@ -225,6 +226,10 @@ until pod logs "$name-cmd" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >"$tmp/cmd.log" &&
     ((SECONDS < deadline)) || fail "the image's own CMD did not listen in 30 s: $(tail -n 10 "$tmp/cmd.log")"
     sleep 0.2
 done
+# Its admin listener on 0.0.0.0 needs a token: the CMD names a file in the cache volume,
+# which the daemon creates before it listens.
+grep -q 'wrote a new admin token path=/var/cache/regcache/admin-token' "$tmp/cmd.log" ||
+    fail "the image's own CMD did not write its admin token into the cache volume: $(tail -n 10 "$tmp/cmd.log")"
 pod rm -f -v "$name-cmd" >/dev/null
 
 # --- 6. regcache in the container, on loopback, in front of docker-registry -----------------

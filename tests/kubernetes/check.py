@@ -5,7 +5,8 @@ validates each object against the schemas of several Kubernetes releases
 pinned images, probes, no privileged containers, root only for the two init containers
 that write node directories, hostPath volumes only where HOSTPATHS says, resources, the
 ServiceMonitor, and that the regcache configs and hosts.toml files agree with the
-manifests that run them. With a built regcache (target/debug or target/release, or
+manifests that run them (an admin listener other hosts reach has its token_file in a
+mounted, non-optional Secret). With a built regcache (target/debug or target/release, or
 $REGCACHE_BIN) every config also passes `regcache check-config`.
 
 Needs kubectl ($KUBECTL, default `kubectl`; kustomize v2.0.3 of kubectl 1.20 or later),
@@ -187,8 +188,9 @@ def service_named(host, services):
 
 
 def mounted_files(container, spec, objects):
-    """Path -> (kind, object name, key, text or None) of each ConfigMap or Secret key
-    mounted into a container, through configMap, secret and projected volumes."""
+    """Path -> (kind, object name, key, text or None, optional) of each ConfigMap or
+    Secret key mounted into a container, through configMap, secret and projected volumes;
+    optional is the source's `optional` (True: the pod starts without the object)."""
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     files = {}
     for mount in container.get("volumeMounts", []):
@@ -208,7 +210,8 @@ def mounted_files(container, spec, objects):
                 data = objects.get(("ConfigMap", ref["name"]), {}).get("data", {})
             for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
                 path = f"{mount['mountPath'].rstrip('/')}/{item['path']}"
-                files[path] = (kind, ref["name"], item["key"], data.get(item["key"]))
+                files[path] = (kind, ref["name"], item["key"], data.get(item["key"]),
+                               ref.get("optional") is True)
     return files
 
 
@@ -318,7 +321,7 @@ def pod_checks(c, where, doc, objects, services):
         writes_hosts = any(HOSTPATHS.get((ref, m["name"]), ("",))[0] == CERTS_D
                            for m in k.get("volumeMounts", []))
         if writes_hosts:
-            for kind, obj, key, text in mounted_files(k, spec, objects).values():
+            for kind, obj, key, text, _ in mounted_files(k, spec, objects).values():
                 c.hosts.append(HostsFile(where, f"{who}: ConfigMap/{obj} {key}", key, text))
 
 
@@ -348,6 +351,15 @@ def regcache_checks(c, where, who, doc, k, objects, services):
                     get.get("path") == "/healthz"
                     and container_port(k, get.get("port")) == port_of(admin),
                     json.dumps(k.get(probe)))
+        token_file = config.get("admin", {}).get("token_file")
+        if not host_of(admin).is_loopback or token_file is not None:
+            # The daemon would write a missing token file itself, on a read-only mount it
+            # cannot, and a token nobody knows is no use: it comes from the operator's Secret.
+            token = files.get(token_file)
+            c.check(where, f"{source}: admin.token_file (admin_listen {admin}) is a mounted "
+                    "Secret key, not optional",
+                    token is not None and token[0] == "secret" and not token[4],
+                    f"token_file {token_file}, mounted: {token}")
     listen = config.get("listen", "127.0.0.1:5000")
     c.check(where, f"{source}: listen port is the container's registry port",
             container_port(k, "registry") == port_of(listen))
@@ -362,8 +374,9 @@ def regcache_checks(c, where, who, doc, k, objects, services):
     cluster = config.get("cluster")
     if cluster:
         secret = files.get(cluster.get("secret_file"))
-        c.check(where, f"{source}: cluster.secret_file is a mounted Secret key",
-                secret is not None and secret[0] == "secret", cluster.get("secret_file"))
+        c.check(where, f"{source}: cluster.secret_file is a mounted Secret key, not optional",
+                secret is not None and secret[0] == "secret" and not secret[4],
+                cluster.get("secret_file"))
         url = urlsplit(cluster.get("members_dns", ""))
         peers = service_named(url.hostname, services)
         c.check(where, f"{source}: members_dns {url.geturl()} is a headless Service of these "

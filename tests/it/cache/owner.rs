@@ -1,8 +1,7 @@
 //! One writer per store, with the real binary: while a daemon owns a cache directory,
 //! `import`, `verify` and `gc` run in the daemon through its admin API, so what they add
-//! or remove is in its index (and its budget) the moment the command returns; an
-//! in-process `prefetch` is refused with the way to go through the daemon, and leaves the
-//! daemon's fills in progress alone. A daemon without an admin listener refuses them.
+//! or remove is in its index (and its budget) the moment the command returns; so does a
+//! `prefetch` (a job of the admin API), which leaves the daemon's fills in progress alone. A daemon without an admin listener refuses them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -219,7 +218,7 @@ async fn a_daemon_without_an_admin_listener_refuses_operator_commands_clearly() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_in_process_prefetch_is_refused_while_a_daemon_owns_the_store() {
+async fn a_prefetch_runs_in_the_daemon_that_owns_the_store() {
     let fake = FakeRegistry::start().await;
     let images: Vec<FakeImage> = (0..3u64)
         .map(|n| add_image(&fake, "team/app", &format!("v{n}"), &[300 * KIB], n))
@@ -240,14 +239,16 @@ async fn an_in_process_prefetch_is_refused_while_a_daemon_owns_the_store() {
         assert!(Instant::now() < deadline, "the fill never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let out = regcache_fails(&["prefetch", "team/app:v1", "team/app:v2"], &cache);
-    assert!(out.contains("--via"), "{out}");
+    // Without --via, the daemon runs it as a job of its admin API: counted at once.
+    let before = counted(&daemon).await;
+    let out = regcache(&["prefetch", "team/app:v1"], &cache);
+    assert!(out.contains("runs this prefetch as job 1"), "{out}");
     assert!(
         !files(&cache.join("v1/tmp")).is_empty(),
         "the daemon's temp file is left alone"
     );
-    // Through the daemon, as the message says: counted at once.
-    let before = counted(&daemon).await;
+    assert_eq!(counted(&daemon).await.0, before.0 + 3);
+    // Through the daemon's registry API: the same.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
     cmd.args([
         "prefetch",

@@ -211,6 +211,11 @@ async fn purge_pin_prefetch_and_listings_through_the_api_and_the_cli() {
     let copy_bytes: u64 = copy.blobs.iter().map(|b| b.1).sum();
     assert_eq!(done["progress"]["bytes"], copy_bytes);
 
+    // The CLI's prefetch runs in the daemon too, and follows the job.
+    let (ok, out) = cli(&cache, &["prefetch", "team/app:v1"]);
+    assert!(ok && out.contains("as job 2"), "{out}");
+    assert!(out.contains("prefetched 1 image(s) in the daemon"), "{out}");
+
     let gc = admin.post("gc", json!({})).await;
     assert!(gc["objects_before"].as_u64().unwrap() > 0, "{gc}");
     let verify = admin.post("verify", json!({})).await;

@@ -5,3 +5,4 @@ mod airgap;
 mod auth;
 mod mirror;
 mod skopeo;
+mod status_page;
