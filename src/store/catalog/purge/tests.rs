@@ -167,3 +167,53 @@ async fn pins_survive_a_restart_and_a_budget_that_evicts_everything_else() {
     disk.evict(true);
     assert!(disk.index.usage().1 <= 800, "down to the low mark");
 }
+
+#[tokio::test]
+async fn a_digest_purge_takes_the_image_and_the_tags_that_point_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path(), 1 << 30);
+    let old = image(&disk, "team/a", "v1", &[&[1; 100]]);
+    image(&disk, "team/a", "v2", &[&[2; 100]]);
+    settled(&disk).await;
+    let scope = Scope::Digest("hub".into(), "team/a".parse().unwrap(), old.clone());
+    let (report, _) = purge(&disk, &scope).unwrap();
+    assert_eq!((report.tags_removed, report.objects_removed), (1, 3));
+    let catalog = Catalog::read(&disk.store).unwrap();
+    let tags = catalog.tags(
+        &disk.store,
+        &disk.index,
+        &disk.pins,
+        &("hub".into(), "team/a".into()),
+    );
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].tag, "v2");
+}
+
+#[tokio::test]
+async fn the_lifecycle_rules_leave_pinned_content_and_tags_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n\
+                expire_after_days = 1\nmax_tags_per_repo = 1\n";
+    let ov = crate::config::Overrides {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let config = crate::config::Config::parse(text, "test", &ov).unwrap();
+    let rules = Rules::new(&config.upstreams);
+    let disk = Disk::open(&config.cache, rules, Metrics::new()).unwrap();
+    let kept = image(&disk, "team/a", "v1", &[&[1; 100]]);
+    image(&disk, "team/a", "v2", &[&[2; 100]]);
+    disk.store.settled().await;
+    disk.load();
+    pins::pin(&disk, "hub/team/a:v1".parse().unwrap()).unwrap();
+    // Every object last pulled two days ago, and from "hub", whose rules apply.
+    let two_days_ago = crate::store::unix_millis() - 2 * 86_400_000;
+    for (key, meta) in disk.index.snapshot(true).unwrap() {
+        disk.index.insert(key, meta.size, two_days_ago, Some("hub"));
+    }
+    let swept = disk.sweep();
+    assert_eq!(swept.objects, 3, "v2's manifest, config and layer expired");
+    assert_eq!(swept.tags, 0, "v1 is pinned, v2 the one left");
+    assert!(disk.store.manifest_path(&kept).exists());
+    assert_eq!(disk.index.kept_usage().0, 3);
+}
