@@ -12,7 +12,21 @@ Python 3.11 stdlib only; the load comes from wrk (GET), oha (HEAD), curl and sko
 Every load loop is bounded in count and time, and everything started is stopped (by
 process group) and every temp dir removed at the end, also on Ctrl-C or an exception.
 
-    python3 benches/side_by_side.py [--quick] [--rounds N] [--only SECTION ...]
+    python3 benches/side_by_side.py [--quick] [--rounds N] [--only SECTION ...] [--no-build]
+
+The `shaped` section is not in the default run (it needs root and takes ~5 minutes):
+
+    python3 benches/side_by_side.py --only shaped [--rates 1gbit,2.5gbit] [--no-build]
+
+Upstreams in the field sit behind a NAT gateway or a CDN edge, not on loopback. This
+section creates a private network namespace (`ip netns add regcache-bench-<pid>`) and
+runs everything in it: the origin registries, regcache, nginx, the registry proxy and
+the curl clients. On its loopback an htb qdisc shapes only what leaves the origins'
+ports (a u32 filter on the source port) to each rate of --rates in turn; what the caches
+send to the clients is not shaped. It measures the big blob fetched directly from the
+origin, one cold client and a herd of 8 cold clients through each cache, and what the
+origin sent. The namespace is deleted at the end, also on Ctrl-C or an exception. Not
+root, or `ip netns`/`tc` failing: the section prints why and is skipped.
 """
 
 import argparse
@@ -48,7 +62,8 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}"
 
-SECTIONS = ("hot-blob", "manifests", "cold", "herd", "pull")
+SECTIONS = ("hot-blob", "manifests", "cold", "herd", "pull", "shaped")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # shaped needs root and is long: asked for with --only
 IMAGES = ("big", "multi", "small", "index")
 
 
@@ -66,12 +81,16 @@ class Settings:
     only: tuple
     concurrencies: tuple = (1, 8, 32)
     herd_clients: int = 32
+    build: bool = True  # False: use target/release/regcache as it is
+    shaped_rounds: int = 2
+    rates: tuple = ()  # of the shaped section: (label, bits per second)
+    shaped_herd: int = 8
 
 
 # ---------------------------------------------------------------- tools and processes
 
 
-def ensure_tools():
+def ensure_tools(build=True):
     """Installs what is missing: apt packages first (one update), then oha from crates.io."""
     os.environ["PATH"] += os.pathsep + os.pathsep.join(
         ["/usr/sbin", "/sbin", str(Path.home() / ".cargo" / "bin")])
@@ -91,18 +110,50 @@ def ensure_tools():
     if not shutil.which("oha"):
         log("installing oha with cargo (a few minutes)")
         subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    if not build:
+        if not REGCACHE.is_file():
+            sys.exit(f"--no-build: {REGCACHE} does not exist")
+        log(f"--no-build: using {REGCACHE} as it is")
+        return
     log("building regcache (cargo build --release)")
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free here, never handed out before: a server in the network namespace
+    does not hold its port in this one, so the kernel could offer it again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
-def http_status(url, method="GET", headers=None, timeout=2.0):
+def ns_argv(netns, argv):
+    """argv run in network namespace `netns` (None: here). `ip netns exec` execs the
+    command, so the pid (and process group) is the command's own."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+def http_status(url, method="GET", headers=None, timeout=2.0, netns=None):
     """Status of one request, or None if nothing answered; reads (and drops) the body."""
+    if netns:  # only reachable from inside the namespace: ask curl there
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                str(timeout), *(["--head"] if method == "HEAD" else ["-X", method])]
+        for k, v in (headers or {}).items():
+            argv += ["-H", f"{k}: {v}"]
+        try:
+            out = subprocess.run(ns_argv(netns, argv + [url]), capture_output=True, text=True,
+                                 timeout=timeout + 10)
+        except subprocess.TimeoutExpired:
+            return None
+        code = int(out.stdout) if out.stdout.strip().isdigit() else 0
+        return code or None  # curl says 000 when nothing answered
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
@@ -116,16 +167,38 @@ def http_status(url, method="GET", headers=None, timeout=2.0):
         conn.close()
 
 
+def http_text(url, netns=None, timeout=5):
+    """The body of a GET answered 200 (through curl in the namespace when `netns`)."""
+    if netns:
+        out = subprocess.run(ns_argv(netns, ["curl", "-sS", "-f", "--max-time", str(timeout),
+                                             url]), capture_output=True, text=True,
+                             timeout=timeout + 10)
+        if out.returncode != 0:
+            raise RuntimeError(f"GET {url} in {netns}: {out.stderr.strip()}")
+        return out.stdout
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", u.path)
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {url}: HTTP {resp.status}")
+    return text
+
+
 class Proc:
     """A server in its own process group, so stopping it also stops its workers."""
 
     live = []  # every Proc not yet stopped, for the cleanup on exit
 
-    def __init__(self, name, argv, log_path, env=None):
-        self.name, self.log_path = name, Path(log_path)
+    def __init__(self, name, argv, log_path, env=None, netns=None):
+        self.name, self.log_path, self.netns = name, Path(log_path), netns
         with open(self.log_path, "ab") as out:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, env=env,
+            self.popen = subprocess.Popen(ns_argv(netns, argv), stdin=subprocess.DEVNULL,
+                                          stdout=out, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True)
         Proc.live.append(self)
 
@@ -134,7 +207,7 @@ class Proc:
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 self.fail(f"exited with status {self.popen.returncode}")
-            if http_status(url) == 200:
+            if http_status(url, netns=self.netns) == 200:
                 return
             time.sleep(0.05)
         self.fail(f"did not answer 200 on {url} within {timeout:.0f} s")
@@ -218,6 +291,64 @@ class PeakRss:
         self.thread.join()
 
 
+class Netns:
+    """A private network namespace with its loopback up. An htb qdisc on that loopback
+    sends what leaves the ports given to `shape_port` through class 1:10, held to the
+    rate of `set_rate`, and the rest through 1:20, far above what loopback can do
+    (netem is not available on this kernel; htb and u32 are)."""
+
+    live = []  # not yet deleted, for the cleanup on exit
+
+    def __init__(self, name, bps):
+        self.name = name
+        self._run(["ip", "netns", "add", name])
+        Netns.live.append(self)
+        try:
+            self.exec(["ip", "link", "set", "lo", "up"])
+            self.tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "20")
+            self.tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+                    "rate", "100gbit", "ceil", "100gbit", "quantum", "200000")
+            self.set_rate(bps)
+        except BaseException:
+            self.delete()
+            raise
+
+    @staticmethod
+    def _run(argv):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"`{' '.join(argv)}` failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def exec(self, argv):
+        return self._run(ns_argv(self.name, argv))
+
+    def tc(self, *args):
+        return self.exec(["tc", *args])
+
+    def set_rate(self, bps):
+        # burst 256 KiB: a few of loopback's 64 KiB segments; quantum: one of them.
+        self.tc("class", "replace", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
+                "rate", f"{bps}bit", "ceil", f"{bps}bit", "burst", "256k", "cburst", "256k",
+                "quantum", "65536")
+
+    def shape_port(self, port):
+        self.tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
+                "u32", "match", "ip", "sport", str(port), "0xffff", "flowid", "1:10")
+
+    def shaped_bytes(self):
+        """Bytes sent through the shaped class so far, to check that the filter matches."""
+        out = self.tc("-s", "class", "show", "dev", "lo", "classid", "1:10")
+        m = re.search(r"Sent (\d+) bytes", out)
+        return int(m[1]) if m else 0
+
+    def delete(self):
+        """Stop what runs in it first: the namespace lives on while a process is in it."""
+        if self in Netns.live:
+            Netns.live.remove(self)
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+
+
 # ---------------------------------------------------------------- upstream and images
 
 
@@ -241,9 +372,10 @@ class Upstream:
 
     Each target gets its own `twin`: another registry process on the same storage with
     its own port and log, so what a target fetched (even a background fill finishing
-    after its turn) is never counted against the next target."""
+    after its turn) is never counted against the next target. A twin can run in a
+    network namespace (`netns`); pushes go to one here."""
 
-    def __init__(self, work, name="upstream", data=None):
+    def __init__(self, work, name="upstream", data=None, netns=None):
         self.dir = work / "upstreams" / name
         self.dir.mkdir(parents=True)
         self.data = data or self.dir / "data"
@@ -267,11 +399,11 @@ http:
 """)
         self.log_path = self.dir / "registry.log"
         self.proc = Proc(f"docker-registry ({name})", ["docker-registry", "serve", str(config)],
-                         self.log_path)
+                         self.log_path, netns=netns)
         self.proc.wait_ready(self.url + "/v2/")
 
-    def twin(self, name):
-        return Upstream(self.dir.parent.parent, name, self.data)
+    def twin(self, name, netns=None):
+        return Upstream(self.dir.parent.parent, name, self.data, netns)
 
     def log_offset(self):
         return self.log_path.stat().st_size
@@ -422,9 +554,10 @@ class Target:
     name = "?"
     caches = True  # False: nothing to empty (the upstream itself, nginx-sendfile)
 
-    def __init__(self, work, upstream):
+    def __init__(self, work, upstream, netns=None):
         self.upstream, self.proc, self.generation = upstream, None, 0
-        self.dir = work / "targets" / self.name
+        self.netns = netns  # its processes run in this network namespace (None: here)
+        self.dir = work / "targets" / (self.name + ("-netns" if netns else ""))
         self.dir.mkdir(parents=True)
 
     @property
@@ -461,7 +594,7 @@ class Regcache(Target):
                 "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--upstream", self.upstream.url, "--cache-dir", str(self.state / "cache")]
         return Proc(self.name, argv, self.state / "regcache.log",
-                    env=dict(os.environ, RUST_LOG="warn"))
+                    env=dict(os.environ, RUST_LOG="warn"), netns=self.netns)
 
     def stop(self):
         """Also keeps what it logged (RUST_LOG=warn: warnings and errors only), for the
@@ -474,12 +607,7 @@ class Regcache(Target):
 
     def upstream_bytes_metric(self):
         """regcache's own count of upstream bytes since it started (for cross-checks)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        text = http_text(f"http://127.0.0.1:{self.admin_port}/metrics", self.netns)
         return sum(float(m.group(1)) for m in
                    re.finditer(r"^regcache_upstream_bytes_total\{[^}]*\} (\S+)", text, re.M))
 
@@ -508,7 +636,7 @@ proxy:
   remoteurl: {self.upstream.url}
 """)
         return Proc(self.name, ["docker-registry", "serve", str(config)],
-                    self.state / "registry.log")
+                    self.state / "registry.log", netns=self.netns)
 
 
 class NginxCache(Target):
@@ -531,7 +659,7 @@ class NginxCache(Target):
         conf.write_text(text)
         argv = ["nginx", "-p", str(self.state), "-e", str(self.state / "error.log"),
                 "-c", str(conf), "-g", "daemon off;"]
-        return Proc(self.name, argv, self.state / "nginx.out")
+        return Proc(self.name, argv, self.state / "nginx.out", netns=self.netns)
 
 
 class NginxSendfile(NginxCache):
@@ -597,8 +725,9 @@ def oha_head(url, conns, secs, headers=()):
 CURL_FORMAT = "%{http_code} %{time_starttransfer} %{time_total} %{size_download} %{speed_download}"
 
 
-def curl_argv(url, max_secs=300):
-    return ["curl", "-sS", "-o", "/dev/null", "--max-time", str(max_secs), "-w", CURL_FORMAT, url]
+def curl_argv(url, max_secs=300, netns=None):
+    return ns_argv(netns, ["curl", "-sS", "-o", "/dev/null", "--max-time", str(max_secs),
+                           "-w", CURL_FORMAT, url])
 
 
 def parse_curl(out):
@@ -607,13 +736,33 @@ def parse_curl(out):
             "size": int(size), "speed": float(speed)}
 
 
-def curl_get(url, expect_size=None):
-    out = subprocess.run(curl_argv(url), capture_output=True, text=True, timeout=330)
+def curl_get(url, expect_size=None, netns=None, max_secs=300):
+    out = subprocess.run(curl_argv(url, max_secs, netns), capture_output=True, text=True,
+                         timeout=max_secs + 30)
     r = parse_curl(out.stdout)
     if r["code"] != 200 or (expect_size is not None and r["size"] != expect_size):
         raise RuntimeError(f"GET {url}: HTTP {r['code']}, {r['size']} bytes "
                            f"(expected {expect_size}); {out.stderr.strip()}")
     return r
+
+
+def curl_herd(url, n, netns=None, max_secs=300):
+    """n curls started at once on `url`: (wall s until the last is done, each one's
+    parse_curl result, their distinct error messages)."""
+    t0 = time.monotonic()
+    clients = [subprocess.Popen(curl_argv(url, max_secs, netns), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    try:
+        outs = [p.communicate(timeout=max(1.0, t0 + max_secs + 30 - time.monotonic()))
+                for p in clients]
+    finally:
+        for p in clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    wall = time.monotonic() - t0
+    done = [parse_curl(o) if o.strip() else {"code": 0, "size": 0} for o, _ in outs]
+    return wall, done, sorted({e.strip() for _, e in outs if e.strip()})
 
 
 def skopeo_copy(url_ref, dest, policy, all_images):
@@ -714,6 +863,7 @@ class Ctx:
     img: Images
     targets: dict  # name -> Target
     work: Path
+    up: "Upstream" = None  # the registry pushed to, on the storage every twin shares
 
     def pick(self, *names):
         return [self.targets[n] for n in names]
@@ -845,19 +995,7 @@ def sec_herd(ctx):
             log(f"herd round {r + 1}: {t.name}, {n} clients")
             t.restart_empty()
             offset = t.upstream.log_offset()
-            t0 = time.monotonic()
-            clients = [subprocess.Popen(curl_argv(t.url + path), stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True) for _ in range(n)]
-            try:
-                outs = [p.communicate(timeout=max(1.0, t0 + 330 - time.monotonic()))
-                        for p in clients]
-            finally:
-                for p in clients:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
-            wall = time.monotonic() - t0
-            done = [parse_curl(o) if o.strip() else {"code": 0, "size": 0} for o, _ in outs]
+            wall, done, errs = curl_herd(t.url + path, n)
             ok = sum(1 for d in done if d["code"] == 200 and d["size"] == big.size)
             metric = t.upstream_bytes_metric() if isinstance(t, Regcache) else None
             gets, up_bytes = settle_and_count(t, offset, big)
@@ -871,9 +1009,8 @@ def sec_herd(ctx):
                                           f"says {metric / MiB:.1f} MiB, the upstream's access "
                                           f"log {up_bytes / MiB:.1f} MiB"))
             if ok < n:
-                errs = {e.strip() for _, e in outs if e.strip()}
                 ctx.res.notes.append(("herd", f"{t.name} round {r + 1}: only {ok}/{n} clients "
-                                      f"got the whole blob; {sorted(errs)[:3]}"))
+                                      f"got the whole blob; {errs[:3]}"))
     for t in targets:  # the single cold client of the cold section, for comparison
         key, single = (None, t.name), ctx.res.get("cold", (None, t.name), "total")
         ctx.res.samples[("herd", key, "single")] = list(single)
@@ -915,8 +1052,125 @@ def sec_pull(ctx):
                   [("cold s", "cold"), ("warm s", "warm")])
 
 
+def sec_shaped(ctx):
+    """Cold and herd on the big blob when the link from the origin is slower than
+    loopback (see the module docstring), at each rate of --rates."""
+    if os.geteuid() != 0:
+        return skip_shaped("it needs root (ip netns add, tc)")
+    if not (shutil.which("ip") and shutil.which("tc")):
+        return skip_shaped("`ip` or `tc` is missing (Debian package iproute2)")
+    try:
+        ns = Netns(f"regcache-bench-{os.getpid()}", ctx.s.rates[0][1])
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        return skip_shaped(str(e))
+    targets = []
+    try:
+        # Each target gets its own origin twin in the namespace, on the storage pushed to
+        # here; only what leaves those origins' ports is shaped.
+        for cls in (Direct, Regcache, NginxCache, RegistryProxy):
+            origin = ctx.up.twin(f"netns-{cls.name}", ns.name)
+            ns.shape_port(origin.port)
+            targets.append(cls(ctx.work, origin, ns.name))
+            targets[-1].start()
+        for label, bps in ctx.s.rates:
+            ns.set_rate(bps)
+            shaped_rate(ctx, ns, targets, label, bps)
+    finally:
+        for t in targets:
+            t.stop()
+            t.upstream.proc.stop()
+        ns.delete()
+
+
+def skip_shaped(why):
+    log(f"shaped: SKIPPED: {why}")
+    print(f"### Shaped upstream link\n\nSkipped: {why}.\n", flush=True)
+
+
+def shaped_rate(ctx, ns, targets, label, bps):
+    """One table: per target, one cold client and a herd of cold clients in seconds and
+    against a direct download from the origin in the same round, and the origin's bytes
+    as a multiple of the blob. targets[0] is the origin itself (Direct)."""
+    s, big, path, res = ctx.s, ctx.img.big, ctx.big_path(), ctx.res
+    sec, n, direct = f"shaped {label}", s.shaped_herd, targets[0]
+    expect = big.size * 8 / bps  # the transfer alone at the shaped rate
+    limit = int(30 + 15 * expect)  # per curl; the registry proxy's herd fetches n times
+    # The shaping must be real: a direct download takes about size / rate, and the
+    # bytes went through the shaped class.
+    sent0 = ns.shaped_bytes()
+    c = curl_get(direct.url + path, big.size, ns.name, limit)
+    through = (ns.shaped_bytes() - sent0) / big.size
+    check = (f"shaping check: a direct download took {c['total']:.2f} s, "
+             f"{c['total'] / expect:.2f}x the {expect:.2f} s that {big.size / MiB:.0f} MiB "
+             f"take at {label}; {through:.3f}x the blob went through the shaped class")
+    log(check)
+    res.notes.append((sec, check))
+    if not (0.9 < c["total"] / expect < 1.3 and through > 0.99):
+        res.notes.append((sec, "**the shaping does not work as intended: do not trust "
+                               "this table**"))
+    for r in range(s.shaped_rounds):
+        cold, herd = {}, {}
+        for t in rotated(targets, r):
+            key = (None, t.name)
+            log(f"shaped {label} round {r + 1}: {t.name}, 1 cold client")
+            if t.caches:
+                t.restart_empty()
+            offset = t.upstream.log_offset()
+            cold[t.name] = curl_get(t.url + path, big.size, ns.name, limit)["total"]
+            res.add(sec, key, "cold", cold[t.name])
+            res.add(sec, key, "up_cold", settle_and_count(t, offset, big)[1] / big.size)
+            if not t.caches:
+                continue
+            log(f"shaped {label} round {r + 1}: {t.name}, herd of {n} cold clients")
+            t.restart_empty()
+            offset = t.upstream.log_offset()
+            herd[t.name], done, errs = curl_herd(t.url + path, n, ns.name, limit)
+            ok = sum(1 for d in done if d["code"] == 200 and d["size"] == big.size)
+            metric = t.upstream_bytes_metric() if isinstance(t, Regcache) else None
+            gets, up_bytes = settle_and_count(t, offset, big)
+            for col, value in (("herd", herd[t.name]), ("up_herd", up_bytes / big.size),
+                               ("gets", gets), ("ok", ok)):
+                res.add(sec, key, col, value)
+            if metric is not None and abs(metric - up_bytes) > 0.01 * big.size:
+                res.notes.append((sec, f"round {r + 1}: regcache_upstream_bytes_total says "
+                                  f"{metric / MiB:.1f} MiB, the origin's access log "
+                                  f"{up_bytes / MiB:.1f} MiB"))
+            if ok < n:
+                res.notes.append((sec, f"{t.name} round {r + 1}: only {ok}/{n} clients got "
+                                  f"the whole blob; {errs[:3]}"))
+        # Against this round's direct download, so a slower round does not skew them.
+        # Cold as a speed (direct s / cold s, higher is better), the herd as a time (herd
+        # s / direct s, lower is better), as the goals are put.
+        for name, secs in cold.items():
+            res.add(sec, (None, name), "cold_x", cold[direct.name] / secs)
+        for name, secs in herd.items():
+            res.add(sec, (None, name), "herd_x", secs / cold[direct.name])
+    res.notes.append((sec, shaped_goals(res, sec, n)))
+    print_section(res, sec,
+                  f"Shaped upstream link, {label}: origin -> cache shaped (htb), cache -> "
+                  f"client not; {big.size // MiB} MiB blob, curl, {s.shaped_rounds} round(s)",
+                  [(None, t.name) for t in targets],
+                  [("cold s", "cold"), ("cold speed x direct", "cold_x"),
+                   (f"herd of {n}: last done s", "herd"), ("herd time x direct", "herd_x"),
+                   ("upstream x blob, cold", "up_cold"), ("upstream x blob, herd", "up_herd"),
+                   ("upstream GETs, herd", "gets"), ("herd clients OK", "ok")],
+                  ratio_cols=[])
+
+
+def shaped_goals(res, sec, n):
+    """regcache's medians against the goals of the shaped-link issue."""
+    get = lambda col: res.get(sec, (None, "regcache"), col)  # noqa: E731
+    cold_x, herd_x = statistics.median(get("cold_x")), statistics.median(get("herd_x"))
+    once = all(x == 1 for x in get("up_cold") + get("up_herd"))
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    return (f"regcache against the goals: cold {cold_x:.2f}x direct speed (goal >= 0.98: "
+            f"{verdict(cold_x >= 0.98)}); herd of {n} {herd_x:.2f}x direct time (goal <= "
+            f"1.05: {verdict(herd_x <= 1.05)}); upstream bytes exactly 1x the blob in every "
+            f"cold and herd turn: {verdict(once)}")
+
+
 SECTION_FUNCS = {"hot-blob": sec_hot_blob, "manifests": sec_manifests, "cold": sec_cold,
-                 "herd": sec_herd, "pull": sec_pull}
+                 "herd": sec_herd, "pull": sec_pull, "shaped": sec_shaped}
 
 
 # ---------------------------------------------------------------- header and main
@@ -946,6 +1200,7 @@ def print_header(s):
     cpu = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)[1])
     rev = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    rounds = ", ".join(f"{s.shaped_rounds if n == 'shaped' else s.rounds} ({n})" for n in s.only)
     print(f"""## regcache side by side
 
 - date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}
@@ -956,7 +1211,7 @@ memory, Linux {os.uname().release}; clients and servers share the CPUs, all on 1
     ('nginx', '-v'), ('docker-registry', '--version'), ('wrk', '-v'), ('oha', '--version'),
     ('curl', '--version'), ('skopeo', '--version')))}
 - load average at the start: {loadavg()} (anything else running skews the numbers)
-- {s.rounds} round(s), targets rotated each round; cells are median (min..max) over rounds;
+- {rounds} round(s), targets rotated each round; cells are median (min..max) over rounds;
   big layer {s.blob_bytes // MiB} MiB, multi 5 x {s.multi_layer_bytes // MiB} MiB
 """, flush=True)
 
@@ -965,15 +1220,35 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 round, 2 s runs, a 64 MiB big layer")
-    p.add_argument("--rounds", type=int, help="rounds per section (default 3, quick 1)")
+    p.add_argument("--rounds", type=int,
+                   help="rounds per section (default 3, shaped 2, quick 1)")
     p.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
-                   help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
+                   help=f"run only this section (repeatable): {', '.join(SECTIONS)}; "
+                        f"the default is all but shaped")
+    p.add_argument("--rates", type=parse_rates, default=parse_rates("1gbit,2.5gbit"),
+                   help="the shaped section's link rates, in tc's units (default "
+                        "1gbit,2.5gbit)")
+    p.add_argument("--no-build", action="store_true",
+                   help="use target/release/regcache as it is, without cargo build")
     a = p.parse_args()
     return Settings(rounds=a.rounds or (1 if a.quick else 3),
                     blob_bytes=(64 if a.quick else 512) * MiB,
                     multi_layer_bytes=(4 if a.quick else 20) * MiB,
                     hot_secs=2 if a.quick else 8, manifest_secs=2 if a.quick else 5,
-                    only=tuple(a.only or SECTIONS))
+                    only=tuple(a.only or DEFAULT_SECTIONS), build=not a.no_build,
+                    shaped_rounds=a.rounds or (1 if a.quick else 2), rates=a.rates)
+
+
+def parse_rates(text):
+    """'1gbit,2.5gbit' -> (('1 Gbit/s', 1000000000), ('2.5 Gbit/s', 2500000000))."""
+    units = {"kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+    rates = []
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]bit)", part.strip().lower())
+        if not m:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected a rate like 1gbit or 2500mbit")
+        rates.append((f"{m[1]} {m[2][0].upper()}bit/s", int(float(m[1]) * units[m[2]])))
+    return tuple(rates)
 
 
 def run(s, work):
@@ -983,15 +1258,18 @@ def run(s, work):
     shutil.copy2(REGCACHE, Regcache.binary)
     up = Upstream(work)
     images = load_images(up, work, s)
-    targets = {"regcache": Regcache(work, up.twin("regcache")),
-               "registry-proxy": RegistryProxy(work, up.twin("registry-proxy")),
-               "nginx-cache": NginxCache(work, up.twin("nginx-cache")),
-               "nginx-sendfile": NginxSendfile(work, up, images.big),
-               "upstream": Direct(work, up.twin("direct"))}
-    for t in targets.values():
-        t.start()
-    log("all targets answer on /v2/: " + ", ".join(f"{n} {t.url}" for n, t in targets.items()))
-    ctx = Ctx(s, Results(), images, targets, work)
+    targets = {}
+    if set(s.only) - {"shaped"}:  # shaped starts its own, in a network namespace
+        targets = {"regcache": Regcache(work, up.twin("regcache")),
+                   "registry-proxy": RegistryProxy(work, up.twin("registry-proxy")),
+                   "nginx-cache": NginxCache(work, up.twin("nginx-cache")),
+                   "nginx-sendfile": NginxSendfile(work, up, images.big),
+                   "upstream": Direct(work, up.twin("direct"))}
+        for t in targets.values():
+            t.start()
+        log("all targets answer on /v2/: "
+            + ", ".join(f"{n} {t.url}" for n, t in targets.items()))
+    ctx = Ctx(s, Results(), images, targets, work, up)
     try:
         for name in SECTIONS:
             if name in s.only:
@@ -1000,7 +1278,8 @@ def run(s, work):
                 SECTION_FUNCS[name](ctx)
                 log(f"{name} took {time.monotonic() - t0:.0f} s")
     finally:
-        targets["regcache"].stop()
+        if "regcache" in targets:
+            targets["regcache"].stop()
         print_regcache_log(Regcache.warnings)
 
 
@@ -1023,7 +1302,7 @@ def main():
     s = parse_args()
     # SIGTERM unwinds like Ctrl-C, through the cleanup below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ensure_tools()
+    ensure_tools(s.build)
     print_header(s)
     work = Path(tempfile.mkdtemp(prefix="regcache-sbs-"))
     t0 = time.monotonic()
@@ -1032,6 +1311,8 @@ def main():
     finally:
         for proc in list(reversed(Proc.live)):
             proc.stop()
+        for ns in list(Netns.live):  # after its processes: it lives on while one is in it
+            ns.delete()
         shutil.rmtree(work, ignore_errors=True)
         log(f"done in {time.monotonic() - t0:.0f} s; everything stopped, {work} removed")
 

@@ -182,7 +182,8 @@ impl Mirror {
             match now.phase {
                 Phase::Done => return Ok(now.written),
                 Phase::Failed(e) => return Err(e),
-                Phase::Connecting | Phase::Streaming => {}
+                // Held means in the store: wait for the publish too.
+                Phase::Connecting | Phase::Streaming | Phase::Verified => {}
             }
             // The sender lives in the fill, which we hold: this only waits.
             let _ = watch.changed().await;
@@ -283,7 +284,7 @@ async fn fill_length(fill: &Fill, ranged: bool) -> Result<Option<u64>> {
     }
     let (phase, written) = {
         let p = progress
-            .wait_for(|p| matches!(p.phase, Phase::Done | Phase::Failed(_)))
+            .wait_for(|p| matches!(p.phase, Phase::Verified | Phase::Done | Phase::Failed(_)))
             .await
             .map_err(|_| vanished())?;
         (p.phase.clone(), p.written)

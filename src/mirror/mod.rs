@@ -145,9 +145,11 @@ impl Mirror {
         self.tags.forget_all();
     }
 
-    /// Waits for the writes in the background (manifests, tag and membership records) and
-    /// saves access recency; called at shutdown.
+    /// Waits for the verified fills to be published and for the writes in the background
+    /// (manifests, tag and membership records), and saves access recency; called at
+    /// shutdown.
     pub async fn flush(&self) {
+        self.fills.published().await;
         self.ctx.store.settled().await;
         let disk = self.ctx.tiers.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.flush(false)).await;

@@ -195,8 +195,8 @@ async fn readable(
             let p = progress.borrow_and_update();
             match &p.phase {
                 Phase::Failed(e) => return Err(io::Error::other(format!("blob fill failed: {e}"))),
-                Phase::Done if p.written <= offset => return Ok(None),
-                Phase::Done => return Ok(Some(p.written.min(end))),
+                Phase::Verified | Phase::Done if p.written <= offset => return Ok(None),
+                Phase::Verified | Phase::Done => return Ok(Some(p.written.min(end))),
                 Phase::Connecting | Phase::Streaming => {
                     // Hold back the response's last byte until the digest is checked.
                     let safe = p.written.min(end.saturating_sub(1));

@@ -156,6 +156,16 @@ impl Proxy {
             .unwrap_or(0.0)
     }
 
+    /// Waits (bounded) until no fill is in flight: a client's response ends once the digest
+    /// matched, and the blob is in the store a moment later.
+    pub async fn settled(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.metric("regcache_fills_in_flight ").await > 0.0 {
+            assert!(std::time::Instant::now() < deadline, "fills never ended");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Asks for shutdown (as SIGTERM does) without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {

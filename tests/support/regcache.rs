@@ -148,6 +148,16 @@ impl Regcache {
         response.text().await.expect("metrics body")
     }
 
+    /// Waits (bounded) until no fill is in flight: a client's response ends once the digest
+    /// matched, and the blob is in the store a moment later.
+    pub async fn settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric_sum(&self.metrics().await, "regcache_fills_in_flight").unwrap_or(0.0) > 0.0 {
+            assert!(Instant::now() < deadline, "fills never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Everything regcache printed so far, across restarts on the same cache dir.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -184,6 +184,27 @@ impl Fills {
         self.active.lock().expect("fills lock").len()
     }
 
+    /// Waits until no fill is between its digest check and its end (their clients have
+    /// every byte already; the store must not lose the blob at shutdown).
+    pub async fn published(&self) {
+        loop {
+            let finishing = {
+                let active = self.active.lock().expect("fills lock");
+                active.values().any(|fill| {
+                    matches!(
+                        fill.subscribe().borrow().phase,
+                        Phase::Verified | Phase::Done
+                    )
+                })
+            };
+            if !finishing {
+                return;
+            }
+            // An fsync and a rename: polling costs nothing next to them.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// The fills in progress, largest first, for the status page.
     pub fn in_progress(&self) -> Vec<InProgress> {
         let active = self.active.lock().expect("fills lock");
@@ -413,6 +434,7 @@ async fn download(
             actual,
         }));
     }
+    fill.update(|p| p.phase = Phase::Verified);
     let (Some(temp), false) = (temp, fill.relaying()) else {
         return Ok(false);
     };

@@ -17,6 +17,10 @@ pub enum Phase {
     /// Waiting for upstream's headers.
     Connecting,
     Streaming,
+    /// Every byte arrived and hashed to the digest; the store is publishing it. Readers
+    /// may end their responses now: the fsync and rename of the temp file (a large part
+    /// of a cold fill's wall time) need not delay the client's last byte.
+    Verified,
     /// Verified (and published in the store, unless a disk write failed on the way).
     Done,
     Failed(Arc<Error>),

@@ -78,6 +78,7 @@ async fn sigkill_during_fills_leaves_only_verified_content() {
         let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
         assert!(body[..] == bytes[..], "{digest}");
     }
+    regcache.settled().await;
     assert_eq!(verified_blobs(&cache), blobs.len());
 
     // The operator commands work while the daemon runs (through its admin API).

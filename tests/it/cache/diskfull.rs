@@ -89,15 +89,18 @@ async fn a_full_disk_still_serves_the_blob_and_caching_resumes_when_space_return
     proxy.stop().await;
 }
 
+/// The whole blob, once its fill (if it started one) has ended.
 async fn get_blob(proxy: &Proxy, digest: &str) -> bytes::Bytes {
-    reqwest::get(proxy.url(&format!("/v2/a/blobs/{digest}")))
+    let bytes = reqwest::get(proxy.url(&format!("/v2/a/blobs/{digest}")))
         .await
         .unwrap()
         .error_for_status()
         .unwrap()
         .bytes()
         .await
-        .expect("the whole blob arrives")
+        .expect("the whole blob arrives");
+    proxy.settled().await;
+    bytes
 }
 
 fn blob_data(seed: u8, len: usize) -> Vec<u8> {

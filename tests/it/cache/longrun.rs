@@ -54,6 +54,7 @@ async fn pulls_beyond_the_budget_evict_the_least_recently_used() {
     // 8 MiB: under the high mark (9 MiB).
     for (digest, bytes) in &blobs[..4] {
         assert!(fetch(&url(digest)).await.1 == *bytes);
+        proxy.settled().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Blob 0 is used again: now blob 1 is the least recently used.
@@ -97,12 +98,14 @@ async fn a_truncated_or_damaged_blob_is_removed_and_fetched_again() {
         .await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
     assert!(fetch(&url).await.1 == big);
+    proxy.settled().await;
     let path = blob_path(dir.path(), &digest);
     std::fs::write(&path, &big[..MIB]).unwrap();
     let (status, body) = fetch(&url).await;
     assert_eq!(status, 200);
     assert!(body == big, "the short file is never served");
     assert_eq!(fake.count("GET", &digest), 2);
+    proxy.settled().await;
     assert_eq!(std::fs::metadata(&path).unwrap().len(), big.len() as u64);
     assert_eq!(
         proxy

@@ -112,6 +112,7 @@ async fn purge_pin_prefetch_and_listings_through_the_api_and_the_cli() {
     for (image, name) in [(&solo, "solo"), (&app, "app"), (&copy, "copy")] {
         pull(&proxy, image, work.path(), name);
     }
+    proxy.settled().await;
     let admin = Admin::new(&proxy, &token_file);
     let upstream = registry.addr();
 
@@ -166,6 +167,7 @@ async fn purge_pin_prefetch_and_listings_through_the_api_and_the_cli() {
     let before = upstream_bytes(&proxy).await;
     pull(&proxy, &solo, work.path(), "solo-again");
     assert_eq!(upstream_bytes(&proxy).await - before, freed);
+    proxy.settled().await;
 
     // Shared content stays, and the report says who holds it.
     let report = admin

@@ -45,6 +45,7 @@ async fn the_status_page_shows_what_metrics_say() {
         let pulled = skopeo::pull(&proxy.addr(), &reference, work.path(), name);
         skopeo::check_pulled(&pulled.unwrap_or_else(|e| panic!("{e}")), image);
     }
+    proxy.settled().await;
     let pending = tokio::spawn(reqwest::get(format!(
         "{}/v2/slow/team/big/blobs/{held}",
         proxy.url()

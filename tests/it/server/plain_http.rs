@@ -111,6 +111,7 @@ async fn pipelined_requests_are_answered_in_order_with_exact_framing() {
     // The first GET fills the cache; the ones after it are disk hits.
     let warm = reqwest::get(proxy.url(&path)).await.unwrap();
     assert_eq!(warm.bytes().await.unwrap(), bytes);
+    proxy.settled().await;
 
     let mut socket = TcpStream::connect(proxy.addr).await.unwrap();
     let requests = format!(

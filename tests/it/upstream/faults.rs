@@ -66,6 +66,7 @@ async fn corrupt_bytes_end_the_response_as_an_error_and_are_not_cached() {
     let (_, body) = fetch(&url).await;
     assert_eq!(body.unwrap(), blob);
     assert_eq!(fake.count("GET", &digest), 2);
+    proxy.settled().await;
     assert_eq!(cached_blob_files(dir.path()), 1);
     let (_, body) = fetch(&url).await;
     assert_eq!(body.unwrap(), blob);

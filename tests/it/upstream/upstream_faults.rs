@@ -76,6 +76,7 @@ async fn an_upstream_silent_mid_blob_ends_the_transfer_as_an_error() {
     fake.set_fault(&digest, Fault::None);
     let response = client().get(&url).send().await.unwrap();
     assert_eq!(response.bytes().await.unwrap().to_vec(), blob);
+    proxy.settled().await;
     assert_eq!(verified_objects(dir.path()), 1);
 }
 
