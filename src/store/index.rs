@@ -4,13 +4,21 @@
 //! what was published (truncation), picks least-recently-used victims for eviction, and
 //! keeps objects that are being read out of reach of eviction (pins). It does no I/O:
 //! `persist` loads and saves it, `disk` applies the budget.
+//!
+//! The records are split over `SHARDS` maps, each behind its own lock, because every hit
+//! touches its object's record from an async worker: no operation holds a lock for more
+//! than one shard's worth of work. Eviction gathers candidates shard by shard, sorts them
+//! with no lock held, and takes each victim only if nobody used or pinned it meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::files::{ObjectKey, ObjectKind};
 use crate::oci::Digest;
+
+/// Enough that a shard of a million-object index is walked in well under a millisecond.
+const SHARDS: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -25,33 +33,32 @@ pub struct Meta {
     generation: u64,
 }
 
-#[derive(Default)]
+type Shard = HashMap<ObjectKey, Meta>;
+
 pub struct Index {
-    inner: Mutex<Inner>,
+    shards: Box<[Mutex<Shard>]>,
+    objects: AtomicU64,
+    bytes: AtomicU64,
+    /// Upstream names, shared by every object of that origin.
+    origins: Mutex<HashMap<String, Arc<str>>>,
+    /// Digests operators pinned (see `catalog::pins`): never victims.
+    kept: RwLock<Arc<HashSet<Digest>>>,
     next_generation: AtomicU64,
     /// Set when anything changed since the last snapshot was taken.
     dirty: AtomicBool,
 }
 
-#[derive(Default)]
-struct Inner {
-    objects: HashMap<ObjectKey, Meta>,
-    bytes: u64,
-    /// Digests operators pinned (see `catalog::pins`): never victims.
-    kept: HashSet<Digest>,
-    /// Upstream names, shared by every object of that origin.
-    origins: HashMap<String, Arc<str>>,
-}
-
-impl Inner {
-    fn intern(&mut self, origin: Option<&str>) -> Option<Arc<str>> {
-        let name = origin?;
-        if let Some(shared) = self.origins.get(name) {
-            return Some(shared.clone());
+impl Default for Index {
+    fn default() -> Index {
+        Index {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            objects: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            origins: Mutex::default(),
+            kept: RwLock::default(),
+            next_generation: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
         }
-        let shared: Arc<str> = name.into();
-        self.origins.insert(name.to_string(), shared.clone());
-        Some(shared)
     }
 }
 
@@ -74,8 +81,8 @@ impl Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut inner = self.index.lock();
-        if let Some(meta) = inner.objects.get_mut(&self.key) {
+        let mut shard = self.index.shard(&self.key);
+        if let Some(meta) = shard.get_mut(&self.key) {
             if meta.generation == self.generation {
                 meta.pins = meta.pins.saturating_sub(1);
             }
@@ -90,8 +97,23 @@ impl std::fmt::Debug for Pin {
 }
 
 impl Index {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().expect("index lock")
+    /// The shard of `key`: digests are uniformly random, so their first hex digits spread
+    /// the keys evenly.
+    fn shard(&self, key: &ObjectKey) -> MutexGuard<'_, Shard> {
+        let hex = key.digest.hex().as_bytes();
+        let n = hex.first().map_or(0, |&b| b as usize) * 16 + hex.get(1).map_or(0, |&b| b as usize);
+        self.shards[n % SHARDS].lock().expect("index shard lock")
+    }
+
+    fn intern(&self, origin: Option<&str>) -> Option<Arc<str>> {
+        let name = origin?;
+        let mut origins = self.origins.lock().expect("origins lock");
+        if let Some(shared) = origins.get(name) {
+            return Some(shared.clone());
+        }
+        let shared: Arc<str> = name.into();
+        origins.insert(name.to_string(), shared.clone());
+        Some(shared)
     }
 
     fn meta(&self, size: u64, last_access: u64, origin: Option<Arc<str>>) -> Meta {
@@ -104,15 +126,32 @@ impl Index {
         }
     }
 
+    /// Counts a record that entered (`old` is the one it replaced, if any).
+    fn added(&self, size: u64, old: Option<&Meta>) {
+        match old {
+            Some(old) => {
+                self.bytes.fetch_sub(old.size, Ordering::Relaxed);
+            }
+            None => {
+                self.objects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a record that left.
+    fn removed(&self, meta: &Meta) {
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(meta.size, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     /// Records a newly published object (replacing any older record of it).
     pub fn insert(&self, key: ObjectKey, size: u64, last_access: u64, origin: Option<&str>) {
-        let mut inner = self.lock();
-        let meta = self.meta(size, last_access, inner.intern(origin));
-        if let Some(old) = inner.objects.insert(key, meta) {
-            inner.bytes -= old.size;
-        }
-        inner.bytes += size;
-        self.dirty.store(true, Ordering::Relaxed);
+        let meta = self.meta(size, last_access, self.intern(origin));
+        let old = self.shard(&key).insert(key, meta);
+        self.added(size, old.as_ref());
     }
 
     /// Records a newly published object already pinned, so that eviction cannot take it
@@ -124,15 +163,11 @@ impl Index {
         last_access: u64,
         origin: Option<&str>,
     ) -> Pin {
-        let mut inner = self.lock();
-        let mut meta = self.meta(size, last_access, inner.intern(origin));
+        let mut meta = self.meta(size, last_access, self.intern(origin));
         meta.pins = 1;
         let generation = meta.generation;
-        if let Some(old) = inner.objects.insert(key.clone(), meta) {
-            inner.bytes -= old.size;
-        }
-        inner.bytes += size;
-        self.dirty.store(true, Ordering::Relaxed);
+        let old = self.shard(&key).insert(key.clone(), meta);
+        self.added(size, old.as_ref());
         Pin {
             index: self.clone(),
             key,
@@ -152,9 +187,9 @@ impl Index {
         last_access: u64,
         origin: Option<&str>,
     ) -> bool {
-        let mut inner = self.lock();
-        let interned = inner.intern(origin);
-        if let Some(meta) = inner.objects.get_mut(&key) {
+        let interned = self.intern(origin);
+        let mut shard = self.shard(&key);
+        if let Some(meta) = shard.get_mut(&key) {
             if meta.origin.is_none() && interned.is_some() {
                 meta.origin = interned;
                 self.dirty.store(true, Ordering::Relaxed);
@@ -162,15 +197,15 @@ impl Index {
             return false;
         }
         let meta = self.meta(size, last_access, interned);
-        inner.objects.insert(key, meta);
-        inner.bytes += size;
-        self.dirty.store(true, Ordering::Relaxed);
+        shard.insert(key, meta);
+        drop(shard);
+        self.added(size, None);
         true
     }
 
     /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
     pub fn touch(&self, key: &ObjectKey, now: u64) {
-        if let Some(meta) = self.lock().objects.get_mut(key) {
+        if let Some(meta) = self.shard(key).get_mut(key) {
             meta.last_access = now;
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -179,24 +214,25 @@ impl Index {
     /// Pins an object for a read and marks the hit. With `size` (the file's length) an
     /// unknown object is adopted; `Err` carries the recorded size when the file's differs.
     pub fn pin(self: &Arc<Self>, key: &ObjectKey, size: u64, now: u64) -> Result<Pin, u64> {
-        let mut inner = self.lock();
-        let (generation, previous_access) = match inner.objects.get_mut(key) {
+        let mut shard = self.shard(key);
+        let (generation, previous_access) = match shard.get_mut(key) {
             Some(meta) if meta.size != size => return Err(meta.size),
             Some(meta) => {
                 meta.pins += 1;
                 let previous = std::mem::replace(&mut meta.last_access, now);
+                self.dirty.store(true, Ordering::Relaxed);
                 (meta.generation, previous)
             }
             None => {
                 let mut meta = self.meta(size, now, None);
                 meta.pins = 1;
                 let generation = meta.generation;
-                inner.objects.insert(key.clone(), meta);
-                inner.bytes += size;
+                shard.insert(key.clone(), meta);
+                drop(shard);
+                self.added(size, None);
                 (generation, 0)
             }
         };
-        self.dirty.store(true, Ordering::Relaxed);
         Ok(Pin {
             index: self.clone(),
             key: key.clone(),
@@ -207,38 +243,35 @@ impl Index {
 
     /// Whether `digest` is recorded, as a blob or a manifest.
     pub fn holds(&self, digest: &Digest) -> bool {
-        let inner = self.lock();
         ObjectKind::ALL.into_iter().any(|kind| {
             let key = ObjectKey {
                 kind,
                 digest: digest.clone(),
             };
-            inner.objects.contains_key(&key)
+            self.shard(&key).contains_key(&key)
         })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
-        self.lock().objects.get(key).cloned()
+        self.shard(key).get(key).cloned()
     }
 
     pub fn remove(&self, key: &ObjectKey) -> Option<Meta> {
-        let mut inner = self.lock();
-        let meta = inner.objects.remove(key)?;
-        inner.bytes -= meta.size;
-        self.dirty.store(true, Ordering::Relaxed);
+        let meta = self.shard(key).remove(key)?;
+        self.removed(&meta);
         Some(meta)
     }
 
     /// Removes a record unless it was replaced (the object published again) since
     /// `generation` was read from it.
     pub fn remove_generation(&self, key: &ObjectKey, generation: u64) -> Option<Meta> {
-        let mut inner = self.lock();
-        if inner.objects.get(key)?.generation != generation {
+        let mut shard = self.shard(key);
+        if shard.get(key)?.generation != generation {
             return None;
         }
-        let meta = inner.objects.remove(key)?;
-        inner.bytes -= meta.size;
-        self.dirty.store(true, Ordering::Relaxed);
+        let meta = shard.remove(key)?;
+        drop(shard);
+        self.removed(&meta);
         Some(meta)
     }
 
@@ -246,54 +279,80 @@ impl Index {
     /// recorded, and those recorded but not listed (each with its generation, for
     /// [`Index::remove_generation`]).
     pub fn compare(&self, listed: &HashSet<ObjectKey>) -> (Vec<ObjectKey>, Vec<(ObjectKey, u64)>) {
-        let inner = self.lock();
         let unknown = listed
             .iter()
-            .filter(|key| !inner.objects.contains_key(*key))
+            .filter(|key| !self.shard(key).contains_key(*key))
             .cloned()
             .collect();
-        let unlisted = inner
-            .objects
-            .iter()
-            .filter(|(key, _)| !listed.contains(*key))
-            .map(|(key, meta)| (key.clone(), meta.generation))
-            .collect();
+        let mut unlisted = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("index shard lock");
+            unlisted.extend(
+                shard
+                    .iter()
+                    .filter(|(key, _)| !listed.contains(*key))
+                    .map(|(key, meta)| (key.clone(), meta.generation)),
+            );
+        }
         (unknown, unlisted)
     }
 
     /// (objects, bytes) recorded.
     pub fn usage(&self) -> (u64, u64) {
-        let inner = self.lock();
-        (inner.objects.len() as u64, inner.bytes)
+        (
+            self.objects.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Calls `each` on every record, one shard locked at a time.
+    fn scan(&self, mut each: impl FnMut(&ObjectKey, &Meta)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("index shard lock");
+            for (key, meta) in shard.iter() {
+                each(key, meta);
+            }
+        }
+    }
+
+    /// Takes the record of `key` for eviction if it is still the one `seen` (same
+    /// generation, not used since, not pinned).
+    fn take_if_unchanged(&self, key: &ObjectKey, seen: (u64, u64)) -> Option<Meta> {
+        let mut shard = self.shard(key);
+        let meta = shard.get(key)?;
+        if meta.pins > 0 || (meta.generation, meta.last_access) != seen {
+            return None;
+        }
+        let meta = shard.remove(key)?;
+        drop(shard);
+        self.removed(&meta);
+        Some(meta)
     }
 
     /// Takes least-recently-used, unpinned objects out of the index until it records at
-    /// most `target` bytes, and returns them for the caller to delete.
+    /// most `target` bytes, and returns them for the caller to delete. Blocks for as long
+    /// as the sort takes, but holds no lock meanwhile.
     pub fn take_victims(&self, target: u64) -> Vec<(ObjectKey, Meta)> {
-        let mut inner = self.lock();
-        if inner.bytes <= target {
+        if self.usage().1 <= target {
             return Vec::new();
         }
-        let kept = &inner.kept;
-        let mut candidates: Vec<(u64, ObjectKey)> = inner
-            .objects
-            .iter()
-            .filter(|(k, m)| m.pins == 0 && !kept.contains(&k.digest))
-            .map(|(k, m)| (m.last_access, k.clone()))
-            .collect();
-        // Sorting under the lock is fine: eviction runs rarely, between the watermarks.
-        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.kind.cmp(&b.1.kind)));
+        let kept = self.kept();
+        let mut candidates: Vec<(u64, u64, ObjectKey)> = Vec::new();
+        self.scan(|key, meta| {
+            if meta.pins == 0 && !kept.contains(&key.digest) {
+                candidates.push((meta.last_access, meta.generation, key.clone()));
+            }
+        });
+        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.kind.cmp(&b.2.kind)));
         let mut victims = Vec::new();
-        for (_, key) in candidates {
-            if inner.bytes <= target {
+        for (last_access, generation, key) in candidates {
+            if self.usage().1 <= target {
                 break;
             }
-            if let Some(meta) = inner.objects.remove(&key) {
-                inner.bytes -= meta.size;
+            if let Some(meta) = self.take_if_unchanged(&key, (generation, last_access)) {
                 victims.push((key, meta));
             }
         }
-        self.dirty.store(true, Ordering::Relaxed);
         victims
     }
 
@@ -304,47 +363,47 @@ impl Index {
         now: u64,
         max_age: &dyn Fn(&str) -> Option<u64>,
     ) -> Vec<(ObjectKey, Meta)> {
-        let mut inner = self.lock();
-        let expired: Vec<ObjectKey> = inner
-            .objects
-            .iter()
-            .filter(|(k, m)| m.pins == 0 && !inner.kept.contains(&k.digest))
-            .filter(|(_, m)| {
-                let limit = m.origin.as_deref().and_then(max_age);
-                limit.is_some_and(|limit| now.saturating_sub(m.last_access) > limit)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut taken = Vec::with_capacity(expired.len());
-        for key in expired {
-            if let Some(meta) = inner.objects.remove(&key) {
-                inner.bytes -= meta.size;
-                taken.push((key, meta));
+        let kept = self.kept();
+        let mut expired = Vec::new();
+        self.scan(|key, meta| {
+            let limit = meta.origin.as_deref().and_then(max_age);
+            let old = limit.is_some_and(|limit| now.saturating_sub(meta.last_access) > limit);
+            if old && meta.pins == 0 && !kept.contains(&key.digest) {
+                expired.push((key.clone(), (meta.generation, meta.last_access)));
             }
-        }
-        if !taken.is_empty() {
-            self.dirty.store(true, Ordering::Relaxed);
-        }
-        taken
+        });
+        expired
+            .into_iter()
+            .filter_map(|(key, seen)| Some((key.clone(), self.take_if_unchanged(&key, seen)?)))
+            .collect()
     }
 
     /// Replaces the digests operators pinned.
     pub fn set_kept(&self, kept: HashSet<Digest>) {
-        self.lock().kept = kept;
+        *self.kept.write().expect("kept lock") = Arc::new(kept);
+    }
+
+    fn kept(&self) -> Arc<HashSet<Digest>> {
+        self.kept.read().expect("kept lock").clone()
     }
 
     pub fn is_kept(&self, digest: &Digest) -> bool {
-        self.lock().kept.contains(digest)
+        self.kept().contains(digest)
     }
 
     /// (objects, bytes) held of the pinned digests.
     pub fn kept_usage(&self) -> (u64, u64) {
-        let inner = self.lock();
-        inner
-            .objects
-            .iter()
-            .filter(|(k, _)| inner.kept.contains(&k.digest))
-            .fold((0, 0), |(n, b), (_, m)| (n + 1, b + m.size))
+        let kept = self.kept();
+        let mut usage = (0, 0);
+        if kept.is_empty() {
+            return usage;
+        }
+        self.scan(|key, meta| {
+            if kept.contains(&key.digest) {
+                usage = (usage.0 + 1, usage.1 + meta.size);
+            }
+        });
+        usage
     }
 
     /// Every record, if anything changed since the last call (or `force`).
@@ -352,14 +411,9 @@ impl Index {
         if !self.dirty.swap(false, Ordering::Relaxed) && !force {
             return None;
         }
-        let inner = self.lock();
-        Some(
-            inner
-                .objects
-                .iter()
-                .map(|(k, m)| (k.clone(), m.clone()))
-                .collect(),
-        )
+        let mut records = Vec::with_capacity(self.usage().0 as usize);
+        self.scan(|key, meta| records.push((key.clone(), meta.clone())));
+        Some(records)
     }
 
     /// Marks the index as changed again (a snapshot could not be written).
