@@ -115,6 +115,8 @@ pub struct Disk {
     full: Arc<Requests>,
     /// Bytes in fills' temp files: they count toward the budget before they are published.
     filling: AtomicU64,
+    /// Records older than this generation came from the snapshot: the walk may drop them.
+    snapshot_cutoff: AtomicU64,
 }
 
 impl Disk {
@@ -148,6 +150,7 @@ impl Disk {
             failing: AtomicBool::new(false),
             full: Arc::default(),
             filling: AtomicU64::new(0),
+            snapshot_cutoff: AtomicU64::new(0),
         }
     }
 
@@ -441,7 +444,9 @@ impl Disk {
         tokio::spawn(async move {
             if let Some(disk) = weak.upgrade() {
                 let _ = tokio::task::spawn_blocking(move || {
-                    disk.load();
+                    // Ready (eviction allowed) from the snapshot; the walk then corrects.
+                    disk.load_snapshot();
+                    disk.reconcile();
                     disk.sweep();
                     disk.prune_members();
                 })
@@ -491,9 +496,30 @@ impl Disk {
         });
     }
 
-    /// Fills the index from a walk of the store. Blocks.
+    /// Fills the index from the snapshot and then a walk of the store, for a command
+    /// that needs it whole before it starts. Blocks.
     pub fn load(&self) {
-        match persist::load(&self.store, &self.index) {
+        self.load_snapshot();
+        self.reconcile();
+    }
+
+    /// Fills the index from the last snapshot and lets eviction run: at a few hundred
+    /// thousand objects this takes a fraction of the walk. Blocks.
+    pub fn load_snapshot(&self) {
+        let cutoff_before = self.index.generation_mark();
+        let n = persist::load_snapshot(&self.store, &self.index);
+        tracing::debug!(records = n, "disk index read from its snapshot");
+        self.snapshot_cutoff.store(
+            self.index.generation_mark().max(cutoff_before),
+            Ordering::Relaxed,
+        );
+        self.became_ready();
+    }
+
+    /// Walks the store and corrects the index (see `persist::reconcile`). Blocks.
+    pub fn reconcile(&self) {
+        let cutoff = self.snapshot_cutoff.load(Ordering::Relaxed);
+        match persist::reconcile(&self.store, &self.index, cutoff) {
             Ok(loaded) => {
                 self.count(Reason::Corruption, loaded.corrupt.len() as u64);
                 let (objects, bytes) = self.index.usage();
@@ -506,6 +532,10 @@ impl Disk {
             }
             Err(e) => tracing::warn!(error = %e, "walking the store failed; the index is partial"),
         }
+        self.became_ready();
+    }
+
+    fn became_ready(&self) {
         // Before eviction may run: pinned content must not go in the first pass.
         self.refresh_pins();
         self.ready.store(true, Ordering::Relaxed);

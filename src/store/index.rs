@@ -416,6 +416,11 @@ impl Index {
         Some(records)
     }
 
+    /// A generation no record has yet: records made from now on have this one or later.
+    pub fn generation_mark(&self) -> u64 {
+        self.next_generation.load(Ordering::Relaxed)
+    }
+
     /// Marks the index as changed again (a snapshot could not be written).
     pub fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Relaxed);

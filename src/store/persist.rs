@@ -151,27 +151,61 @@ pub struct Loaded {
     pub corrupt: Vec<ObjectKey>,
 }
 
-/// Fills `index` from a walk of the store, with recency (and published sizes) from the
-/// snapshot. A file shorter or longer than its recorded size is removed as corrupt.
-pub fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
-    let recorded = read_snapshot(store);
+/// Fills `index` from the snapshot alone: sizes, recency and origins as last saved, no
+/// file looked at. Returns how many records it read. The store may differ from it
+/// (a crash after a publish, files removed by hand): [`reconcile`] then makes the index
+/// match the files, and a read checks its file's length meanwhile.
+pub fn load_snapshot(store: &Store, index: &Index) -> u64 {
+    let mut n = 0;
+    for (key, record) in read_snapshot(store) {
+        index.insert_if_absent(
+            key,
+            record.size,
+            record.last_access,
+            record.origin.as_deref(),
+        );
+        n += 1;
+    }
+    n
+}
+
+/// Walks the store and makes `index` match it: files it does not record are adopted,
+/// files whose length differs from the recorded size are removed as corrupt, and records
+/// made before `cutoff` (a generation from [`Index::generation_mark`]) of files that are
+/// gone are dropped. Records published during the walk are left alone.
+pub fn reconcile(store: &Store, index: &Index, cutoff: u64) -> io::Result<Loaded> {
     let mut loaded = Loaded::default();
+    let mut listed = std::collections::HashSet::new();
     for found in walk(store)? {
-        let record = recorded.get(&found.key);
-        let size = record.map_or(found.len, |r| r.size);
-        if size != found.len {
-            tracing::warn!(digest = %found.key.digest, recorded = size, on_disk = found.len,
-                "cached object changed size on disk; removed");
-            store.remove(&found.key)?;
-            loaded.corrupt.push(found.key);
-            continue;
+        match index.get(&found.key) {
+            Some(meta) if meta.size != found.len => {
+                tracing::warn!(digest = %found.key.digest, recorded = meta.size,
+                    on_disk = found.len, "cached object changed size on disk; removed");
+                store.remove(&found.key)?;
+                index.remove(&found.key);
+                loaded.corrupt.push(found.key);
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                index.insert_if_absent(found.key.clone(), found.len, found.modified, None);
+            }
         }
-        let access = record.map_or(found.modified, |r| r.last_access);
-        let origin = record.and_then(|r| r.origin.as_deref());
-        index.insert_if_absent(found.key, found.len, access, origin);
         loaded.objects += 1;
+        listed.insert(found.key);
+    }
+    let (_, unlisted) = index.compare(&listed);
+    for (key, generation) in unlisted.into_iter().filter(|(_, g)| *g < cutoff) {
+        index.remove_generation(&key, generation);
     }
     Ok(loaded)
+}
+
+/// Fills `index` from the snapshot, then from a walk of the store (as `Disk::load` does).
+#[cfg(test)]
+fn load(store: &Store, index: &Index) -> io::Result<Loaded> {
+    load_snapshot(store, index);
+    reconcile(store, index, index.generation_mark())
 }
 
 #[cfg(test)]
@@ -203,6 +237,33 @@ mod tests {
         assert!(!store.path_of(&b).exists());
         assert_eq!(index.get(&a).unwrap().last_access, 42);
         assert_eq!(index.usage(), (1, 4));
+    }
+
+    #[test]
+    fn the_walk_corrects_what_the_snapshot_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (gone, kept) = (publish(&store, b"gone"), publish(&store, b"kept"));
+        let index = Index::default();
+        load(&store, &index).unwrap();
+        write_snapshot(&store, &index.snapshot(true).unwrap()).unwrap();
+        fs::remove_file(store.path_of(&gone)).unwrap();
+        let unrecorded = publish(&store, b"unrecorded");
+
+        let index = Arc::new(Index::default());
+        assert_eq!(load_snapshot(&store, &index), 2);
+        let cutoff = index.generation_mark();
+        // Published while the walk has not reached it yet: not the snapshot's to drop.
+        let new = ObjectKey::blob(&crate::oci::Digest::of(
+            crate::oci::Algorithm::Sha256,
+            b"new",
+        ));
+        index.insert(new.clone(), 3, 1, None);
+        let loaded = reconcile(&store, &index, cutoff).unwrap();
+        assert_eq!(loaded.objects, 2);
+        assert!(index.get(&gone).is_none(), "its file is gone");
+        assert!(index.get(&kept).is_some() && index.get(&unrecorded).is_some());
+        assert!(index.get(&new).is_some());
     }
 
     #[test]
