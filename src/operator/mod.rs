@@ -60,12 +60,8 @@ fn writer(config: &Config) -> anyhow::Result<Writer> {
             Ok(Writer::Here(Box::new(disk)))
         }
         Err(e) => match owner::taken(&e) {
-            Some(taken) => match taken.owner.admin {
-                Some(admin) => Ok(Writer::Daemon(Daemon {
-                    pid: taken.owner.pid,
-                    admin,
-                    bearer: bearer(config),
-                })),
+            Some(taken) => match Daemon::of(taken, config) {
+                Some(daemon) => Ok(Writer::Daemon(daemon)),
                 None => anyhow::bail!(
                     "a regcache daemon (process {}) owns {dir} and has no admin listener to \
                      take this command; set admin_listen in its config and restart it, or stop it",
@@ -209,13 +205,8 @@ pub fn prefetch_in_daemon(
     let crate::app::AppError::Cache { source, .. } = error else {
         return Ok(None);
     };
-    let Some(admin) = owner::taken(source).and_then(|t| Some((t.owner.pid, t.owner.admin?))) else {
+    let Some(daemon) = owner::taken(source).and_then(|t| Daemon::of(t, config)) else {
         return Ok(None);
-    };
-    let daemon = Daemon {
-        pid: admin.0,
-        admin: admin.1,
-        bearer: bearer(config),
     };
     let (job, _): (PrefetchJob, _) = daemon.call(Method::POST, "prefetch", &[], json(request))?;
     eprintln!(
@@ -255,6 +246,15 @@ fn json(value: &impl serde::Serialize) -> Body {
 }
 
 impl Daemon {
+    /// The daemon that holds the store, if it announced an admin listener.
+    fn of(taken: &owner::Taken, config: &Config) -> Option<Daemon> {
+        Some(Daemon {
+            pid: taken.owner.pid,
+            admin: taken.owner.admin?,
+            bearer: bearer(config),
+        })
+    }
+
     /// `GET /api/v1/<what>?query`: its JSON.
     fn get<T: DeserializeOwned>(
         &self,

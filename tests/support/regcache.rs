@@ -6,6 +6,7 @@
 //! (appended across restarts), which is printed when it fails to start.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -242,13 +243,33 @@ pub fn check_config(dir: &Path, text: &str) -> (std::process::ExitStatus, String
 /// The sum of every sample of metric `name` (all label sets) in Prometheus text,
 /// or None if there is none.
 pub fn metric_sum(metrics: &str, name: &str) -> Option<f64> {
-    let samples = metrics
+    series(metrics, name)
+        .into_iter()
+        .fold(None, |sum, (_, v)| Some(sum.unwrap_or(0.0) + v))
+}
+
+/// Every sample of `name` in Prometheus text: its labels and value.
+pub fn series(metrics: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
+    metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
-            let series_name = series.split('{').next()?;
-            (series_name == name).then(|| value.parse::<f64>().ok())?
-        });
-    samples.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+            let (series_name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let labels = labels
+                .split("\",")
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once("=\"")?;
+                    Some((k.to_string(), v.trim_end_matches('"').to_string()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
 }

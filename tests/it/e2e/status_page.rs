@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::fake::{FakeRegistry, Fault};
 use crate::support::images;
-use crate::support::regcache::Regcache;
+use crate::support::regcache::{series, Regcache};
 use crate::support::registry::{run_bounded, Registry};
 use crate::support::skopeo;
 
@@ -241,32 +241,6 @@ fn fields(dom: &str) -> HashMap<String, String> {
         .filter_map(|tag| {
             let tag = tag.split('>').next()?;
             Some((attribute(tag, "data-field")?, attribute(tag, "data-value")?))
-        })
-        .collect()
-}
-
-/// Every sample of `name` in Prometheus text: its labels and value.
-fn series(metrics: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let labels = labels
-                .split("\",")
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once("=\"")?;
-                    Some((k.to_string(), v.trim_end_matches('"').to_string()))
-                })
-                .collect();
-            Some((labels, value.parse().ok()?))
         })
         .collect()
 }
