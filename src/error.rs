@@ -80,6 +80,9 @@ pub enum UpstreamError {
     /// A credential helper or the ECR API could not give credentials.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The pull budget (`upstream::budget`) stopped a manifest GET; nothing was sent.
+    #[error("{message}")]
+    Budget { message: String, wait: Duration },
 }
 
 // A fill's failure reaches every client of that fill, so errors must be copyable.
@@ -165,6 +168,10 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Throttled { retry_after, .. } => Some(*retry_after),
+            Error::Upstream {
+                cause: UpstreamError::Budget { wait, .. },
+                ..
+            } => Some(*wait),
             _ => None,
         }
     }
@@ -214,7 +221,9 @@ impl Error {
                 UpstreamError::Status { status, .. } => {
                     *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
                 }
-                UpstreamError::Timeout(_) | UpstreamError::Unreachable(_) => true,
+                UpstreamError::Timeout(_)
+                | UpstreamError::Unreachable(_)
+                | UpstreamError::Budget { .. } => true,
                 _ => false,
             },
             _ => false,
@@ -237,6 +246,9 @@ impl Error {
                 }
                 UpstreamError::Refused { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
                 UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
+                UpstreamError::Budget { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+                }
                 // A digest names content exactly: offline, not having it is a plain 404.
                 UpstreamError::Offline { by_digest: true } => (StatusCode::NOT_FOUND, missing),
                 UpstreamError::Offline { by_digest: false } => {

@@ -4,8 +4,8 @@
 //! Labels are bounded: kind, result, source, upstream name. Never a repository or digest.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const REQUESTS: &str = "regcache_requests_total";
@@ -59,6 +59,11 @@ pub const UPSTREAM_RESUMES: &str = "regcache_upstream_resumes_total";
 pub const STALE_SERVES: &str = "regcache_stale_serves_total";
 pub const UPSTREAM_RATELIMIT_LIMIT: &str = "regcache_upstream_ratelimit_limit";
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "regcache_upstream_ratelimit_remaining";
+pub const UPSTREAM_PULLS: &str = "regcache_upstream_pulls_total";
+pub const PULLS_AVOIDED: &str = "regcache_pulls_avoided_total";
+pub const PULL_BUDGET_REFUSALS: &str = "regcache_pull_budget_refusals_total";
+pub const PULL_BUDGET_REMAINING: &str = "regcache_pull_budget_remaining";
+pub const UPSTREAM_PACED: &str = "regcache_upstream_paced_seconds_total";
 pub const DISK_OBJECTS: &str = "regcache_disk_objects";
 pub const DISK_BYTES: &str = "regcache_disk_bytes";
 pub const EVICTIONS: &str = "regcache_evictions_total";
@@ -151,6 +156,11 @@ pub struct Metrics {
     pub upstream_ratelimit_limit: IntGaugeVec,
     pub upstream_ratelimit_remaining: IntGaugeVec,
     pub stale_serves: IntCounterVec,
+    pub upstream_pulls: IntCounterVec,
+    pub pulls_avoided: IntCounterVec,
+    pub pull_budget_refusals: IntCounterVec,
+    pub pull_budget_remaining: IntGaugeVec,
+    pub upstream_paced: CounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
     pub disk_objects: IntGauge,
@@ -246,6 +256,36 @@ impl Metrics {
             "Cached tags served stale because upstream failed (429, 5xx, unreachable) while revalidating.",
             &["upstream"],
         );
+        let upstream_pulls = counter_vec(
+            UPSTREAM_PULLS,
+            "Manifest GETs sent to the upstream registry (what Docker Hub counts as pulls; \
+             HEADs and blobs are not), by upstream.",
+            &["upstream"],
+        );
+        let pulls_avoided = counter_vec(
+            PULLS_AVOIDED,
+            "Manifest GETs from clients answered without a manifest GET upstream (from the \
+             cache, or after a free HEAD), by upstream.",
+            &["upstream"],
+        );
+        let pull_budget_refusals = counter_vec(
+            PULL_BUDGET_REFUSALS,
+            "Manifest GETs not sent because the pull budget was spent or kept for clients, \
+             by upstream and priority (client: answered 429; background: prefetch held).",
+            &["upstream", "priority"],
+        );
+        let upstream_paced = CounterVec::new(
+            Opts::new(
+                UPSTREAM_PACED,
+                "Seconds blob fills waited for the upstream's max_bytes_per_second cap, by \
+                 upstream and priority.",
+            ),
+            &["upstream", "priority"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_paced.clone()))
+            .expect("unique metric");
         let upstream_retries = counter_vec(
             UPSTREAM_RETRIES,
             "Upstream requests sent again after a connection failure, 429 or 502/503/504.",
@@ -364,6 +404,12 @@ impl Metrics {
             "Pulls left in the window, as the upstream last reported (Docker Hub's ratelimit-remaining).",
             &["upstream"],
         );
+        let pull_budget_remaining = gauge_vec(
+            PULL_BUDGET_REMAINING,
+            "Pulls left in the upstream's budget (the tighter of pulls_per_hour and the \
+             upstream's own report), for upstreams that have one.",
+            &["upstream"],
+        );
         let disk_objects = gauge(
             DISK_OBJECTS,
             "Objects (blobs and manifests) in the disk store.",
@@ -374,6 +420,11 @@ impl Metrics {
             upstream_ratelimit_limit,
             upstream_ratelimit_remaining,
             stale_serves,
+            upstream_pulls,
+            pulls_avoided,
+            pull_budget_refusals,
+            pull_budget_remaining,
+            upstream_paced,
             upstream_retries,
             upstream_resumes,
             requests,

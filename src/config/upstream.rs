@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 use url::Url;
 
@@ -54,6 +55,12 @@ pub(super) struct RawUpstream {
     deny: Vec<String>,
     #[serde(default)]
     parents: Vec<String>,
+    pulls_per_hour: Option<u32>,
+    pull_reserve: Option<u32>,
+    max_bytes_per_second: Option<ByteSize>,
+    #[serde(default)]
+    serve_stale_on_not_found: bool,
+    listing_ttl_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +113,16 @@ pub struct UpstreamConfig {
     pub policy: Policy,
     /// Other regcaches (a regional mirror) asked in order before the registry itself.
     pub parents: Vec<Url>,
+    /// Manifest GETs (Docker Hub's pulls) allowed per hour; see `upstream::budget`.
+    pub pulls_per_hour: Option<u32>,
+    /// Pulls background work (prefetch) leaves for clients; default a fifth of the budget.
+    pub pull_reserve: Option<u32>,
+    /// The most bytes per second all blob fills from this upstream take together.
+    pub max_bytes_per_second: Option<u64>,
+    /// Keep serving a cached tag (stale) for `stale_if_error` after upstream deleted it.
+    pub serve_stale_on_not_found: bool,
+    /// How long a cached `tags/list` or `referrers` answer is served without asking.
+    pub listing_ttl: Duration,
 }
 
 impl RawUpstream {
@@ -139,6 +156,11 @@ impl RawUpstream {
             allow: Vec::new(),
             deny: Vec::new(),
             parents: Vec::new(),
+            pulls_per_hour: None,
+            pull_reserve: None,
+            max_bytes_per_second: None,
+            serve_stale_on_not_found: false,
+            listing_ttl_secs: None,
         }
     }
 }
@@ -226,6 +248,9 @@ impl UpstreamConfig {
 
 /// The most `retries` allowed.
 const MAX_RETRIES: u32 = 10;
+
+/// The lowest `max_bytes_per_second`.
+const MIN_BYTES_PER_SECOND: u64 = 64 << 10;
 
 /// Reads a PEM bundle of CA certificates; problems name the key and the file.
 fn read_ca_file(path: &Path, key: &str, problems: &mut Problems) -> Option<Vec<u8>> {
@@ -378,6 +403,7 @@ impl RawUpstream {
             Duration::from_secs(v.max(1))
         };
         let connect_timeout = secs(self.connect_timeout_secs, 10, "connect_timeout_secs");
+        let listing_ttl = secs(self.listing_ttl_secs, 60, "listing_ttl_secs");
         let idle_timeout = secs(self.idle_timeout_secs, 60, "idle_timeout_secs");
         let credential_helper_ttl = secs(
             self.credential_helper_ttl_secs,
@@ -417,6 +443,8 @@ impl RawUpstream {
             .map(|days| Duration::from_secs(days.saturating_mul(86_400)));
         let max_tags_per_repo = at_least_one(self.max_tags_per_repo, "max_tags_per_repo")
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let pulls_per_hour =
+            at_least_one(self.pulls_per_hour.map(u64::from), "pulls_per_hour").map(|n| n as u32);
         let library_prefix = self.library_prefix.unwrap_or(is_docker_hub(&host));
         let policy = Policy {
             allow: patterns(&self.allow, &key("allow"), library_prefix, problems),
@@ -427,8 +455,32 @@ impl RawUpstream {
             .iter()
             .filter_map(|p| super::cluster::base_url(&key("parents"), p, problems))
             .collect();
+        if let (Some(reserve), Some(budget)) = (self.pull_reserve, pulls_per_hour) {
+            if reserve > budget {
+                problems.add(
+                    key("pull_reserve"),
+                    reserve,
+                    format!(
+                        "is more than pulls_per_hour ({budget}); the reserve is part of the budget"
+                    ),
+                );
+            }
+        }
+        let max_bytes_per_second = self.max_bytes_per_second.map(|b| b.as_u64());
+        if max_bytes_per_second.is_some_and(|b| b < MIN_BYTES_PER_SECOND) {
+            problems.add(
+                key("max_bytes_per_second"),
+                self.max_bytes_per_second.unwrap_or_default(),
+                "must be at least 64 KiB (a slower fill times out); give a rate such as \"100 MiB\", or leave it out for no cap",
+            );
+        }
         Some(UpstreamConfig {
             parents,
+            pulls_per_hour,
+            pull_reserve: self.pull_reserve,
+            max_bytes_per_second,
+            serve_stale_on_not_found: self.serve_stale_on_not_found,
+            listing_ttl,
             library_prefix,
             policy,
             default: self.default || single,

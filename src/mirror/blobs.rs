@@ -137,7 +137,13 @@ impl Mirror {
         }
         let answer = target
             .upstream
-            .send(Method::HEAD, &target.name, Resource::Blob(digest), None)
+            .send(
+                Method::HEAD,
+                &target.name,
+                Resource::Blob(digest),
+                None,
+                target.priority,
+            )
             .await?;
         self.confirmed(target, digest);
         // reqwest reports a HEAD answer's body size (0), not the header.

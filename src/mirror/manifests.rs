@@ -84,6 +84,13 @@ impl Mirror {
             return Ok(found);
         }
         let path = Resource::Manifest(digest);
+        // One fetch per digest at a time: those who waited find it held.
+        let _turn = self.flights.enter(format!("manifest\n{digest}")).await;
+        if let Some(found) = self.held_manifest(target, digest).await {
+            self.ensure_member(target, digest, Some(&accept.header_value()))
+                .await?;
+            return Ok(found);
+        }
         if !want_body {
             if let Some(found) = self.head_upstream(target, path, accept).await? {
                 if found.digest == *digest {
@@ -102,32 +109,59 @@ impl Mirror {
         accept: &Accept,
         want_body: bool,
     ) -> Result<Manifest> {
-        let upstream = target.upstream.name();
-        let ttl = target.upstream.config().tag_ttl;
-        let store = self.store();
-        let known = self
-            .tags
-            .get(store, upstream, &target.name, tag, ttl)
-            .await
-            .filter(|entry| accept.accepts(&entry.media_type));
-        // Offline, a known tag is served whatever its age: upstream cannot be asked.
-        let offline = target.upstream.config().offline;
-        if let Some(entry) = &known {
-            if entry.is_fresh() || offline {
-                if let Some(found) = self.held_manifest(target, &entry.digest).await {
-                    return Ok(found);
-                }
-            }
+        if let (Some(found), _) = self.known_tag(target, tag, accept).await {
+            return Ok(found);
+        }
+        // One revalidation per tag at a time: those who waited find the first one's answer.
+        let key = format!("tag\n{}\n{}\n{tag}", target.upstream.name(), target.name);
+        let _turn = self.flights.enter(key).await;
+        let (found, known) = self.known_tag(target, tag, accept).await;
+        if let Some(found) = found {
+            return Ok(found);
         }
         let answer = self
             .revalidate_tag(target, tag, accept, want_body, known.is_some())
             .await;
+        let config = target.upstream.config();
         match (answer, known) {
             (Err(e), Some(entry)) if e.is_upstream_unavailable() => {
                 self.serve_stale(target, &entry, e).await
             }
+            // Upstream deleted the tag: kept only when the operator asked for it.
+            (Err(e), Some(entry)) if config.serve_stale_on_not_found && e.is_not_found() => {
+                self.serve_stale(target, &entry, e).await
+            }
             (answer, _) => answer,
         }
+    }
+
+    /// The tag's answer when it can be given without asking upstream (fresh, or offline
+    /// whatever its age), and the last known entry either way.
+    async fn known_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &Accept,
+    ) -> (Option<Manifest>, Option<TagEntry>) {
+        let config = target.upstream.config();
+        let known = self
+            .tags
+            .get(
+                self.store(),
+                target.upstream.name(),
+                &target.name,
+                tag,
+                config.tag_ttl,
+            )
+            .await
+            .filter(|entry| accept.accepts(&entry.media_type));
+        // Offline, a known tag is served whatever its age: upstream cannot be asked.
+        let usable = known.as_ref().filter(|e| e.is_fresh() || config.offline);
+        let found = match usable {
+            Some(entry) => self.held_manifest(target, &entry.digest).await,
+            None => None,
+        };
+        (found, known)
     }
 
     /// Upstream failed while revalidating a tag regcache knows: the last answer is served,
@@ -163,7 +197,8 @@ impl Mirror {
     ) -> Result<Manifest> {
         let path = Resource::TaggedManifest(tag);
         // Stale, unknown, or in a type this client does not take: ask upstream cheaply first.
-        if known || !want_body {
+        // Where pulls are budgeted, always: the digest may be held, and a HEAD is free.
+        if known || !want_body || target.upstream.budgeted() {
             if let Some(head) = self.head_upstream(target, path, accept).await? {
                 if let Some(found) = self.held_manifest(target, &head.digest).await {
                     self.confirm_tag(target, tag, &found);
@@ -239,6 +274,7 @@ impl Mirror {
                 &target.name,
                 resource,
                 Some(&accept.header_value()),
+                target.priority,
             )
             .await?;
         let headers = response.headers();
@@ -273,6 +309,7 @@ impl Mirror {
                 &target.name,
                 resource,
                 Some(&accept.header_value()),
+                target.priority,
             )
             .await?;
         let found = self.take_manifest(target, &mut response, expected).await?;

@@ -14,6 +14,8 @@
 mod blobs;
 mod declared;
 mod fill;
+mod flight;
+mod listings;
 mod manifests;
 mod reader;
 mod tag_owner;
@@ -22,6 +24,7 @@ mod tags;
 use std::sync::Arc;
 
 pub use blobs::{BlobAnswer, BlobBody};
+pub use listings::{ListKind, Listing};
 pub use manifests::Manifest;
 pub use reader::{BlobReader, Piece, CHUNK, H2_CHUNK};
 
@@ -48,7 +51,10 @@ const TAG_ENTRIES: u64 = 100_000;
 pub struct Mirror {
     ctx: FillContext,
     fills: Arc<Fills>,
+    /// Manifest and tag requests upstream, one per key at a time.
+    flights: flight::Flights,
     tags: Tags,
+    lists: listings::Lists,
     members: Membership,
     /// Every upstream is of one trust domain: who delivered content does not matter.
     one_domain: bool,
@@ -87,7 +93,9 @@ impl Mirror {
                 cluster,
             },
             fills: Arc::new(Fills::default()),
+            flights: flight::Flights::default(),
             tags: Tags::new(TAG_ENTRIES),
+            lists: listings::Lists::default(),
             members,
             one_domain: false,
         })
@@ -143,6 +151,7 @@ impl Mirror {
             self.ctx.tiers.memory.remove(&key);
         }
         self.tags.forget_all();
+        self.lists.forget_all();
     }
 
     /// Waits for the verified fills to be published and for the writes in the background
@@ -229,7 +238,13 @@ impl Mirror {
         };
         let asked = target
             .upstream
-            .send(Method::HEAD, &target.name, resource, accept)
+            .send(
+                Method::HEAD,
+                &target.name,
+                resource,
+                accept,
+                target.priority,
+            )
             .await;
         let count = |result: &str| {
             self.ctx

@@ -9,6 +9,7 @@ use super::respond::DOCKER_CONTENT_DIGEST;
 use super::service::Reply;
 use super::State;
 use crate::error::Result;
+use crate::metrics::Outcome;
 use crate::oci::{Accept, Reference};
 use crate::upstream::Target;
 
@@ -39,6 +40,14 @@ pub async fn get(
     state
         .admin
         .pulled(target.upstream.name(), target.name.as_str());
+    // A GET answered without one upstream is a pull Docker Hub never counted.
+    if !head && target.hops == 0 && manifest.outcome != Outcome::Miss {
+        state
+            .metrics
+            .pulls_avoided
+            .with_label_values(&[target.upstream.name()])
+            .inc();
+    }
     let media_type = HeaderValue::try_from(&*manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let mut builder = Response::builder()

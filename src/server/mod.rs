@@ -11,8 +11,8 @@ mod blob;
 pub mod body;
 mod conn;
 mod guard;
+mod listings;
 mod manifest;
-mod passthrough;
 mod peers;
 mod plain;
 mod respond;
@@ -34,7 +34,7 @@ use tracing::Instrument;
 pub use admin::admin_response;
 /// The plain path's request-head parser, for the fuzz target.
 pub use plain::request::{parse as parse_plain_head, Head as PlainHead};
-pub use service::handle;
+pub use service::{handle, PRIORITY};
 
 use crate::config::ServerConfig;
 use crate::metrics::{Limit, Metrics};

@@ -12,11 +12,11 @@ use tracing::Instrument;
 
 use super::body::{full, Body, Outgoing, ServedBytes};
 use super::respond::{self, API_VERSION};
-use super::{blob, manifest, passthrough, Peer, State};
+use super::{blob, listings, manifest, Peer, State};
 use crate::error::Result;
 use crate::metrics::Outcome;
 use crate::oci::{self, ErrorCode, RepoName, Route, RouteError};
-use crate::upstream::{RouteRequest, Target};
+use crate::upstream::{Priority, RouteRequest, Target};
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -152,10 +152,10 @@ async fn dispatch(state: &State, parts: &Parts, route: Route, hops: u8) -> Resul
             target.hops = hops;
             blob::get(state, parts, &target, &digest, head).await
         }
-        Route::Tags { name } => passthrough::tags(parts, &target(state, parts, &name)?).await,
+        Route::Tags { name } => listings::tags(state, parts, &target(state, parts, &name)?).await,
         Route::Referrers { name, digest } => {
             let target = target(state, parts, &name)?;
-            passthrough::referrers(parts, &target, &digest).await
+            listings::referrers(state, parts, &target, &digest).await
         }
     }
 }
@@ -167,11 +167,19 @@ fn target(state: &State, parts: &Parts, name: &RepoName) -> Result<Target> {
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    let target = state.upstreams.target(RouteRequest {
+    let mut target = state.upstreams.target(RouteRequest {
         query: parts.uri.query(),
         host,
         name,
     })?;
+    // Prefetch through the daemon says so; a client lowering its own priority harms nobody.
+    if parts
+        .headers
+        .get(PRIORITY)
+        .is_some_and(|v| v == "background")
+    {
+        target.priority = Priority::Background;
+    }
     let span = tracing::Span::current();
     span.record("upstream", target.upstream.name());
     span.record("via", target.via.as_str());
@@ -191,6 +199,9 @@ fn target(state: &State, parts: &Parts, name: &RepoName) -> Result<Target> {
     }
     Ok(target)
 }
+
+/// The request header that marks work nobody waits on (`regcache prefetch --via`).
+pub const PRIORITY: &str = "x-regcache-priority";
 
 fn unsupported(method: &Method) -> crate::error::Error {
     crate::error::Error::client(

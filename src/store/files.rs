@@ -4,6 +4,7 @@
 //! v1/blobs/sha256/ab/<hex>          blob bytes, exactly as upstream sent them
 //! v1/manifests/sha256/ab/<hex>      "<media type>\n" then the manifest bytes
 //! v1/tags/<upstream>/<repo>/_tags/<tag>   JSON tag record (`_tags` cannot be a repo component)
+//! v1/lists/<upstream>/<repo>/<list>  a tag list or a digest's referrers, as last fetched
 //! v1/tmp/                           fills and writes in progress; emptied at startup
 //! v1/index                          sizes and last access of the objects (see `persist`)
 //! v1/lock                           held (flock) by the one process that writes the store
@@ -95,6 +96,15 @@ impl<T> Lookup<T> {
             Lookup::Missing | Lookup::Corrupt => None,
         }
     }
+}
+
+/// A listing (`tags/list`, `referrers`) as upstream last gave it, whole.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListRecord {
+    /// The JSON answer, every page of it merged.
+    pub body: String,
+    /// Unix seconds of the last answer from upstream.
+    pub checked_at: u64,
 }
 
 /// What a tag pointed at when regcache last asked upstream.
@@ -327,6 +337,37 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// `list` is `tags` or `referrers-<alg>-<hex>`: never a path of its own.
+    fn list_path(&self, upstream: &str, repo: &RepoName, list: &str) -> PathBuf {
+        self.root
+            .join("lists")
+            .join(upstream.replace(':', "_"))
+            .join(repo.as_str())
+            .join(list)
+    }
+
+    /// A listing record; none when missing or damaged (upstream is asked again).
+    pub fn read_list(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        list: &str,
+    ) -> io::Result<Option<ListRecord>> {
+        let data = read_optional(&self.list_path(upstream, repo, list))?;
+        Ok(data.and_then(|d| serde_json::from_slice(&d).ok()))
+    }
+
+    pub fn write_list(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        list: &str,
+        record: &ListRecord,
+    ) -> io::Result<()> {
+        let json = serde_json::to_vec(record).expect("a list record serializes");
+        self.write_atomic(&self.list_path(upstream, repo, list), &[&json])
     }
 
     pub fn write_tag(

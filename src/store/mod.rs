@@ -36,8 +36,8 @@ mod space;
 
 pub use disk::{Disk, Limits, Reason, Swept};
 pub use files::{
-    parse_manifest, unix_millis, unix_now, Lookup, ObjectKey, ObjectKind, Store, TagRecord,
-    LAYOUT_VERSION,
+    parse_manifest, unix_millis, unix_now, ListRecord, Lookup, ObjectKey, ObjectKind, Store,
+    TagRecord, LAYOUT_VERSION,
 };
 pub use index::{Index, Meta, Pin};
 pub use land::Refused;

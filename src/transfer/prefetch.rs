@@ -18,7 +18,8 @@ use super::progress::Progress;
 use crate::mirror::Mirror;
 use crate::oci::media::MODERN_MANIFEST_TYPES;
 use crate::oci::{Accept, Digest, Reference};
-use crate::upstream::{RouteRequest, Target, Upstreams};
+use crate::server::PRIORITY;
+use crate::upstream::{Priority, RouteRequest, Target, Upstreams};
 
 /// Where requests go.
 pub enum Fetcher {
@@ -196,6 +197,7 @@ impl Fetcher {
                 let url = daemon_url(base, image, &format!("manifests/{reference}"));
                 let response = client
                     .get(&url)
+                    .header(PRIORITY, "background")
                     .header(ACCEPT, MODERN_MANIFEST_TYPES.join(", "))
                     .send()
                     .await
@@ -241,6 +243,7 @@ impl Fetcher {
                 let url = daemon_url(base, image, &format!("blobs/{digest}"));
                 let response = client
                     .get(&url)
+                    .header(PRIORITY, "background")
                     .send()
                     .await
                     .map_err(|source| request_error(image, source))?;
@@ -279,13 +282,16 @@ impl Fetcher {
 
 fn local_target(upstreams: &Upstreams, image: &ImageRef) -> Result<Target, PrefetchError> {
     let query = image.query();
-    upstreams
+    let mut target = upstreams
         .target(RouteRequest {
             query: query.as_deref(),
             host: None,
             name: &image.name,
         })
-        .map_err(|e| cache_error(image, Arc::new(e)))
+        .map_err(|e| cache_error(image, Arc::new(e)))?;
+    // Nobody waits on a prefetch: clients' requests get the pull budget and bandwidth first.
+    target.priority = Priority::Background;
+    Ok(target)
 }
 
 /// `<base>/v2/<name>/<rest>[?ns=<registry>]`.

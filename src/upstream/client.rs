@@ -20,6 +20,8 @@ use reqwest::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Auth;
+use super::bandwidth::{Bandwidth, Lane};
+use super::budget::{Budget, Priority, Refusal};
 use super::credentials::CredentialSource;
 use super::parents::{Asked, Parents};
 use super::ratelimit;
@@ -51,6 +53,10 @@ pub struct Upstream {
     backoff: Backoff,
     /// Regcaches asked before the registry (`parents`).
     parents: Parents,
+    /// Manifest GETs (pulls) allowed, planned by priority.
+    budget: Budget,
+    /// `max_bytes_per_second`, shared by every blob fill from this upstream.
+    bandwidth: Option<Bandwidth>,
     metrics: Metrics,
 }
 
@@ -115,6 +121,8 @@ impl Upstream {
         )?;
         Ok(Upstream {
             parents,
+            budget: Budget::new(config.pulls_per_hour, config.pull_reserve),
+            bandwidth: config.max_bytes_per_second.map(Bandwidth::new),
             base: config.url.as_str().trim_end_matches('/').to_string(),
             auth: Auth::new(
                 CredentialSource::from_config(&config),
@@ -145,15 +153,68 @@ impl Upstream {
     }
 
     /// Sends `method` to `/v2/<name>/<path>` and returns a 2xx answer, or the classified failure.
-    /// `name` must already be the upstream's repository name.
+    /// `name` must already be the upstream's repository name. A manifest GET (a pull) is
+    /// sent only when the pull budget allows it for `priority`.
     pub async fn send(
         &self,
         method: Method,
         name: &RepoName,
         resource: Resource<'_>,
         accept: Option<&str>,
+        priority: Priority,
     ) -> Result<Answer> {
-        self.send_with(method, name, resource, accept, None).await
+        self.send_with(method, name, resource, accept, None, priority)
+            .await
+    }
+
+    /// Whether this upstream's pulls are budgeted (configured, or reported by it): then a
+    /// tag is asked with a free HEAD before any GET.
+    pub fn budgeted(&self) -> bool {
+        self.budget.active()
+    }
+
+    /// Pulls left in the budget, when there is one.
+    pub fn pulls_left(&self) -> Option<u64> {
+        self.budget.left()
+    }
+
+    /// A fill's share of `max_bytes_per_second`, when this upstream has a cap.
+    pub fn lane(&self, priority: Priority) -> Option<Lane<'_>> {
+        self.bandwidth.as_ref().map(|b| b.lane(priority))
+    }
+
+    /// Waits until `bytes` more of a fill may be read from this upstream.
+    pub async fn pace(&self, lane: Option<&Lane<'_>>, bytes: usize) {
+        let Some(lane) = lane else { return };
+        let waited = lane.take(bytes).await;
+        if !waited.is_zero() {
+            self.metrics
+                .upstream_paced
+                .with_label_values(&[self.name(), lane.priority().as_str()])
+                .inc_by(waited.as_secs_f64());
+        }
+    }
+
+    fn report_budget(&self) {
+        if let Some(left) = self.budget.left() {
+            self.metrics
+                .pull_budget_remaining
+                .with_label_values(&[self.name()])
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A pull not sent (or refused by the upstream), as the client's clear 429.
+    fn budget_error(&self, refusal: Refusal, priority: Priority) -> Error {
+        self.metrics
+            .pull_budget_refusals
+            .with_label_values(&[self.name(), priority.as_str()])
+            .inc();
+        self.report_budget();
+        self.error(UpstreamError::Budget {
+            message: refusal.explain(),
+            wait: refusal.wait(),
+        })
     }
 
     /// GETs `/v2/<name>/<path>` from byte `from` on, to resume a download that was cut.
@@ -164,7 +225,8 @@ impl Upstream {
         resource: Resource<'_>,
         from: u64,
     ) -> Result<Answer> {
-        self.send_with(Method::GET, name, resource, None, Some(from))
+        let priority = Priority::Client;
+        self.send_with(Method::GET, name, resource, None, Some(from), priority)
             .await
     }
 
@@ -175,6 +237,7 @@ impl Upstream {
         resource: Resource<'_>,
         accept: Option<&str>,
         range_from: Option<u64>,
+        priority: Priority,
     ) -> Result<Answer> {
         if self.config.offline {
             self.metrics
@@ -206,6 +269,14 @@ impl Upstream {
                 return Err(self.error(failure(response).await));
             }
         }
+        // A parent's answer costs the registry nothing; from here on a manifest GET is a pull.
+        let pull = method == Method::GET && kind == Kind::Manifest;
+        if pull {
+            self.budget
+                .spend(priority)
+                .map_err(|refusal| self.budget_error(refusal, priority))?;
+            self.report_budget();
+        }
         let mut challenged = false;
         let mut attempt = 0;
         loop {
@@ -230,6 +301,12 @@ impl Upstream {
                 authorization: sent.as_ref().map(|s| &s.value),
                 range: range.as_ref(),
             };
+            if pull {
+                self.metrics
+                    .upstream_pulls
+                    .with_label_values(&[self.name()])
+                    .inc();
+            }
             let began = std::time::Instant::now();
             let result = self.exchange(request, kind, hop).await;
             self.metrics
@@ -256,7 +333,7 @@ impl Upstream {
                     }
                 }
             };
-            ratelimit::observe(response.headers(), &self.metrics, self.name());
+            ratelimit::observe(response.headers(), &self.metrics, self.name(), &self.budget);
             let status = response.status();
             if status.is_success() {
                 return Ok(Answer {
@@ -280,6 +357,13 @@ impl Upstream {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok());
+            // The registry's pull limit: asking again only spends more of it. Clients get
+            // the budget's 429, which says when to come back, not the registry's.
+            if status == StatusCode::TOO_MANY_REQUESTS && kind == Kind::Manifest {
+                let wait = retry_after.and_then(super::retry::parse_retry_after);
+                let refusal = self.budget.refused(wait);
+                return Err(self.budget_error(refusal, priority));
+            }
             if let Decision::RetryAfter(wait) =
                 self.backoff.after_status(attempt, status, retry_after)
             {

@@ -3,6 +3,8 @@
 
 mod address;
 mod auth;
+mod bandwidth;
+mod budget;
 mod client;
 mod credentials;
 mod docker_config;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+pub use budget::Priority;
 pub use client::{classify, Answer, Upstream, MAX_MANIFEST_BYTES};
 pub use resource::{Kind, Resource};
 pub use router::{RouteRequest, Via};
@@ -49,6 +52,8 @@ pub struct Target {
     /// Replicas of the cluster this request passed already (0: from a client); see
     /// `cluster::MAX_HOPS`.
     pub hops: u8,
+    /// Whether a client waits for the answer (pull budget and bandwidth go to it first).
+    pub priority: Priority,
 }
 
 impl Upstreams {
@@ -85,6 +90,7 @@ impl Upstreams {
             name: routed.name,
             via: routed.via,
             hops: 0,
+            priority: Priority::Client,
         })
     }
 }

@@ -4,6 +4,7 @@
 pub mod fake;
 pub mod fake_ecr;
 pub mod fake_images;
+pub mod hub_limiter;
 pub mod images;
 pub mod proxy;
 pub mod regcache;

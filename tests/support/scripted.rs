@@ -23,7 +23,7 @@ pub struct Scripted {
 }
 
 impl Scripted {
-    /// Serves `answer(method, path)` for every request.
+    /// Serves `answer(method, path)` for every request (`path` with its query, if any).
     pub async fn start(
         answer: impl Fn(&str, &str) -> Response<Body> + Send + Sync + 'static,
     ) -> Scripted {
@@ -37,8 +37,9 @@ impl Scripted {
                 let (answer, log) = (answer.clone(), log2.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (method, path) =
-                            (req.method().to_string(), req.uri().path().to_string());
+                        // The query too: a listing's later pages differ by it alone.
+                        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        let (method, path) = (req.method().to_string(), path.to_string());
                         log.lock().unwrap().push((method.clone(), path.clone()));
                         let response = answer(&method, &path);
                         async move { Ok::<_, Infallible>(response) }

@@ -643,6 +643,9 @@ async fn pump(
 ) {
     let (mut received, mut resumes) = (0u64, 0);
     let mut batch = Batcher::new(out);
+    // Only this read is paced by the upstream's cap; the fill's readers are not.
+    let upstream = target.upstream.clone();
+    let lane = upstream.lane(target.priority);
     loop {
         // Wait for the first chunk of a batch; take the rest only while it is ready.
         let polled = if batch.is_empty() {
@@ -653,6 +656,7 @@ async fn pump(
         let flush = match polled {
             Some(Ok(Some(chunk))) => {
                 received += chunk.len() as u64;
+                upstream.pace(lane.as_ref(), chunk.len()).await;
                 batch.push(chunk)
             }
             Some(Ok(None)) => {

@@ -76,7 +76,7 @@ pub(super) async fn pick(
     let resource = Resource::Blob(&fill.digest);
     let response = target
         .upstream
-        .send(Method::GET, &target.name, resource, None)
+        .send(Method::GET, &target.name, resource, None, target.priority)
         .await?;
     let total = response.content_length();
     Ok(Picked {

@@ -107,3 +107,30 @@ async fn a_cached_tag_is_served_stale_with_upstream_unreachable_after_a_restart(
     let unknown = get(&proxy.url("/v2/app/manifests/v9")).await;
     assert_eq!(unknown.status().as_u16(), 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_upstream_deleted_is_kept_stale_only_when_asked_for() {
+    let fake = FakeRegistry::start().await;
+    fake.add_manifest("app", "v1", OCI_MANIFEST, BODY.to_vec());
+    let keep = format!("{ALWAYS_REVALIDATE}\nserve_stale_on_not_found = true");
+    let keeping = Proxy::start_with(&fake.url(), &keep, None).await;
+    let plain = Proxy::start_with(&fake.url(), ALWAYS_REVALIDATE, None).await;
+    for proxy in [&keeping, &plain] {
+        assert_eq!(
+            get(&proxy.url("/v2/app/manifests/v1"))
+                .await
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    // Upstream now answers 404 for the tag (deleted).
+    fake.fail_all(Some(404));
+    let kept = get(&keeping.url("/v2/app/manifests/v1")).await;
+    assert_eq!(kept.status().as_u16(), 200);
+    assert!(is_stale(&kept));
+    assert_eq!(kept.bytes().await.unwrap(), BODY);
+    let gone = get(&plain.url("/v2/app/manifests/v1")).await;
+    assert_eq!(gone.status().as_u16(), 404);
+    assert_eq!(error_code(gone).await, "MANIFEST_UNKNOWN");
+}

@@ -3,6 +3,9 @@
 mod admin;
 mod airgap;
 mod auth;
+mod bandwidth;
+mod listings;
 mod mirror;
+mod pulls;
 mod skopeo;
 mod status_page;

@@ -317,7 +317,7 @@ async fn a_restart_serves_what_was_cached_with_upstream_gone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tags_list_and_referrers_pass_through() {
+async fn upstreams_404_for_a_listing_stays_404_and_is_not_cached() {
     let fake = FakeRegistry::start().await;
     let proxy = Proxy::start(&fake.url()).await;
     let digest = sha256(b"x");
@@ -329,7 +329,9 @@ async fn tags_list_and_referrers_pass_through() {
     );
     let response = get(&proxy.url("/v2/app/tags/list?n=10&last=a&evil=1"), None).await;
     assert_eq!(response.status().as_u16(), 404);
-    assert_eq!(fake.count("GET", "/v2/app/tags/list"), 1);
+    let response = get(&proxy.url("/v2/app/tags/list"), None).await;
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(fake.count("GET", "/v2/app/tags/list"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod faults;
 mod hub;
+mod listings;
 mod resilience;
 mod routing;
 mod upstream_faults;
