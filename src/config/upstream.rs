@@ -580,6 +580,39 @@ mod tests {
     }
 
     #[test]
+    fn budget_and_bandwidth_keys_are_checked() {
+        let found = problems(
+            r#"
+            [[upstream]]
+            url = "https://registry-1.docker.io"
+            pulls_per_hour = 10
+            pull_reserve = 11
+            max_bytes_per_second = "1 KiB"
+            [[upstream]]
+            url = "https://ghcr.io"
+            pulls_per_hour = 0
+            listing_ttl_secs = 0
+            "#,
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("upstream[0].pull_reserve = 11: is more than"));
+        assert!(found[1].starts_with("upstream[0].max_bytes_per_second = 1.0 KiB: "));
+        assert!(found[2].starts_with("upstream[1].listing_ttl_secs = 0: "));
+        assert!(found[3].starts_with("upstream[1].pulls_per_hour = 0: "));
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"https://ghcr.io\"\npulls_per_hour = 100\nmax_bytes_per_second = \"100 MiB\"\n",
+            "test",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let up = &c.upstreams[0];
+        assert_eq!(up.pulls_per_hour, Some(100));
+        assert_eq!(up.max_bytes_per_second, Some(100 << 20));
+        assert_eq!(up.listing_ttl.as_secs(), 60);
+        assert!(!up.serve_stale_on_not_found);
+    }
+
+    #[test]
     fn ecr_region_comes_from_the_host() {
         assert_eq!(
             super::super::credentials::ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com")

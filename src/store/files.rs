@@ -359,6 +359,17 @@ impl Store {
         Ok(data.and_then(|d| serde_json::from_slice(&d).ok()))
     }
 
+    /// Removes a repository's listing records (not those of repositories below it).
+    pub fn remove_lists(&self, upstream: &str, repo: &RepoName) -> io::Result<()> {
+        let dir = self.list_path(upstream, repo, "");
+        for entry in list_dir(&dir)? {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn write_list(
         &self,
         upstream: &str,

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{blocking, failed, Outcome};
+use crate::metrics;
 use crate::server::{RequestBody, State};
 use crate::store::catalog::pins::{self, PinError, PinReport};
 use crate::store::catalog::purge::{self, PurgeError, PurgeReport};
@@ -42,6 +43,15 @@ pub struct UpstreamInfo {
     pub repositories: usize,
     pub tags: usize,
     pub bytes: u64,
+    /// Manifest GETs sent to the registry since start (what Docker Hub counts).
+    #[serde(default)]
+    pub pulls_spent: u64,
+    /// Client manifest GETs answered without one, since start.
+    #[serde(default)]
+    pub pulls_avoided: u64,
+    /// Pulls left in the budget, when the upstream has one (configured or reported).
+    #[serde(default)]
+    pub pull_budget_left: Option<u64>,
 }
 
 /// The query string's values by name.
@@ -106,16 +116,36 @@ async fn all_repositories(state: &State) -> Outcome<Vec<RepoInfo>> {
 
 pub async fn upstreams(state: &State) -> Outcome<Vec<UpstreamInfo>> {
     let repos = all_repositories(state).await?;
+    // The pull counts, as `/metrics` shows them, by (metric, upstream).
+    let families = state.metrics.gather();
+    let mut pulls = HashMap::new();
+    for name in [
+        metrics::UPSTREAM_PULLS,
+        metrics::PULLS_AVOIDED,
+        metrics::PULL_BUDGET_REMAINING,
+    ] {
+        for (labels, value) in metrics::counters(&families, name) {
+            if let Some(upstream) = labels.get("upstream") {
+                pulls.insert((name, upstream.clone()), value);
+            }
+        }
+    }
     let mut out: Vec<UpstreamInfo> = state
         .upstreams
         .configs()
         .into_iter()
-        .map(|u| UpstreamInfo {
-            name: u.name.clone(),
-            url: u.url.to_string(),
-            repositories: 0,
-            tags: 0,
-            bytes: 0,
+        .map(|u| {
+            let counted = |name: &str| pulls.get(&(name, u.name.clone())).copied();
+            UpstreamInfo {
+                name: u.name.clone(),
+                url: u.url.to_string(),
+                repositories: 0,
+                tags: 0,
+                bytes: 0,
+                pulls_spent: counted(metrics::UPSTREAM_PULLS).unwrap_or(0),
+                pulls_avoided: counted(metrics::PULLS_AVOIDED).unwrap_or(0),
+                pull_budget_left: counted(metrics::PULL_BUDGET_REMAINING),
+            }
         })
         .collect();
     for repo in repos {
@@ -128,6 +158,9 @@ pub async fn upstreams(state: &State) -> Outcome<Vec<UpstreamInfo>> {
                     repositories: 0,
                     tags: 0,
                     bytes: 0,
+                    pulls_spent: 0,
+                    pulls_avoided: 0,
+                    pull_budget_left: None,
                 });
                 out.len() - 1
             }

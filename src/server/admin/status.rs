@@ -78,6 +78,11 @@ struct UpstreamStatus {
     error_rate: Option<f64>,
     ratelimit_remaining: Option<u64>,
     ratelimit_limit: Option<u64>,
+    /// Manifest GETs sent upstream (Docker Hub's pulls) and client GETs answered without.
+    pulls_spent: u64,
+    pulls_avoided: u64,
+    /// Pulls left in the budget, for an upstream that has one.
+    pull_budget_left: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -181,6 +186,9 @@ pub async fn status(state: &State) -> Outcome<Status> {
                 error_rate: (requests > 0).then(|| errors as f64 / requests as f64),
                 ratelimit_remaining: gauge(metrics::UPSTREAM_RATELIMIT_REMAINING, &u.name),
                 ratelimit_limit: gauge(metrics::UPSTREAM_RATELIMIT_LIMIT, &u.name),
+                pulls_spent: gauge(metrics::UPSTREAM_PULLS, &u.name).unwrap_or(0),
+                pulls_avoided: gauge(metrics::PULLS_AVOIDED, &u.name).unwrap_or(0),
+                pull_budget_left: gauge(metrics::PULL_BUDGET_REMAINING, &u.name),
             }
         })
         .collect();

@@ -111,6 +111,10 @@ pub fn purge(disk: &Disk, scope: &Scope) -> Result<(PurgeReport, Vec<ObjectKey>)
         }
         if scope.whole() && !disk.pins.touches_repo(id) && disk.members.forget(&id.0, &id.1)? {
             report.repositories_forgotten += 1;
+            // Its tag list and referrers name what is gone: asked again next time.
+            if let Ok(repo) = id.1.parse::<RepoName>() {
+                disk.store.remove_lists(&id.0, &repo)?;
+            }
         }
     }
 

@@ -92,6 +92,26 @@ async fn fifty_nodes_pulling_five_tags_spend_five_pulls() {
             .await,
         245.0
     );
+    // The admin view counts the same.
+    let upstreams: Value = client
+        .get(format!("http://{}/api/v1/upstreams", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hub_view = &upstreams.as_array().unwrap()[0];
+    assert_eq!(hub_view["name"], "hub");
+    assert_eq!(
+        (
+            &hub_view["pulls_spent"],
+            &hub_view["pulls_avoided"],
+            &hub_view["pull_budget_left"]
+        ),
+        (&json!(5), &json!(245), &json!(95)),
+        "{hub_view}"
+    );
     // The limiter's report became the budget's view: 95 of 100 left.
     assert_eq!(
         proxy

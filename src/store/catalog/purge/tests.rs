@@ -77,6 +77,16 @@ async fn a_purge_frees_what_only_its_scope_held_and_names_what_it_kept() {
     let repos = catalog.repositories(&disk.store, &disk.index, &disk.pins);
     assert_eq!(repos.len(), 2);
     assert_eq!((repos[0].tags, repos[0].manifests), (1, 1));
+    // Listing records of team/a and of a repository below it.
+    let list = crate::store::ListRecord {
+        body: "{}".into(),
+        checked_at: 1,
+    };
+    let (team_a, below) = ("team/a".parse().unwrap(), "team/a/x".parse().unwrap());
+    disk.store
+        .write_list("hub", &team_a, "tags", &list)
+        .unwrap();
+    disk.store.write_list("hub", &below, "tags", &list).unwrap();
 
     let scope: Scope = "hub/team/a".parse().unwrap();
     let manifest_len = body_len(&disk, &a);
@@ -92,6 +102,11 @@ async fn a_purge_frees_what_only_its_scope_held_and_names_what_it_kept() {
     assert_eq!(report.kept[0].reason, "hub/team/b");
     assert_eq!(report.kept[0].bytes, 1000);
     assert!(!disk.store.manifest_path(&a).exists());
+    assert_eq!(disk.store.read_list("hub", &team_a, "tags").unwrap(), None);
+    assert_eq!(
+        disk.store.read_list("hub", &below, "tags").unwrap(),
+        Some(list)
+    );
     let catalog = Catalog::read(&disk.store).unwrap();
     let left = catalog.repositories(&disk.store, &disk.index, &disk.pins);
     assert_eq!(left.len(), 1, "team/a has no records left");
