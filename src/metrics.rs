@@ -232,8 +232,9 @@ impl Metrics {
         let parent_requests = counter_vec(
             PARENT_REQUESTS,
             "Requests sent to an upstream's parents (other regcaches asked before the \
-             registry) by upstream and result (ok, not_found, failed: the next parent or the \
-             registry was asked, skipped: the parent failed within the last 10 s).",
+             registry) by upstream and result (ok, not_found, throttled: it answered 429, \
+             passed on; failed: the next parent or the registry was asked, skipped: the \
+             parent failed within the last 10 s).",
             &["upstream", "result"],
         );
         let fills = counter_vec(

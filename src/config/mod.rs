@@ -27,7 +27,9 @@ pub use bucket::BucketConfig;
 pub use cache::{CacheConfig, DiskBudget};
 pub use cluster::{ClusterConfig, Members};
 pub use server::{ServerConfig, TlsFiles};
-pub use upstream::{Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES};
+pub use upstream::{
+    is_docker_hub, Credentials, EcrConfig, UpstreamConfig, DOCKER_HUB_HOST, DOCKER_HUB_NAMES,
+};
 
 /// The config used when no file is given: Docker Hub on 127.0.0.1:5000.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/regcache.toml");

@@ -170,7 +170,8 @@ impl Upstream {
     /// Whether this upstream's pulls are budgeted (configured, or reported by it): then a
     /// tag is asked with a free HEAD before any GET.
     pub fn budgeted(&self) -> bool {
-        self.budget.active()
+        let hub = crate::config::is_docker_hub(self.config.url.host_str().unwrap_or_default());
+        hub || self.budget.active()
     }
 
     /// Pulls left in the budget, when there is one.
@@ -193,6 +194,27 @@ impl Upstream {
                 .with_label_values(&[self.name(), lane.priority().as_str()])
                 .inc_by(waited.as_secs_f64());
         }
+    }
+
+    /// The parent mirror answered 429 (its budget, shared with this node's address most
+    /// likely, is spent): passed on with its wait, not worked around at the registry.
+    async fn parent_out_of_pulls(&self, response: Response) -> Error {
+        let wait = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::retry::parse_retry_after)
+            .unwrap_or(Duration::from_secs(60));
+        let said = match failure(response).await {
+            UpstreamError::Status {
+                message: Some(m), ..
+            } => m,
+            other => other.to_string(),
+        };
+        self.error(UpstreamError::Budget {
+            message: format!("the parent mirror is out of pulls: {said}"),
+            wait,
+        })
     }
 
     fn report_budget(&self) {
@@ -265,6 +287,9 @@ impl Upstream {
                         response,
                         _permit: permit,
                     });
+                }
+                if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                    return Err(self.parent_out_of_pulls(response).await);
                 }
                 return Err(self.error(failure(response).await));
             }

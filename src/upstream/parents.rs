@@ -116,6 +116,12 @@ impl Parents {
                     });
                     return Asked::Answer(r);
                 }
+                // Its pull budget is spent: the registry behind it would refuse this node
+                // too (one NAT address), so that is the answer, not a failure to skip.
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    self.count("throttled");
+                    return Asked::Answer(r);
+                }
                 Ok(r) => r.status().to_string(),
                 Err(e) => e.to_string(),
             };

@@ -62,3 +62,38 @@ async fn credentials_come_from_the_docker_config_file_unless_turned_off() {
         "refused without credentials"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parents_429_is_passed_on_not_worked_around_at_the_registry() {
+    use crate::support::scripted::{answer, Scripted};
+    let registry = FakeRegistry::start().await;
+    let manifest = registry.add_manifest(
+        "app",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        br#"{"schemaVersion":2,"layers":[]}"#.to_vec(),
+    );
+    let parent = Scripted::start(|_, _| {
+        let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"upstream docker.io: pull budget spent"}]}"#;
+        answer(429, &[("content-type", "application/json"), ("retry-after", "120")], body)
+    })
+    .await;
+    let parents = format!("parents = [\"{}\"]", parent.url());
+    let node = Proxy::start_with(&registry.url(), &parents, None).await;
+    let response = reqwest::get(node.url(&format!("/v2/app/manifests/{manifest}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "120");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+    assert!(
+        body.contains("parent mirror is out of pulls: upstream docker.io: pull budget spent"),
+        "{body}"
+    );
+    assert_eq!(
+        registry.count("GET", &format!("/manifests/{manifest}")),
+        0,
+        "the registry was not asked"
+    );
+}
