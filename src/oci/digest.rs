@@ -72,6 +72,15 @@ impl Digest {
         hasher.finish()
     }
 
+    /// The digest whose raw bytes are `bytes` (`bytes` must be the algorithm's length).
+    pub fn from_raw(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        debug_assert_eq!(bytes.len() * 2, algorithm.hex_len());
+        Digest {
+            algorithm,
+            hex: hex::encode(bytes),
+        }
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }

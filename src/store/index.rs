@@ -5,6 +5,10 @@
 //! keeps objects that are being read out of reach of eviction (pins). It does no I/O:
 //! `persist` loads and saves it, `disk` applies the budget.
 //!
+//! A record is 32 bytes in a 64-byte slot (sha256 keys are kept as raw bytes, the origin
+//! as a number): 65 bytes a slot, and between 1.14 and 2.3 slots an object as the maps
+//! fill and double.
+//!
 //! The records are split over `SHARDS` maps, each behind its own lock, because every hit
 //! touches its object's record from an async worker: no operation holds a lock for more
 //! than one shard's worth of work. Eviction gathers candidates shard by shard, sorts them
@@ -15,11 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::files::{ObjectKey, ObjectKind};
-use crate::oci::Digest;
+use crate::oci::{Algorithm, Digest};
 
 /// Enough that a shard of a million-object index is walked in well under a millisecond.
 const SHARDS: usize = 256;
 
+/// An object's record as the index's callers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
     /// Bytes of the published file.
@@ -33,14 +38,135 @@ pub struct Meta {
     generation: u64,
 }
 
-type Shard = HashMap<ObjectKey, Meta>;
+/// What the index holds per object: 32 bytes, nothing on the heap (the origin is a number
+/// in `Index::origins`, 0 for none).
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    size: u64,
+    last_access: u64,
+    generation: u64,
+    pins: u32,
+    origin: u16,
+}
+
+/// One shard's records. A sha256 object (nearly every one) is keyed by its 32 raw digest
+/// bytes in the map of its kind, so a record costs one 64-byte slot; other digests keep
+/// their whole key.
+#[derive(Default)]
+struct Shard {
+    blobs: HashMap<[u8; 32], Record>,
+    manifests: HashMap<[u8; 32], Record>,
+    other: HashMap<ObjectKey, Record>,
+}
+
+/// The raw bytes of a sha256 key (its hex is validated lowercase, so this round-trips).
+fn raw(key: &ObjectKey) -> Option<[u8; 32]> {
+    if key.digest.algorithm() != Algorithm::Sha256 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(key.digest.hex(), &mut bytes).ok()?;
+    Some(bytes)
+}
+
+impl Shard {
+    fn map(&mut self, kind: ObjectKind) -> &mut HashMap<[u8; 32], Record> {
+        match kind {
+            ObjectKind::Blob => &mut self.blobs,
+            ObjectKind::Manifest => &mut self.manifests,
+        }
+    }
+
+    fn get(&self, key: &ObjectKey) -> Option<&Record> {
+        match raw(key) {
+            Some(bytes) => match key.kind {
+                ObjectKind::Blob => self.blobs.get(&bytes),
+                ObjectKind::Manifest => self.manifests.get(&bytes),
+            },
+            None => self.other.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &ObjectKey) -> Option<&mut Record> {
+        match raw(key) {
+            Some(bytes) => self.map(key.kind).get_mut(&bytes),
+            None => self.other.get_mut(key),
+        }
+    }
+
+    fn insert(&mut self, key: &ObjectKey, record: Record) -> Option<Record> {
+        match raw(key) {
+            Some(bytes) => self.map(key.kind).insert(bytes, record),
+            None => self.other.insert(key.clone(), record),
+        }
+    }
+
+    /// Inserts `make()` unless `key` is recorded; then only an unknown origin is filled
+    /// in. `None` when inserted, else whether the origin was filled in. One lookup: a
+    /// snapshot load does this for every record.
+    fn insert_or_adopt(
+        &mut self,
+        key: &ObjectKey,
+        origin: u16,
+        make: impl FnOnce() -> Record,
+    ) -> Option<bool> {
+        use std::collections::hash_map::Entry;
+        let adopt = |record: &mut Record| {
+            let unknown = record.origin == 0 && origin != 0;
+            if unknown {
+                record.origin = origin;
+            }
+            Some(unknown)
+        };
+        match raw(key) {
+            Some(bytes) => match self.map(key.kind).entry(bytes) {
+                Entry::Occupied(mut e) => adopt(e.get_mut()),
+                Entry::Vacant(e) => {
+                    e.insert(make());
+                    None
+                }
+            },
+            None => match self.other.get_mut(key) {
+                Some(record) => adopt(record),
+                None => {
+                    self.other.insert(key.clone(), make());
+                    None
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> Option<Record> {
+        match raw(key) {
+            Some(bytes) => self.map(key.kind).remove(&bytes),
+            None => self.other.remove(key),
+        }
+    }
+
+    /// Every record with its key (made again from the raw bytes).
+    fn each(&self, mut each: impl FnMut(ObjectKey, &Record)) {
+        let kinds = [
+            (ObjectKind::Blob, &self.blobs),
+            (ObjectKind::Manifest, &self.manifests),
+        ];
+        for (kind, map) in kinds {
+            for (bytes, record) in map {
+                let digest = Digest::from_raw(Algorithm::Sha256, bytes);
+                each(ObjectKey { kind, digest }, record);
+            }
+        }
+        for (key, record) in &self.other {
+            each(key.clone(), record);
+        }
+    }
+}
 
 pub struct Index {
     shards: Box<[Mutex<Shard>]>,
     objects: AtomicU64,
     bytes: AtomicU64,
-    /// Upstream names, shared by every object of that origin.
-    origins: Mutex<HashMap<String, Arc<str>>>,
+    /// Upstream names; a record's `origin` is one's position plus one.
+    origins: Mutex<Vec<Arc<str>>>,
     /// Digests operators pinned (see `catalog::pins`): never victims.
     kept: RwLock<Arc<HashSet<Digest>>>,
     next_generation: AtomicU64,
@@ -82,9 +208,9 @@ impl Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         let mut shard = self.index.shard(&self.key);
-        if let Some(meta) = shard.get_mut(&self.key) {
-            if meta.generation == self.generation {
-                meta.pins = meta.pins.saturating_sub(1);
+        if let Some(record) = shard.get_mut(&self.key) {
+            if record.generation == self.generation {
+                record.pins = record.pins.saturating_sub(1);
             }
         }
     }
@@ -105,19 +231,24 @@ impl Index {
         self.shards[n % SHARDS].lock().expect("index shard lock")
     }
 
-    fn intern(&self, origin: Option<&str>) -> Option<Arc<str>> {
-        let name = origin?;
+    /// The number `origin` is recorded as (0: none; past 65,535 names, none).
+    fn intern(&self, origin: Option<&str>) -> u16 {
+        let Some(name) = origin else { return 0 };
         let mut origins = self.origins.lock().expect("origins lock");
-        if let Some(shared) = origins.get(name) {
-            return Some(shared.clone());
+        if let Some(at) = origins.iter().position(|o| &**o == name) {
+            return u16::try_from(at + 1).unwrap_or(0);
         }
-        let shared: Arc<str> = name.into();
-        origins.insert(name.to_string(), shared.clone());
-        Some(shared)
+        origins.push(name.into());
+        u16::try_from(origins.len()).unwrap_or(0)
     }
 
-    fn meta(&self, size: u64, last_access: u64, origin: Option<Arc<str>>) -> Meta {
-        Meta {
+    /// The origin names by number, to read records with.
+    fn origin_names(&self) -> Vec<Arc<str>> {
+        self.origins.lock().expect("origins lock").clone()
+    }
+
+    fn record(&self, size: u64, last_access: u64, origin: u16) -> Record {
+        Record {
             size,
             last_access,
             origin,
@@ -126,8 +257,27 @@ impl Index {
         }
     }
 
+    /// A record as callers see it.
+    fn meta(record: &Record, names: &[Arc<str>]) -> Meta {
+        let origin = usize::from(record.origin).checked_sub(1);
+        Meta {
+            size: record.size,
+            last_access: record.last_access,
+            origin: origin.and_then(|at| names.get(at).cloned()),
+            pins: record.pins,
+            generation: record.generation,
+        }
+    }
+
+    fn meta_of(&self, record: &Record) -> Meta {
+        if record.origin == 0 {
+            return Index::meta(record, &[]);
+        }
+        Index::meta(record, &self.origin_names())
+    }
+
     /// Counts a record that entered (`old` is the one it replaced, if any).
-    fn added(&self, size: u64, old: Option<&Meta>) {
+    fn added(&self, size: u64, old: Option<&Record>) {
         match old {
             Some(old) => {
                 self.bytes.fetch_sub(old.size, Ordering::Relaxed);
@@ -141,16 +291,25 @@ impl Index {
     }
 
     /// Counts a record that left.
-    fn removed(&self, meta: &Meta) {
+    fn removed(&self, record: &Record) {
         self.objects.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(meta.size, Ordering::Relaxed);
+        self.bytes.fetch_sub(record.size, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes room for about `objects` records at once (a snapshot load), so the maps do
+    /// not grow and move their records over and over meanwhile.
+    pub fn reserve(&self, objects: usize) {
+        let each = objects / SHARDS + objects / SHARDS / 8;
+        for shard in self.shards.iter() {
+            shard.lock().expect("index shard lock").blobs.reserve(each);
+        }
     }
 
     /// Records a newly published object (replacing any older record of it).
     pub fn insert(&self, key: ObjectKey, size: u64, last_access: u64, origin: Option<&str>) {
-        let meta = self.meta(size, last_access, self.intern(origin));
-        let old = self.shard(&key).insert(key, meta);
+        let record = self.record(size, last_access, self.intern(origin));
+        let old = self.shard(&key).insert(&key, record);
         self.added(size, old.as_ref());
     }
 
@@ -163,15 +322,14 @@ impl Index {
         last_access: u64,
         origin: Option<&str>,
     ) -> Pin {
-        let mut meta = self.meta(size, last_access, self.intern(origin));
-        meta.pins = 1;
-        let generation = meta.generation;
-        let old = self.shard(&key).insert(key.clone(), meta);
+        let mut record = self.record(size, last_access, self.intern(origin));
+        record.pins = 1;
+        let old = self.shard(&key).insert(&key, record);
         self.added(size, old.as_ref());
         Pin {
             index: self.clone(),
             key,
-            generation,
+            generation: record.generation,
             previous_access: last_access,
         }
     }
@@ -189,24 +347,21 @@ impl Index {
     ) -> bool {
         let interned = self.intern(origin);
         let mut shard = self.shard(&key);
-        if let Some(meta) = shard.get_mut(&key) {
-            if meta.origin.is_none() && interned.is_some() {
-                meta.origin = interned;
-                self.dirty.store(true, Ordering::Relaxed);
-            }
-            return false;
-        }
-        let meta = self.meta(size, last_access, interned);
-        shard.insert(key, meta);
+        let added =
+            shard.insert_or_adopt(&key, interned, || self.record(size, last_access, interned));
         drop(shard);
-        self.added(size, None);
-        true
+        match added {
+            None => self.added(size, None),
+            Some(true) => self.dirty.store(true, Ordering::Relaxed),
+            Some(false) => {}
+        }
+        added.is_none()
     }
 
     /// Marks a hit. No I/O: recency reaches the disk with the next snapshot.
     pub fn touch(&self, key: &ObjectKey, now: u64) {
-        if let Some(meta) = self.shard(key).get_mut(key) {
-            meta.last_access = now;
+        if let Some(record) = self.shard(key).get_mut(key) {
+            record.last_access = now;
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -216,21 +371,20 @@ impl Index {
     pub fn pin(self: &Arc<Self>, key: &ObjectKey, size: u64, now: u64) -> Result<Pin, u64> {
         let mut shard = self.shard(key);
         let (generation, previous_access) = match shard.get_mut(key) {
-            Some(meta) if meta.size != size => return Err(meta.size),
-            Some(meta) => {
-                meta.pins += 1;
-                let previous = std::mem::replace(&mut meta.last_access, now);
+            Some(record) if record.size != size => return Err(record.size),
+            Some(record) => {
+                record.pins += 1;
+                let previous = std::mem::replace(&mut record.last_access, now);
                 self.dirty.store(true, Ordering::Relaxed);
-                (meta.generation, previous)
+                (record.generation, previous)
             }
             None => {
-                let mut meta = self.meta(size, now, None);
-                meta.pins = 1;
-                let generation = meta.generation;
-                shard.insert(key.clone(), meta);
+                let mut record = self.record(size, now, 0);
+                record.pins = 1;
+                shard.insert(key, record);
                 drop(shard);
                 self.added(size, None);
-                (generation, 0)
+                (record.generation, 0)
             }
         };
         Ok(Pin {
@@ -248,18 +402,19 @@ impl Index {
                 kind,
                 digest: digest.clone(),
             };
-            self.shard(&key).contains_key(&key)
+            self.shard(&key).get(&key).is_some()
         })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Meta> {
-        self.shard(key).get(key).cloned()
+        let record = *self.shard(key).get(key)?;
+        Some(self.meta_of(&record))
     }
 
     pub fn remove(&self, key: &ObjectKey) -> Option<Meta> {
-        let meta = self.shard(key).remove(key)?;
-        self.removed(&meta);
-        Some(meta)
+        let record = self.shard(key).remove(key)?;
+        self.removed(&record);
+        Some(self.meta_of(&record))
     }
 
     /// Removes a record unless it was replaced (the object published again) since
@@ -269,10 +424,10 @@ impl Index {
         if shard.get(key)?.generation != generation {
             return None;
         }
-        let meta = shard.remove(key)?;
+        let record = shard.remove(key)?;
         drop(shard);
-        self.removed(&meta);
-        Some(meta)
+        self.removed(&record);
+        Some(self.meta_of(&record))
     }
 
     /// Compares the records with the objects `listed` on disk: those listed but not
@@ -281,19 +436,15 @@ impl Index {
     pub fn compare(&self, listed: &HashSet<ObjectKey>) -> (Vec<ObjectKey>, Vec<(ObjectKey, u64)>) {
         let unknown = listed
             .iter()
-            .filter(|key| !self.shard(key).contains_key(*key))
+            .filter(|key| self.shard(key).get(key).is_none())
             .cloned()
             .collect();
         let mut unlisted = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().expect("index shard lock");
-            unlisted.extend(
-                shard
-                    .iter()
-                    .filter(|(key, _)| !listed.contains(*key))
-                    .map(|(key, meta)| (key.clone(), meta.generation)),
-            );
-        }
+        self.scan(|key, record| {
+            if !listed.contains(&key) {
+                unlisted.push((key, record.generation));
+            }
+        });
         (unknown, unlisted)
     }
 
@@ -306,12 +457,9 @@ impl Index {
     }
 
     /// Calls `each` on every record, one shard locked at a time.
-    fn scan(&self, mut each: impl FnMut(&ObjectKey, &Meta)) {
+    fn scan(&self, mut each: impl FnMut(ObjectKey, &Record)) {
         for shard in self.shards.iter() {
-            let shard = shard.lock().expect("index shard lock");
-            for (key, meta) in shard.iter() {
-                each(key, meta);
-            }
+            shard.lock().expect("index shard lock").each(&mut each);
         }
     }
 
@@ -319,14 +467,14 @@ impl Index {
     /// generation, not used since, not pinned).
     fn take_if_unchanged(&self, key: &ObjectKey, seen: (u64, u64)) -> Option<Meta> {
         let mut shard = self.shard(key);
-        let meta = shard.get(key)?;
-        if meta.pins > 0 || (meta.generation, meta.last_access) != seen {
+        let record = shard.get(key)?;
+        if record.pins > 0 || (record.generation, record.last_access) != seen {
             return None;
         }
-        let meta = shard.remove(key)?;
+        let record = shard.remove(key)?;
         drop(shard);
-        self.removed(&meta);
-        Some(meta)
+        self.removed(&record);
+        Some(self.meta_of(&record))
     }
 
     /// Takes least-recently-used, unpinned objects out of the index until it records at
@@ -338,9 +486,9 @@ impl Index {
         }
         let kept = self.kept();
         let mut candidates: Vec<(u64, u64, ObjectKey)> = Vec::new();
-        self.scan(|key, meta| {
-            if meta.pins == 0 && !kept.contains(&key.digest) {
-                candidates.push((meta.last_access, meta.generation, key.clone()));
+        self.scan(|key, record| {
+            if record.pins == 0 && !kept.contains(&key.digest) {
+                candidates.push((record.last_access, record.generation, key));
             }
         });
         candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.kind.cmp(&b.2.kind)));
@@ -364,12 +512,14 @@ impl Index {
         max_age: &dyn Fn(&str) -> Option<u64>,
     ) -> Vec<(ObjectKey, Meta)> {
         let kept = self.kept();
+        let limits: Vec<Option<u64>> = self.origin_names().iter().map(|o| max_age(o)).collect();
         let mut expired = Vec::new();
-        self.scan(|key, meta| {
-            let limit = meta.origin.as_deref().and_then(max_age);
-            let old = limit.is_some_and(|limit| now.saturating_sub(meta.last_access) > limit);
-            if old && meta.pins == 0 && !kept.contains(&key.digest) {
-                expired.push((key.clone(), (meta.generation, meta.last_access)));
+        self.scan(|key, record| {
+            let at = usize::from(record.origin).checked_sub(1);
+            let limit = at.and_then(|at| limits.get(at).copied().flatten());
+            let old = limit.is_some_and(|limit| now.saturating_sub(record.last_access) > limit);
+            if old && record.pins == 0 && !kept.contains(&key.digest) {
+                expired.push((key, (record.generation, record.last_access)));
             }
         });
         expired
@@ -398,9 +548,9 @@ impl Index {
         if kept.is_empty() {
             return usage;
         }
-        self.scan(|key, meta| {
+        self.scan(|key, record| {
             if kept.contains(&key.digest) {
-                usage = (usage.0 + 1, usage.1 + meta.size);
+                usage = (usage.0 + 1, usage.1 + record.size);
             }
         });
         usage
@@ -411,8 +561,9 @@ impl Index {
         if !self.dirty.swap(false, Ordering::Relaxed) && !force {
             return None;
         }
+        let names = self.origin_names();
         let mut records = Vec::with_capacity(self.usage().0 as usize);
-        self.scan(|key, meta| records.push((key.clone(), meta.clone())));
+        self.scan(|key, record| records.push((key, Index::meta(record, &names))));
         Some(records)
     }
 
@@ -509,6 +660,35 @@ mod tests {
         // Unknown objects are adopted at their length.
         drop(index.pin(&key(2), 7, 2).unwrap());
         assert_eq!(index.get(&key(2)).unwrap().size, 7);
+    }
+
+    #[test]
+    fn keys_of_every_algorithm_and_origins_come_back_as_recorded() {
+        let index = Arc::new(Index::default());
+        let long = ObjectKey::manifest(&Digest::of(Algorithm::Sha512, b"x"));
+        index.insert(long.clone(), 5, 10, Some("ghcr"));
+        index.insert(key(1), 7, 20, Some("hub"));
+        // The same digest as a blob and as a manifest: two records.
+        let as_manifest = ObjectKey::manifest(&key(1).digest);
+        index.insert(as_manifest.clone(), 9, 30, None);
+        assert_eq!(index.usage(), (3, 21));
+        let mut all = index.snapshot(true).unwrap();
+        all.sort_by_key(|(_, meta)| meta.last_access);
+        let seen: Vec<(ObjectKey, u64, Option<&str>)> = all
+            .iter()
+            .map(|(k, m)| (k.clone(), m.size, m.origin.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (long.clone(), 5, Some("ghcr")),
+                (key(1), 7, Some("hub")),
+                (as_manifest.clone(), 9, None)
+            ]
+        );
+        assert!(index.remove(&long).is_some());
+        assert_eq!(index.get(&as_manifest).unwrap().size, 9);
+        assert_eq!(index.get(&key(1)).unwrap().origin.as_deref(), Some("hub"));
     }
 
     #[test]
