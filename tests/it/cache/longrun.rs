@@ -62,6 +62,8 @@ async fn pulls_beyond_the_budget_evict_the_least_recently_used() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // 10 MiB passes the high mark: evict down to 5 MiB, oldest first.
     assert!(fetch(&url(&blobs[4].0)).await.1 == blobs[4].1);
+    // The response ends once the digest matched; the file lands just after.
+    proxy.settled().await;
     let on_disk = |i: usize| blob_path(dir.path(), &blobs[i].0).exists();
     eventually("blobs 1, 2 and 3 are evicted", || {
         !on_disk(1) && !on_disk(2) && !on_disk(3)
