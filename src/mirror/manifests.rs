@@ -175,7 +175,7 @@ impl Mirror {
             return Err(e);
         };
         let upstream = target.upstream.name();
-        tracing::warn!(%upstream, digest = %entry.digest, error = %e, "upstream failed; serving the cached tag stale");
+        tracing::warn!(%upstream, digest = %entry.digest, error = %e, "upstream did not confirm the tag; serving the cached answer stale");
         self.ctx
             .metrics
             .stale_serves

@@ -44,9 +44,14 @@ impl Resource<'_> {
         }
     }
 
-    /// Names content exactly: offline, not having it is a plain 404.
+    /// Names content exactly: offline, not having it is a plain 404. So are a digest's
+    /// referrers: a 404 sends cosign and notation to the tag schema (`sha256-<hex>` tags),
+    /// which offline serves like any cached tag.
     pub fn by_digest(&self) -> bool {
-        matches!(self, Resource::Blob(_) | Resource::Manifest(_))
+        matches!(
+            self,
+            Resource::Blob(_) | Resource::Manifest(_) | Resource::Referrers(..)
+        )
     }
 
     /// The path under `/v2/<name>/`.

@@ -108,5 +108,9 @@ async fn referrers_are_cached_whole_filtered_here_and_served_stale_and_offline()
     assert_eq!(status, 200);
     assert_eq!(types(&doc), [SIG]);
     assert!(!headers.contains_key("x-regcache-stale"));
+    // Referrers never fetched: 404, so clients fall back to the tag schema.
+    let (status, _, _) =
+        referrers(&proxy, &format!("/v2/app/referrers/{}", sha256(b"other"))).await;
+    assert_eq!(status, 404);
     assert_eq!(upstream.count("GET", ""), asked, "offline asks nobody");
 }
