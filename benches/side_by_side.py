@@ -14,6 +14,13 @@ process group) and every temp dir removed at the end, also on Ctrl-C or an excep
 
     python3 benches/side_by_side.py [--quick] [--rounds N] [--only SECTION ...] [--no-build]
 
+The `tls` section (in the default run, about a minute) serves the hot big blob over
+HTTPS: it makes a self-signed P-256 certificate for 127.0.0.1 with the openssl command,
+starts regcache with [server] tls_cert_file/tls_key_file and nginx proxy_cache with
+`listen ... ssl` and `ssl_protocols TLSv1.3` on it, and compares their MiB/s and CPU per
+GiB with 8 wrk clients over TLS 1.3. No openssl command: the section says so and is
+skipped.
+
 The `shaped` section is not in the default run (it needs root and takes ~5 minutes):
 
     python3 benches/side_by_side.py --only shaped [--rates 1gbit,2.5gbit] [--no-build]
@@ -40,6 +47,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -62,8 +70,9 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}"
 
-SECTIONS = ("hot-blob", "manifests", "cold", "herd", "pull", "shaped")
+SECTIONS = ("hot-blob", "manifests", "cold", "herd", "pull", "tls", "shaped")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # shaped needs root and is long: asked for with --only
+OWN_TARGETS = {"tls", "shaped"}  # sections that start (and stop) targets of their own
 IMAGES = ("big", "multi", "small", "index")
 
 
@@ -81,6 +90,7 @@ class Settings:
     only: tuple
     concurrencies: tuple = (1, 8, 32)
     herd_clients: int = 32
+    tls_clients: int = 8
     build: bool = True  # False: use target/release/regcache as it is
     shaped_rounds: int = 2
     rates: tuple = ()  # of the shaped section: (label, bits per second)
@@ -143,7 +153,7 @@ def ns_argv(netns, argv):
 def http_status(url, method="GET", headers=None, timeout=2.0, netns=None):
     """Status of one request, or None if nothing answered; reads (and drops) the body."""
     if netns:  # only reachable from inside the namespace: ask curl there
-        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+        argv = ["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
                 str(timeout), *(["--head"] if method == "HEAD" else ["-X", method])]
         for k, v in (headers or {}).items():
             argv += ["-H", f"{k}: {v}"]
@@ -155,7 +165,7 @@ def http_status(url, method="GET", headers=None, timeout=2.0, netns=None):
         code = int(out.stdout) if out.stdout.strip().isdigit() else 0
         return code or None  # curl says 000 when nothing answered
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    conn = connect(u, timeout)
     try:
         conn.request(method, u.path or "/", headers=headers or {})
         resp = conn.getresponse()
@@ -165,6 +175,24 @@ def http_status(url, method="GET", headers=None, timeout=2.0, netns=None):
         return None
     finally:
         conn.close()
+
+
+def connect(u, timeout):
+    """A connection for the split URL `u`; https does not verify: the bench's
+    certificate is self-signed."""
+    if u.scheme == "https":
+        return http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
+                                           context=ssl._create_unverified_context())
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+
+
+def tls_session(port):
+    """(protocol, cipher) the server on `port` agrees to with an OpenSSL client that
+    offers what wrk's does (OpenSSL's defaults, no ALPN)."""
+    ctx = ssl._create_unverified_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.version(), tls.cipher()[0]
 
 
 def http_text(url, netns=None, timeout=5):
@@ -553,6 +581,7 @@ class Target:
 
     name = "?"
     caches = True  # False: nothing to empty (the upstream itself, nginx-sendfile)
+    scheme = "http"
 
     def __init__(self, work, upstream, netns=None):
         self.upstream, self.proc, self.generation = upstream, None, 0
@@ -562,7 +591,7 @@ class Target:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self):
         self.generation += 1
@@ -592,9 +621,13 @@ class Regcache(Target):
         self.admin_port = free_port()
         argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                "--upstream", self.upstream.url, "--cache-dir", str(self.state / "cache")]
+                "--upstream", self.upstream.url, "--cache-dir", str(self.state / "cache"),
+                *self.config_args()]
         return Proc(self.name, argv, self.state / "regcache.log",
                     env=dict(os.environ, RUST_LOG="warn"), netns=self.netns)
+
+    def config_args(self):
+        return []  # the embedded default config, with the flags above
 
     def stop(self):
         """Also keeps what it logged (RUST_LOG=warn: warnings and errors only), for the
@@ -652,14 +685,17 @@ class NginxCache(Target):
         values = {"DIR": str(self.state), "PORT": str(self.port),
                   # As root, workers would otherwise drop to nobody and lose the temp dirs.
                   "USER": "user root;" if os.geteuid() == 0 else "", **self.values()}
-        text = (ASSETS / self.template).read_text()
-        for key, value in values.items():
-            text = text.replace(f"@@{key}@@", value)
         conf = self.state / "nginx.conf"
-        conf.write_text(text)
+        conf.write_text(self.conf_text(values))
         argv = ["nginx", "-p", str(self.state), "-e", str(self.state / "error.log"),
                 "-c", str(conf), "-g", "daemon off;"]
         return Proc(self.name, argv, self.state / "nginx.out", netns=self.netns)
+
+    def conf_text(self, values):
+        text = (ASSETS / self.template).read_text()
+        for key, value in values.items():
+            text = text.replace(f"@@{key}@@", value)
+        return text
 
 
 class NginxSendfile(NginxCache):
@@ -688,6 +724,63 @@ class Direct(Target):
 
     def stop(self):
         pass
+
+
+@dataclass
+class Cert:
+    cert: Path  # PEM: the self-signed certificate for 127.0.0.1
+    key: Path  # PEM: its P-256 private key
+
+
+def make_cert(where):
+    """A self-signed P-256 certificate for IP 127.0.0.1, valid 2 days, made once per run."""
+    where.mkdir()
+    cert = Cert(where / "cert.pem", where / "key.pem")
+    out = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(cert.key),
+         "-out", str(cert.cert)], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {out.stderr.strip()}")
+    return cert
+
+
+class TlsTarget:
+    """Mixed in before a target class: the same server on HTTPS with the run's Cert."""
+    scheme = "https"
+
+    def __init__(self, work, upstream, cert):
+        super().__init__(work, upstream)
+        self.cert = cert
+
+
+class RegcacheTls(TlsTarget, Regcache):
+    name = "regcache-tls"
+
+    def config_args(self):
+        # The flags still set listen, upstream and cache dir; the file adds only TLS.
+        config = self.state / "regcache.toml"
+        config.write_text(f"""[server]
+tls_cert_file = "{self.cert.cert}"
+tls_key_file = "{self.cert.key}"
+""")
+        return ["--config", str(config)]
+
+
+class NginxCacheTls(TlsTarget, NginxCache):
+    name = "nginx-cache-tls"
+
+    def conf_text(self, values):
+        """nginx-cache.conf with its listener on TLS 1.3 only (regcache's rustls also
+        offers 1.2; with OpenSSL clients both settle on 1.3, which sec_tls checks)."""
+        text, listen = super().conf_text(values), f"listen 127.0.0.1:{self.port};"
+        if listen not in text:
+            raise RuntimeError(f"{self.template} has no `{listen}` to put TLS on")
+        return text.replace(listen, f"""listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.cert.cert};
+        ssl_certificate_key {self.cert.key};
+        ssl_protocols TLSv1.3;""")
 
 
 # ---------------------------------------------------------------- load generators
@@ -726,8 +819,9 @@ CURL_FORMAT = "%{http_code} %{time_starttransfer} %{time_total} %{size_download}
 
 
 def curl_argv(url, max_secs=300, netns=None):
-    return ns_argv(netns, ["curl", "-sS", "-o", "/dev/null", "--max-time", str(max_secs),
-                           "-w", CURL_FORMAT, url])
+    insecure = ["-k"] if url.startswith("https:") else []  # the bench's self-signed cert
+    return ns_argv(netns, ["curl", "-sS", *insecure, "-o", "/dev/null", "--max-time",
+                           str(max_secs), "-w", CURL_FORMAT, url])
 
 
 def parse_curl(out):
@@ -820,9 +914,10 @@ def md_table(header, rows):
     return "\n".join(lines)
 
 
-def print_section(res, section, title, rows, cols, ratio_cols=None):
-    """A table of cells, then one of the ratios regcache / peer of the medians. A row key
-    is (group, target); in each group regcache is compared with every other target."""
+def print_section(res, section, title, rows, cols, ratio_cols=None, base="regcache"):
+    """A table of cells, then one of the ratios base / peer of the medians. A row key
+    is (group, target); in each group the `base` target (regcache) is compared with
+    every other target."""
     first = "image" if rows[0][0] else "target"
     label = lambda g, t: f"{g} {t}" if g else t  # noqa: E731
     out = [f"### {title}", "", md_table([first] + [c for c, _ in cols], [
@@ -830,11 +925,11 @@ def print_section(res, section, title, rows, cols, ratio_cols=None):
     ratio_cols = cols if ratio_cols is None else ratio_cols
     ratio_rows = []
     for g, t in rows:
-        if t == "regcache":
+        if t == base:
             continue
-        row = [label(g, f"regcache / {t}")]
+        row = [label(g, f"{base} / {t}")]
         for _, k in ratio_cols:
-            a, b = res.get(section, (g, "regcache"), k), res.get(section, (g, t), k)
+            a, b = res.get(section, (g, base), k), res.get(section, (g, t), k)
             ok = a and b and statistics.median(b)
             row.append(f"{statistics.median(a) / statistics.median(b):.2f}" if ok else "-")
         ratio_rows.append(row)
@@ -1052,6 +1147,68 @@ def sec_pull(ctx):
                   [("cold s", "cold"), ("warm s", "warm")])
 
 
+def sec_tls(ctx):
+    """The cached big blob over HTTPS with TLS 1.3: aggregate MiB/s of 8 keep-alive wrk
+    clients and the server's CPU per GiB, regcache against nginx proxy_cache, both on
+    the run's self-signed certificate. Started here, on their own upstream twins."""
+    if not shutil.which("openssl"):
+        return skip_tls("the openssl command is missing (Debian package openssl)")
+    try:
+        cert = make_cert(ctx.work / "tls")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        return skip_tls(str(e))
+    s, big, path, c, res = ctx.s, ctx.img.big, ctx.big_path(), ctx.s.tls_clients, ctx.res
+    targets = []
+    try:
+        for cls in (RegcacheTls, NginxCacheTls):
+            targets.append(cls(ctx.work, ctx.up.twin(cls.name), cert))
+            targets[-1].start()
+        for t in targets:
+            curl_get(t.url + path, big.size)  # one full GET puts the blob in the cache
+            version, cipher = tls_session(t.port)
+            res.notes.append(("tls", f"{t.name}: {version}, {cipher}"
+                              + ("" if version == "TLSv1.3" else " **not TLS 1.3**")))
+        time.sleep(1)  # let a cache that commits after the response finish before we count
+        offsets = {t: t.upstream.log_offset() for t in targets}
+        for r in range(s.rounds):
+            for t in rotated(targets, r):
+                log(f"tls round {r + 1}: {t.name}, {c} clients")
+                cpu0 = t.proc.cpu_secs()
+                with PeakRss(t.proc) as rss:
+                    w = wrk(t.url + path, c, s.hot_secs)
+                key = (None, t.name)
+                res.add("tls", key, c, w["bytes"] / w["secs"] / MiB)
+                res.add("tls", key, "rss", rss.peak / MiB)
+                res.add("tls", key, "cpu", (t.proc.cpu_secs() - cpu0) / (w["bytes"] / (1 << 30)))
+                if w["errors"]:
+                    res.notes.append(("tls", f"{t.name}, round {r + 1}: {w['errors']} wrk "
+                                      "errors"))
+        gets = sum(t.upstream.blob_gets_since(o, big.digest)[0] for t, o in offsets.items())
+        res.notes.append(("tls", f"upstream blob GETs during the measurement: {gets} (0 "
+                          "means every byte came from the caches)"))
+    finally:
+        for t in targets:
+            t.stop()
+            t.upstream.proc.stop()
+    sni = sum("Illegal SNI extension" in line for line in Regcache.warnings)
+    if sni:  # so the log summary at the end is not read as a fault of this section
+        res.notes.append(("tls", f"regcache logged rustls's `Illegal SNI extension` warning "
+                          f"{sni} time(s): wrk sends the IP address as SNI (RFC 6066 allows "
+                          "only host names), once per connection; rustls ignores it"))
+    print_section(res, "tls",
+                  f"Hot blob over TLS 1.3: cached {big.size // MiB} MiB layer, {c} keep-alive "
+                  f"clients, aggregate MiB/s (wrk over https, {s.hot_secs} s per run; "
+                  "self-signed P-256 certificate; higher is better)",
+                  [(None, t.name) for t in targets],
+                  [(f"{c} clients MiB/s", c), (f"peak RSS at {c} (MiB)", "rss"),
+                   (f"server CPU s per GiB at {c}", "cpu")], base="regcache-tls")
+
+
+def skip_tls(why):
+    log(f"tls: SKIPPED: {why}")
+    print(f"### Hot blob over TLS 1.3\n\nSkipped: {why}.\n", flush=True)
+
+
 def sec_shaped(ctx):
     """Cold and herd on the big blob when the link from the origin is slower than
     loopback (see the module docstring), at each rate of --rates."""
@@ -1170,7 +1327,7 @@ def shaped_goals(res, sec, n):
 
 
 SECTION_FUNCS = {"hot-blob": sec_hot_blob, "manifests": sec_manifests, "cold": sec_cold,
-                 "herd": sec_herd, "pull": sec_pull, "shaped": sec_shaped}
+                 "herd": sec_herd, "pull": sec_pull, "tls": sec_tls, "shaped": sec_shaped}
 
 
 # ---------------------------------------------------------------- header and main
@@ -1209,7 +1366,7 @@ memory, Linux {os.uname().release}; clients and servers share the CPUs, all on 1
 - command: `{' '.join(['python3', 'benches/' + Path(sys.argv[0]).name, *sys.argv[1:]])}`
 - regcache {rev}; {'; '.join(version([tool, flag]) for tool, flag in (
     ('nginx', '-v'), ('docker-registry', '--version'), ('wrk', '-v'), ('oha', '--version'),
-    ('curl', '--version'), ('skopeo', '--version')))}
+    ('curl', '--version'), ('skopeo', '--version'), ('openssl', 'version')))}
 - load average at the start: {loadavg()} (anything else running skews the numbers)
 - {rounds} round(s), targets rotated each round; cells are median (min..max) over rounds;
   big layer {s.blob_bytes // MiB} MiB, multi 5 x {s.multi_layer_bytes // MiB} MiB
@@ -1259,7 +1416,7 @@ def run(s, work):
     up = Upstream(work)
     images = load_images(up, work, s)
     targets = {}
-    if set(s.only) - {"shaped"}:  # shaped starts its own, in a network namespace
+    if set(s.only) - OWN_TARGETS:
         targets = {"regcache": Regcache(work, up.twin("regcache")),
                    "registry-proxy": RegistryProxy(work, up.twin("registry-proxy")),
                    "nginx-cache": NginxCache(work, up.twin("nginx-cache")),
