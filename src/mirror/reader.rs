@@ -40,6 +40,10 @@ pub struct BlobReader {
     _pin: Option<Pin>,
     /// Whether the file's pages are likely in the page cache (see [`Piece::File`]).
     cached: bool,
+    /// Where file pieces are read into, reused once the last one sent is dropped. A fresh
+    /// zeroed buffer per piece made the allocator hand out pages the kernel had to fault
+    /// in and clear: a fifth of a TLS stream's CPU.
+    scratch: BytesMut,
 }
 
 /// A stored object used this recently is taken to be in the page cache. Past it, reads
@@ -61,6 +65,7 @@ impl BlobReader {
             fill: None,
             _pin: None,
             cached: false,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -87,6 +92,7 @@ impl BlobReader {
             _pin: None,
             // Bytes a fill is writing now are in the page cache.
             cached: true,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -150,10 +156,17 @@ impl BlobReader {
             Some(Piece::Bytes(bytes)) => Ok(Some(bytes)),
             Some(Piece::File {
                 file, offset, len, ..
-            }) => tokio::task::spawn_blocking(move || read_at(&file, offset, len))
+            }) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                let (scratch, read) = tokio::task::spawn_blocking(move || {
+                    let read = read_at(&file, offset, len, &mut scratch);
+                    (scratch, read)
+                })
                 .await
-                .map_err(io::Error::other)?
-                .map(Some),
+                .map_err(io::Error::other)?;
+                self.scratch = scratch;
+                read.map(Some)
+            }
         }
     }
 }
@@ -212,8 +225,12 @@ async fn readable(
     }
 }
 
-fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len as usize);
+/// Reads `len` bytes at `offset` into `buf`'s storage (reclaimed when no piece read
+/// before still uses it, else new) and hands them out.
+fn read_at(file: &File, offset: u64, len: u64, buf: &mut BytesMut) -> io::Result<Bytes> {
+    buf.clear();
+    buf.reserve(len as usize);
+    buf.resize(len as usize, 0);
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -229,7 +246,7 @@ fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
             Err(e) => return Err(e),
         }
     }
-    Ok(buf.freeze())
+    Ok(buf.split().freeze())
 }
 
 #[cfg(test)]
