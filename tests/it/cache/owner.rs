@@ -118,6 +118,8 @@ async fn import_verify_and_gc_go_through_the_daemon_and_are_counted_at_once() {
     let daemon = Regcache::start_with_config(&config(&fake.url(), "2MiB"), &cache);
     let client = reqwest::Client::new();
     pull_checked(&client, &daemon.url(), &images[0]).await;
+    // The response ends at the digest check; the files land just after.
+    daemon.settled().await;
     until("the pull is counted", &daemon, &cache, |index, files| {
         index == files
     })
