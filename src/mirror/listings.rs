@@ -125,11 +125,7 @@ impl Mirror {
                     Some((doc, _)) => {
                         let upstream = target.upstream.name();
                         tracing::warn!(%upstream, repository = %target.name, error = %e, "upstream failed; serving the cached listing stale");
-                        self.ctx
-                            .metrics
-                            .stale_serves
-                            .with_label_values(&[upstream])
-                            .inc();
+                        self.count_stale(upstream);
                         Ok(Listing {
                             doc,
                             stale: true,

@@ -176,11 +176,7 @@ impl Mirror {
         };
         let upstream = target.upstream.name();
         tracing::warn!(%upstream, digest = %entry.digest, error = %e, "upstream did not confirm the tag; serving the cached answer stale");
-        self.ctx
-            .metrics
-            .stale_serves
-            .with_label_values(&[upstream])
-            .inc();
+        self.count_stale(upstream);
         found.stale = true;
         Ok(found)
     }
@@ -257,6 +253,15 @@ impl Mirror {
             return None;
         };
         Some(manifest(digest, entry, tier.into()))
+    }
+
+    /// Counts an answer served stale because upstream failed (tags and listings alike).
+    pub(super) fn count_stale(&self, upstream: &str) {
+        self.ctx
+            .metrics
+            .stale_serves
+            .with_label_values(&[upstream])
+            .inc();
     }
 
     /// Asks upstream for a manifest's digest and type without its body. `None` when upstream's
