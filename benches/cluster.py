@@ -7,10 +7,16 @@ SeaweedFS (`weed mini`, from target/venv as tests/run.sh installs it) as the buc
 release regcache processes with their own disks, then prints one markdown table: each
 goal, what was measured and whether it was met. Progress goes to stderr.
 
+The bucket figures put the reading replica in a memory cgroup filled with page cache
+first (side_by_side.SteadyMemory). `bucket-shaped` needs root: it runs its processes in
+a network namespace it creates and shapes what leaves SeaweedFS's S3 port with tc htb to
+each rate of --rates; not root, it is reported as skipped.
+
 Python 3.11 stdlib; the load comes from curl. Every loop is bounded; everything started
 is stopped and every temp dir removed at the end, also on Ctrl-C or an exception.
 
-    cargo build --release && python3 benches/cluster.py [--quick]
+    cargo build --release && python3 benches/cluster.py [--quick] [--only FIGURE ...]
+        [--rates 1gbit,2.5gbit]
 """
 
 import argparse
@@ -46,10 +52,10 @@ log = sbs.log
 class Weed:
     """SeaweedFS with one bucket, every port free, telemetry off, loopback only."""
 
-    def __init__(self, work, bucket):
-        self.dir = work / "weed"
+    def __init__(self, work, bucket, netns=None):
+        self.dir = work / ("weed-" + netns if netns else "weed")
         self.dir.mkdir()
-        self.bucket = bucket
+        self.bucket, self.netns = bucket, netns
         self.port = sbs.free_port()
         ports = {flag: sbs.free_port() for flag in (
             "master.port", "volume.port", "filer.port", "master.port.grpc",
@@ -62,7 +68,7 @@ class Weed:
         argv += [f"-{flag}={port}" for flag, port in ports.items()]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         self.log_path = self.dir / "weed.log"
-        self.proc = sbs.Proc("weed mini", argv, self.log_path, env=env)
+        self.proc = sbs.Proc("weed mini", argv, self.log_path, env=env, netns=netns)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
@@ -74,6 +80,8 @@ class Weed:
         self.proc.fail("was not ready within 60 s")
 
     def answers(self):
+        if self.netns:
+            return sbs.http_status(self.endpoint, netns=self.netns) is not None
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
@@ -89,10 +97,10 @@ class Replica:
     env = dict(os.environ, RUST_LOG="warn", AWS_ACCESS_KEY_ID=ACCESS_KEY,
                AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_EC2_METADATA_DISABLED="true")
 
-    def __init__(self, work, name, port, config):
+    def __init__(self, work, name, port, config, netns=None):
         self.dir, self.name, self.port, self.config = work / name, name, port, config
         self.dir.mkdir()
-        self.proc = None
+        self.proc, self.netns = None, netns
 
     @property
     def url(self):
@@ -105,7 +113,8 @@ class Replica:
                         f'admin_listen = "127.0.0.1:{self.admin_port}"\n'
                         f'[cache]\ndir = "{self.dir / "cache"}"\n{self.config}')
         argv = [str(Cluster.binary), "serve", "--config", str(path)]
-        self.proc = sbs.Proc(self.name, argv, self.dir / "regcache.log", env=self.env)
+        self.proc = sbs.Proc(self.name, argv, self.dir / "regcache.log", env=self.env,
+                             netns=self.netns)
         self.proc.wait_ready(self.url + "/v2/")
         return self
 
@@ -122,12 +131,7 @@ class Replica:
         shutil.rmtree(self.dir / "cache", ignore_errors=True)
 
     def metric(self, name, contains=""):
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        text = sbs.http_text(f"http://127.0.0.1:{self.admin_port}/metrics", self.netns)
         return sum(float(m.group(2)) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$",
                                                            text, re.M)
                    if contains in (m.group(1) or ""))
@@ -257,10 +261,10 @@ def push(up, work, name, size):
     return blob
 
 
-def curls(urls, max_secs=300):
+def curls(urls, max_secs=300, netns=None):
     """One curl per URL, all at once; their parsed results (code, ttfb, total, size, and
     curl's exit status `rc`: 18 for a body cut short, 0 for one that ended cleanly)."""
-    procs = [subprocess.Popen(sbs.curl_argv(u, max_secs), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(sbs.curl_argv(u, max_secs, netns), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for u in urls]
     out = []
     for p in procs:
@@ -371,47 +375,103 @@ def fig_forward_ttfb(ctx, rows):
                  f"{len(direct)}+{len(forwarded)} blobs of 256 KiB)", extra <= 5))
 
 
-def fig_bucket_hot(ctx, rows):
-    s, up, work, weed = ctx["s"], ctx["up"], ctx["work"], ctx["weed"]
+def bucket_reads(ctx, tag, ns=None):
+    """Each hot blob read twice: once with a plain GET of the bucket object (the URL a
+    replica presigns for its 307) and once through a replica whose disk lacks it, so it
+    streams the blob from the bucket, verifies and lands it. Medians in MiB/s, leaving
+    out the first blob (it only warms connections). The reader sits in a SteadyMemory
+    cgroup at the regional Deployment's 2 GiB limit (see that class: a fresh VM charges
+    its first touch of every page to the writer). With `ns`, everything runs in that
+    namespace (sbs.Netns), and only what leaves the bucket's S3 port is shaped."""
+    s, work = ctx["s"], ctx["work"]
+    netns = ns.name if ns else None
+    up = ctx["up"].twin(f"up-{tag}", netns) if ns else ctx["up"]
+    weed = Weed(work, "bench", netns) if ns else ctx["weed"]
+    if ns:
+        ns.shape_port(weed.port)
     bucket = f'[bucket]\nname = "{weed.bucket}"\nendpoint = "{weed.endpoint}"\n'
     upstream = f'[[upstream]]\nname = "origin"\nurl = "{up.url}"\n'
-    filler = Replica(work, "filler", sbs.free_port(), bucket + upstream).start()
-    signer = Replica(work, "signer", sbs.free_port(),
-                     bucket + 'redirect_min_bytes = "1MiB"\n' + upstream).start()
-    reader = Replica(work, "reader", sbs.free_port(), bucket + upstream)
-    blobs = [push(up, work, f"hot{n}.bin", s.hot) for n in range(s.hot_blobs + 1)]
-    curls([blob_url(filler.url, b.digest) for b in blobs])
+    filler = Replica(work, f"filler-{tag}", sbs.free_port(), bucket + upstream, netns).start()
+    signer = Replica(work, f"signer-{tag}", sbs.free_port(),
+                     bucket + 'redirect_min_bytes = "1MiB"\n' + upstream, netns).start()
+    reader = Replica(work, f"reader-{tag}", sbs.free_port(), bucket + upstream, netns)
+    # Pushed here: the twin in the namespace serves the same storage.
+    blobs = [push(ctx["up"], work, f"hot-{tag}{n}.bin", s.hot) for n in range(s.hot_blobs + 1)]
+    curls([blob_url(filler.url, b.digest) for b in blobs], netns=netns)
     deadline = time.monotonic() + 120
     while (filler.metric("regcache_bucket_operations_total", 'op="put_blob",result="ok"')
            < len(blobs) and time.monotonic() < deadline):
         time.sleep(0.2)
-    # The reader runs throughout, as a replica does: each blob is new to its disk, so it
-    # comes from the bucket; the first one only warms its connections.
+    # The reader runs throughout, as a replica does: each blob is new to its disk.
     reader.start()
+    try:
+        memory = sbs.SteadyMemory(f"regcache-bench-{os.getpid()}-{tag}", 2048)
+        memory.join(reader.proc)
+        memory.fill(reader.dir / "scratch")
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        log(f"bucket: WARNING: the reader stays out of a memory cgroup ({e}); on a fresh "
+            "VM its page-cache writes then pay the host's first touch")
+    settle()
     plain, through = [], []
     for n, b in enumerate(blobs):
-        conn = http.client.HTTPConnection("127.0.0.1", signer.port, timeout=30)
-        conn.request("GET", f"/v2/bench/big/blobs/{b.digest}")
-        resp = conn.getresponse()
-        resp.read()
-        location = resp.getheader("Location")
-        conn.close()
-        if resp.status != 307:
-            raise RuntimeError(f"expected a redirect, got {resp.status}")
-        direct = sbs.curl_get(location, b.size)["speed"]
-        replica = sbs.curl_get(blob_url(reader.url, b.digest), b.size)["speed"]
+        location = redirect(blob_url(signer.url, b.digest), netns)
+        direct = sbs.curl_get(location, b.size, netns)["speed"]
+        replica = sbs.curl_get(blob_url(reader.url, b.digest), b.size, netns)["speed"]
         if n > 0:
             plain.append(direct)
             through.append(replica)
-    reader.stop()
-    for r in (filler, signer):
+    for r in (reader, filler, signer):
         r.stop()
-    ratio = statistics.median(through) / statistics.median(plain)
-    rows.append((f"hot blob ({s.hot // MiB} MiB) from the bucket through a replica, vs a plain "
-                 "GET of it from the same SeaweedFS", ">= 0.8x",
-                 f"{ratio:.2f}x ({statistics.median(through) / MiB:.0f} vs "
-                 f"{statistics.median(plain) / MiB:.0f} MiB/s, median of {len(plain)} blobs)",
-                 ratio >= 0.8))
+    for memory in list(sbs.SteadyMemory.live):
+        memory.remove()
+    if ns:
+        weed.proc.stop()
+        up.proc.stop()
+    return statistics.median(through) / MiB, statistics.median(plain) / MiB, len(plain)
+
+
+def redirect(url, netns):
+    """The Location of the 307 that `url` must answer."""
+    out = subprocess.run(sbs.ns_argv(netns, ["curl", "-sS", "-o", "/dev/null", "-w",
+                                             "%{http_code} %{redirect_url}", url]),
+                         capture_output=True, text=True, timeout=30)
+    code, _, location = out.stdout.partition(" ")
+    if code != "307":
+        raise RuntimeError(f"expected a redirect from {url}, got {out.stdout!r} {out.stderr}")
+    return location
+
+
+def bucket_row(s, where, through, plain, n):
+    ratio = through / plain
+    return (f"hot blob ({s.hot // MiB} MiB) from the bucket through a replica, vs a plain "
+            f"GET of it from the same SeaweedFS, {where}", ">= 0.8x",
+            f"{ratio:.2f}x ({through:.0f} vs {plain:.0f} MiB/s, median of {n} blobs)",
+            ratio >= 0.8)
+
+
+def fig_bucket_hot(ctx, rows):
+    through, plain, n = bucket_reads(ctx, "lo")
+    rows.append(bucket_row(ctx["s"], "loopback (bucket, replica and curl share the 2 cores)",
+                           through, plain, n))
+
+
+def fig_bucket_shaped(ctx, rows):
+    """The same reads with the bucket behind a link of each --rates rate, as an object
+    store is on another host: what leaves SeaweedFS's S3 port is shaped (htb, as in
+    side_by_side.py's shaped section), in a network namespace made for it."""
+    s = ctx["s"]
+    if os.geteuid() != 0:
+        log("bucket-shaped: SKIPPED: it needs root (ip netns add, tc)")
+        rows.append(("hot blob from the bucket over a shaped link", ">= 0.8x",
+                     "skipped: needs root", False))
+        return
+    for n, (label, bps) in enumerate(s.rates):
+        ns = sbs.Netns(f"regcache-bucket-{os.getpid()}-{n}", bps)
+        try:
+            through, plain, n = bucket_reads(ctx, f"shaped-{bps}", ns)
+        finally:
+            ns.delete()
+        rows.append(bucket_row(s, f"bucket link shaped to {label}", through, plain, n))
 
 
 def pull_image(base, digests, sizes):
@@ -469,11 +529,11 @@ def fig_chain(ctx, rows):
 
 
 FIGURES = {"cold": fig_cold_kill_wipe, "kill": fig_owner_kill, "ttfb": fig_forward_ttfb,
-           "bucket": fig_bucket_hot, "chain": fig_chain}
+           "bucket": fig_bucket_hot, "bucket-shaped": fig_bucket_shaped, "chain": fig_chain}
 
 
 class Settings:
-    def __init__(self, quick, only):
+    def __init__(self, quick, only, rates):
         self.big = (64 if quick else 256) * MiB
         self.clients = 20 if quick else 60
         self.ttfb_samples = 10 if quick else 40
@@ -483,6 +543,7 @@ class Settings:
         self.chain_rate = 8 * MiB
         self.chain_layers = [s * MiB for s in ((16, 8, 4) if quick else (48, 32, 16))]
         self.only = only
+        self.rates = rates  # of bucket-shaped: (label, bits per second)
 
 
 def main():
@@ -490,8 +551,10 @@ def main():
     p.add_argument("--quick", action="store_true", help="smaller blobs and fewer clients")
     p.add_argument("--only", action="append", choices=FIGURES, metavar="FIGURE",
                    help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
+    p.add_argument("--rates", type=sbs.parse_rates, default=sbs.parse_rates("1gbit,2.5gbit"),
+                   help="bucket-shaped's link rates, in tc's units (default 1gbit,2.5gbit)")
     a = p.parse_args()
-    s = Settings(a.quick, tuple(a.only or FIGURES))
+    s = Settings(a.quick, tuple(a.only or FIGURES), a.rates)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not sbs.REGCACHE.exists() or not WEED.exists():
         sys.exit("needs target/release/regcache (cargo build --release) and target/venv/bin/weed "
@@ -514,6 +577,10 @@ def main():
     finally:
         for proc in list(reversed(sbs.Proc.live)):
             proc.stop()
+        for ns in list(sbs.Netns.live):
+            ns.delete()
+        for memory in list(sbs.SteadyMemory.live):
+            memory.remove()
         shutil.rmtree(work, ignore_errors=True)
         log(f"done in {time.monotonic() - t0:.0f} s; everything stopped, {work} removed")
     cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -521,7 +588,8 @@ def main():
     rev = sbs.first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
     print(f"## regcache cluster\n\n- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
           f"- machine: {os.cpu_count()} CPUs ({cpu[1] if cpu else '?'}), all on 127.0.0.1\n"
-          f"- command: `python3 benches/cluster.py {' '.join(sys.argv[1:])}`; regcache {rev}\n")
+          f"- command: `{' '.join(['python3', 'benches/cluster.py', *sys.argv[1:]])}`; "
+          f"regcache {rev}\n")
     print(sbs.md_table(["figure", "goal", "measured", "met"],
                        [(f, g, m, "yes" if ok else "**no**") for f, g, m, ok in rows]))
 
