@@ -8,7 +8,7 @@ release regcache processes with their own disks, then prints one markdown table:
 goal, what was measured and whether it was met. Progress goes to stderr.
 
 The bucket figures put the reading replica in a memory cgroup filled with page cache
-first (side_by_side.SteadyMemory). `bucket-shaped` needs root: it runs its processes in
+first (SteadyMemory). `bucket-shaped` needs root: it runs its processes in
 a network namespace it creates and shapes what leaves SeaweedFS's S3 port with tc htb to
 each rate of --rates; not root, it is reported as skipped.
 
@@ -21,6 +21,7 @@ is stopped and every temp dir removed at the end, also on Ctrl-C or an exception
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -88,6 +89,50 @@ class Weed:
     @property
     def endpoint(self):
         return f"http://127.0.0.1:{self.port}"
+
+
+class SteadyMemory:
+    """A memory cgroup that a server's processes join, its page cache filled first by a
+    scratch file, as on a host that has run a while: Linux keeps memory full of cache
+    there, so a page a new write needs comes from reclaim. On a fresh VM whose balloon
+    hands free pages back to the host (virtio free page reporting, as on the bench
+    machine) each newly touched page costs a hypervisor fault and zeroing instead,
+    4.7 s per GiB there: more than a whole verified fill, and charged to whoever writes.
+    The limit plays the part of a pod's memory limit, which holds its page cache too."""
+
+    live = []  # not yet removed, for the cleanup on exit
+
+    def __init__(self, name, limit_mib):
+        v1 = Path("/sys/fs/cgroup/memory")
+        if (v1 / "cgroup.procs").exists():
+            self.dir, limit_file = v1 / name, "memory.limit_in_bytes"
+        elif "memory" in Path("/sys/fs/cgroup/cgroup.subtree_control").read_text():
+            self.dir, limit_file = Path("/sys/fs/cgroup") / name, "memory.max"
+        else:
+            raise RuntimeError("no memory cgroup controller to put the server in")
+        self.dir.mkdir()
+        SteadyMemory.live.append(self)
+        self.limit_mib = limit_mib
+        (self.dir / limit_file).write_text(str(limit_mib << 20))
+
+    def join(self, proc):
+        for pid in proc.pids():
+            (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def fill(self, path):
+        """Charges a scratch file of 1.25x the limit to the cgroup (written from inside,
+        synced so that its pages are clean), so that the cgroup starts full of cache."""
+        mib = self.limit_mib * 5 // 4
+        script = (f'echo $$ > "{self.dir}/cgroup.procs" && '
+                  f'exec dd if=/dev/zero of="{path}" bs=1M count={mib} conv=fsync status=none')
+        subprocess.run(["sh", "-c", script], check=True, timeout=300)
+
+    def remove(self):
+        """After its processes stopped; the cache charged to it moves to the parent."""
+        if self in SteadyMemory.live:
+            SteadyMemory.live.remove(self)
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
 
 
 class Replica:
@@ -405,7 +450,7 @@ def bucket_reads(ctx, tag, ns=None):
     # The reader runs throughout, as a replica does: each blob is new to its disk.
     reader.start()
     try:
-        memory = sbs.SteadyMemory(f"regcache-bench-{os.getpid()}-{tag}", 2048)
+        memory = SteadyMemory(f"regcache-bench-{os.getpid()}-{tag}", 2048)
         memory.join(reader.proc)
         memory.fill(reader.dir / "scratch")
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
@@ -422,7 +467,7 @@ def bucket_reads(ctx, tag, ns=None):
             through.append(replica)
     for r in (reader, filler, signer):
         r.stop()
-    for memory in list(sbs.SteadyMemory.live):
+    for memory in list(SteadyMemory.live):
         memory.remove()
     if ns:
         weed.proc.stop()
@@ -579,7 +624,7 @@ def main():
             proc.stop()
         for ns in list(sbs.Netns.live):
             ns.delete()
-        for memory in list(sbs.SteadyMemory.live):
+        for memory in list(SteadyMemory.live):
             memory.remove()
         shutil.rmtree(work, ignore_errors=True)
         log(f"done in {time.monotonic() - t0:.0f} s; everything stopped, {work} removed")

@@ -377,50 +377,6 @@ class Netns:
             subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
 
 
-class SteadyMemory:
-    """A memory cgroup that a server's processes join, its page cache filled first by a
-    scratch file, as on a host that has run a while: Linux keeps memory full of cache
-    there, so a page a new write needs comes from reclaim. On a fresh VM whose balloon
-    hands free pages back to the host (virtio free page reporting, as on the bench
-    machine) each newly touched page costs a hypervisor fault and zeroing instead,
-    4.7 s per GiB there: more than a whole verified fill, and charged to whoever writes.
-    The limit plays the part of a pod's memory limit, which holds its page cache too."""
-
-    live = []  # not yet removed, for the cleanup on exit
-
-    def __init__(self, name, limit_mib):
-        v1 = Path("/sys/fs/cgroup/memory")
-        if (v1 / "cgroup.procs").exists():
-            self.dir, limit_file = v1 / name, "memory.limit_in_bytes"
-        elif "memory" in Path("/sys/fs/cgroup/cgroup.subtree_control").read_text():
-            self.dir, limit_file = Path("/sys/fs/cgroup") / name, "memory.max"
-        else:
-            raise RuntimeError("no memory cgroup controller to put the server in")
-        self.dir.mkdir()
-        SteadyMemory.live.append(self)
-        self.limit_mib = limit_mib
-        (self.dir / limit_file).write_text(str(limit_mib << 20))
-
-    def join(self, proc):
-        for pid in proc.pids():
-            (self.dir / "cgroup.procs").write_text(str(pid))
-
-    def fill(self, path):
-        """Charges a scratch file of 1.25x the limit to the cgroup (written from inside,
-        synced so that its pages are clean), so that the cgroup starts full of cache."""
-        mib = self.limit_mib * 5 // 4
-        script = (f'echo $$ > "{self.dir}/cgroup.procs" && '
-                  f'exec dd if=/dev/zero of="{path}" bs=1M count={mib} conv=fsync status=none')
-        subprocess.run(["sh", "-c", script], check=True, timeout=300)
-
-    def remove(self):
-        """After its processes stopped; the cache charged to it moves to the parent."""
-        if self in SteadyMemory.live:
-            SteadyMemory.live.remove(self)
-            with contextlib.suppress(OSError):
-                self.dir.rmdir()
-
-
 # ---------------------------------------------------------------- upstream and images
 
 
