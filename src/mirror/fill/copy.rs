@@ -9,9 +9,11 @@ use bytes::Bytes;
 use super::state::Fill;
 use crate::oci::Digest;
 
-/// Readers are woken at least this often while bytes arrive, and for no less data,
-/// so a fast upstream does not wake every reader for every small chunk.
-pub(super) const PUBLISH_BYTES: u64 = 256 << 10;
+/// Readers are woken once this much arrived (or this often while bytes arrive), so a
+/// fast upstream does not wake every reader for every small chunk: each wakeup costs a
+/// herd of readers a sendfile apiece. 1 MiB rather than 256 KiB took a herd of 8 on a
+/// 2.5 Gbit/s link from 2.01x to 1.80x of a direct download (README, shaped link).
+pub(super) const PUBLISH_BYTES: u64 = 1 << 20;
 pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a copy stopped early. A failing disk is not a reason: the copy goes on in memory.
