@@ -24,7 +24,6 @@ import concurrent.futures
 import contextlib
 import datetime
 import hashlib
-import http.client
 import os
 import re
 import shutil
