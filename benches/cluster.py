@@ -216,8 +216,9 @@ class Cluster:
 
 
 class Relay:
-    """A paced TCP relay in front of the registry: answers at `rate` bytes/s per
-    connection, so a replica can be killed while its fill runs."""
+    """A paced TCP relay in front of a server (the registry, the bucket): answers at
+    `rate` bytes/s per connection, so a replica can be killed while its fill runs, and
+    a bucket serves each connection as an object store does."""
 
     def __init__(self, target_port, rate):
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -250,14 +251,18 @@ class Relay:
             except OSError:
                 pass
         threading.Thread(target=up, daemon=True).start()
-        start, sent = time.monotonic(), 0
+        # A token bucket with a small burst: a pooled connection that sat idle earns no
+        # credit for a later body.
+        burst = 256 << 10
+        tokens, last = burst, time.monotonic()
         try:
             while data := server.recv(65536):
+                now = time.monotonic()
+                tokens = min(burst, tokens + (now - last) * self.rate) - len(data)
+                last = now
+                if tokens < 0:
+                    time.sleep(-tokens / self.rate)
                 client.sendall(data)
-                sent += len(data)
-                wait = sent / self.rate - (time.monotonic() - start)
-                if wait > 0:
-                    time.sleep(wait)
         except OSError:
             pass
         for s in (client, server):
@@ -419,21 +424,25 @@ def fig_forward_ttfb(ctx, rows):
                  f"{len(direct)}+{len(forwarded)} blobs of 256 KiB)", extra <= 5))
 
 
-def bucket_reads(ctx, tag, ns=None):
+def bucket_reads(ctx, tag, ns=None, per_connection=None):
     """Each hot blob read twice: once with a plain GET of the bucket object (the URL a
     replica presigns for its 307) and once through a replica whose disk lacks it, so it
     streams the blob from the bucket, verifies and lands it. Medians in MiB/s, leaving
     out the first blob (it only warms connections). The reader sits in a SteadyMemory
     cgroup at the regional Deployment's 2 GiB limit (see that class: a fresh VM charges
     its first touch of every page to the writer). With `ns`, everything runs in that
-    namespace (sbs.Netns), and only what leaves the bucket's S3 port is shaped."""
+    namespace (sbs.Netns), and only what leaves the bucket's S3 port is shaped. With
+    `per_connection` (bytes/s), the replicas and the plain GETs reach the bucket through a
+    Relay that serves each connection at that rate, as an object store does."""
     s, work = ctx["s"], ctx["work"]
     netns = ns.name if ns else None
     up = ctx["up"].twin(f"up-{tag}", netns) if ns else ctx["up"]
     weed = Weed(work, "bench", netns) if ns else ctx["weed"]
     if ns:
         ns.shape_port(weed.port)
-    bucket = f'[bucket]\nname = "{weed.bucket}"\nendpoint = "{weed.endpoint}"\n'
+    relay = Relay(weed.port, per_connection) if per_connection else None
+    endpoint = relay.url if relay else weed.endpoint
+    bucket = f'[bucket]\nname = "{weed.bucket}"\nendpoint = "{endpoint}"\n'
     upstream = f'[[upstream]]\nname = "origin"\nurl = "{up.url}"\n'
     filler = Replica(work, f"filler-{tag}", sbs.free_port(), bucket + upstream, netns).start()
     signer = Replica(work, f"signer-{tag}", sbs.free_port(),
@@ -468,6 +477,8 @@ def bucket_reads(ctx, tag, ns=None):
         r.stop()
     for memory in list(SteadyMemory.live):
         memory.remove()
+    if relay:
+        relay.close()
     if ns:
         weed.proc.stop()
         up.proc.stop()
@@ -496,6 +507,16 @@ def bucket_row(s, where, through, plain, n):
 def fig_bucket_hot(ctx, rows):
     through, plain, n = bucket_reads(ctx, "lo")
     rows.append(bucket_row(ctx["s"], "loopback (bucket, replica and curl share the 2 cores)",
+                           through, plain, n))
+
+
+def fig_bucket_per_connection(ctx, rows):
+    """The same reads with every connection to the bucket held to 32 MiB/s, as an object
+    store serves a single connection at a limited rate: the replica reads large blobs as
+    parallel ranged GETs, a plain GET is one connection."""
+    rate = 32 * MiB
+    through, plain, n = bucket_reads(ctx, "relay", per_connection=rate)
+    rows.append(bucket_row(ctx["s"], f"each connection to the bucket at {rate // MiB} MiB/s",
                            through, plain, n))
 
 
@@ -573,7 +594,8 @@ def fig_chain(ctx, rows):
 
 
 FIGURES = {"cold": fig_cold_kill_wipe, "kill": fig_owner_kill, "ttfb": fig_forward_ttfb,
-           "bucket": fig_bucket_hot, "bucket-shaped": fig_bucket_shaped, "chain": fig_chain}
+           "bucket": fig_bucket_hot, "bucket-per-connection": fig_bucket_per_connection,
+           "bucket-shaped": fig_bucket_shaped, "chain": fig_chain}
 
 
 class Settings:

@@ -20,10 +20,11 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig, WriteMultipart,
+    ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use prometheus::IntCounterVec;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[cfg(feature = "ecr")]
 mod credentials;
@@ -44,6 +45,15 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// Uploads at once: with the above, at most 96 MiB of upload buffers however many cold
 /// blobs are filling. The others wait (reading their fill's file, which stays open).
 const UPLOADS_AT_ONCE: usize = 4;
+/// A blob is read as ranged GETs of this size, several at once: an object store serves
+/// each connection at a limited rate, and parallel ranges are how it is read fast.
+const READ_PART: u64 = 8 << 20;
+/// Ranged GETs in flight per blob read; each part waits whole in memory for its turn.
+const READS_IN_FLIGHT: usize = 4;
+/// Blob reads that read ahead at once. Each holds at most six parts (four in flight, one
+/// handed over, one being read): 96 MiB for both. The others stream the object over one
+/// connection, holding nothing.
+const PARALLEL_READS: usize = 2;
 /// After a failure the bucket is left alone this long, so a dead bucket costs each
 /// request nothing rather than a connect timeout.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -61,6 +71,8 @@ pub struct Bucket {
     paused_until: Arc<AtomicU64>,
     /// Bounds the memory of uploads in flight (see [`UPLOADS_AT_ONCE`]).
     uploads: Arc<Semaphore>,
+    /// Bounds the memory of reads ahead (see [`PARALLEL_READS`]).
+    parallel_reads: Arc<Semaphore>,
     /// `bucket.redirect_min_bytes` (see `redirect`).
     redirect_min_bytes: Option<u64>,
 }
@@ -102,6 +114,7 @@ impl Bucket {
             counts,
             paused_until: Arc::default(),
             uploads: Arc::new(Semaphore::new(UPLOADS_AT_ONCE)),
+            parallel_reads: Arc::new(Semaphore::new(PARALLEL_READS)),
             redirect_min_bytes: config.redirect_min_bytes,
         })
     }
@@ -148,16 +161,39 @@ impl Bucket {
     }
 
     /// A blob's length and bytes, if the bucket holds it. The caller verifies the bytes.
+    /// When a read-ahead slot is free, the first request asks for the first part only and
+    /// the rest follows in parallel ranged GETs (see [`READ_PART`]).
     pub async fn blob(&self, digest: &Digest) -> Option<(u64, BlobStream)> {
         if !self.usable("get_blob") {
             return None;
         }
         let path = self.object(&ObjectKey::blob(digest));
-        match self.store.get(&path).await {
+        let ahead = self.parallel_reads.clone().try_acquire_owned().ok();
+        let first = match ahead {
+            // A range past the end is cut to the object's length (an empty object has no
+            // first part: it fails here and is read whole below).
+            Some(_) => {
+                let options = GetOptions::new().with_range(Some(0..READ_PART));
+                match self.store.get_opts(&path, options).await {
+                    Err(e) if !matches!(e, object_store::Error::NotFound { .. }) => {
+                        self.store.get(&path).await
+                    }
+                    first => first,
+                }
+            }
+            None => self.store.get(&path).await,
+        };
+        match first {
             Ok(found) => {
                 self.count("get_blob", "hit");
                 let len = found.meta.size;
-                Some((len, found.into_stream().boxed()))
+                let whole = found.range == (0..len);
+                let head = found.into_stream().boxed();
+                let stream = match ahead {
+                    Some(permit) if !whole => self.read_ahead(path, len, permit, head),
+                    _ => head,
+                };
+                Some((len, stream))
             }
             Err(object_store::Error::NotFound { .. }) => {
                 self.count("get_blob", "miss");
@@ -169,6 +205,48 @@ impl Bucket {
                 None
             }
         }
+    }
+
+    /// `head` (the first part) followed by the rest of the object in ranged GETs,
+    /// [`READS_IN_FLIGHT`] at a time, in order. A task starts them at once, while `head`
+    /// still streams, and hands each part over as soon as it is whole. The slot is held
+    /// until the read ends or is dropped; a dropped read stops the task at its next part.
+    fn read_ahead(
+        &self,
+        path: Path,
+        len: u64,
+        slot: OwnedSemaphorePermit,
+        head: BlobStream,
+    ) -> BlobStream {
+        let (store, counts) = (self.store.clone(), self.counts.clone());
+        let parts =
+            (1..len.div_ceil(READ_PART)).map(move |n| n * READ_PART..len.min((n + 1) * READ_PART));
+        let mut rest = futures_util::stream::iter(parts)
+            .map(move |range| {
+                let (store, path, counts) = (store.clone(), path.clone(), counts.clone());
+                async move {
+                    let part = store.get_range(&path, range).await;
+                    let result = if part.is_ok() { "ok" } else { "error" };
+                    counts.with_label_values(&["get_part", result]).inc();
+                    part
+                }
+            })
+            .buffered(READS_IN_FLIGHT);
+        let (parts, received) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let _slot = slot;
+            while let Some(part) = rest.next().await {
+                let failed = part.is_err();
+                if parts.send(part).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let rest = futures_util::stream::unfold(received, |mut received| async move {
+            let part = received.recv().await?;
+            Some((part, received))
+        });
+        head.chain(rest).boxed()
     }
 
     /// A manifest and its media type, if the bucket holds one that hashes to `digest`.

@@ -81,6 +81,8 @@ async fn a_second_replica_serves_what_the_first_put_in_the_bucket_without_upstre
         assert_eq!(gets(digest), 1, "{digest} was fetched upstream again");
     }
     assert_eq!(bucket_ops(&b, "get_blob", "hit").await, 3.0);
+    // The 20 MiB layer came as its first 8 MiB part, then two ranged GETs for the rest.
+    assert_eq!(bucket_ops(&b, "get_part", "ok").await, 2.0);
     let metrics = b.metrics().await;
     let from_bucket = sample(&metrics, "regcache_served_bytes_total{source=\"bucket\"}");
     assert!(from_bucket >= (20 * MIB) as f64, "{metrics}");
