@@ -8,9 +8,11 @@ release regcache processes with their own disks, then prints one markdown table:
 goal, what was measured and whether it was met. Progress goes to stderr.
 
 The bucket figures put the reading replica in a memory cgroup filled with page cache
-first (SteadyMemory). `bucket-shaped` needs root: it runs its processes in
-a network namespace it creates and shapes what leaves SeaweedFS's S3 port with tc htb to
-each rate of --rates; not root, it is reported as skipped.
+first (SteadyMemory). `bucket-per-connection` puts a Relay in front of SeaweedFS that
+serves each connection at 32 MiB/s, as an object store limits a single connection.
+`bucket-shaped` needs root: it runs its processes in a network namespace it creates and
+shapes what leaves SeaweedFS's S3 port with tc htb to each rate of --rates; not root, it
+is reported as skipped.
 
 Python 3.11 stdlib; the load comes from curl. Every loop is bounded; everything started
 is stopped and every temp dir removed at the end, also on Ctrl-C or an exception.

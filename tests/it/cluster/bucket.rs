@@ -7,6 +7,8 @@ use crate::support::fake::{FakeRegistry, Fault};
 use crate::support::fake_images::{add_image, pull_checked};
 use crate::support::regcache::Regcache;
 use crate::support::seaweed::{Seaweed, ACCESS_KEY, SECRET_KEY};
+use crate::support::store::verified_blobs;
+use crate::support::throttle::Throttle;
 
 const MIB: usize = 1 << 20;
 
@@ -141,6 +143,54 @@ async fn a_blob_that_fails_verification_never_enters_the_bucket() {
     assert!(body[..] == vec![3u8; 12 * MIB][..]);
     assert_eq!(bucket_ops(&b, "get_blob", "hit").await, 0.0);
     assert_eq!(fake.count("GET", &bad), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_dies_mid_read_cuts_the_body_and_lands_nothing() {
+    let Some(mut seaweed) = Seaweed::start("dying") else {
+        return;
+    };
+    let fake = FakeRegistry::start().await;
+    // Three 8 MiB parts: the first streams while the other two are ranged GETs.
+    let data: Vec<u8> = (0..24 * MIB).map(|i| (i % 251) as u8).collect();
+    let digest = fake.add_blob(data.clone());
+    let root = tempfile::tempdir().unwrap();
+    let a = replica(&fake, &seaweed, &root.path().join("a"));
+    let url = |r: &Regcache| format!("{}/v2/team/app/blobs/{digest}", r.url());
+    let body = reqwest::get(url(&a)).await.unwrap().bytes().await.unwrap();
+    assert!(body[..] == data[..]);
+    until_ops(&a, "put_blob", "ok", 1.0).await;
+    until_ops(&a, "put_marker", "ok", 1.0).await;
+
+    // B reads the bucket through a link of 4 MiB/s per connection: 2 s or more for the
+    // blob, and SeaweedFS is killed half a second in.
+    let slow = Throttle::start(&seaweed.endpoint()["http://".len()..], 4 * MIB as u64).await;
+    let config = format!(
+        "[bucket]\nname = \"dying\"\nendpoint = \"{}\"\n[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
+        slow.url(),
+        fake.url()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let b_cache = root.path().join("b");
+    let b = Regcache::start_with_config_env(&config, &b_cache, &env);
+    let response = reqwest::get(url(&b)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seaweed.stop();
+    assert!(
+        response.bytes().await.is_err(),
+        "a body cut by the bucket ended cleanly"
+    );
+    b.settled().await;
+    assert_eq!(verified_blobs(&b_cache), 0, "a partly read blob landed");
+
+    // The bucket is gone: the next request fills from upstream.
+    let body = reqwest::get(url(&b)).await.unwrap().bytes().await.unwrap();
+    assert!(body[..] == data[..]);
+    assert_eq!(fake.count("GET", &digest), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
