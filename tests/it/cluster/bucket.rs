@@ -13,9 +13,13 @@ use crate::support::throttle::Throttle;
 const MIB: usize = 1 << 20;
 
 fn replica(fake: &FakeRegistry, seaweed: &Seaweed, cache: &Path) -> Regcache {
+    replica_on(&seaweed.config(), fake, cache)
+}
+
+/// A replica with the `[bucket]` table `bucket`.
+fn replica_on(bucket: &str, fake: &FakeRegistry, cache: &Path) -> Regcache {
     let config = format!(
-        "{}[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
-        seaweed.config(),
+        "{bucket}[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
         fake.url()
     );
     let env = [
@@ -165,17 +169,9 @@ async fn a_bucket_that_dies_mid_read_cuts_the_body_and_lands_nothing() {
     // B reads the bucket through a link of 4 MiB/s per connection: 2 s or more for the
     // blob, and SeaweedFS is killed half a second in.
     let slow = Throttle::start(&seaweed.endpoint()["http://".len()..], 4 * MIB as u64).await;
-    let config = format!(
-        "[bucket]\nname = \"dying\"\nendpoint = \"{}\"\n[[upstream]]\nname = \"origin\"\nurl = \"{}\"\n",
-        slow.url(),
-        fake.url()
-    );
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-    ];
+    let through_slow = seaweed.config().replace(&seaweed.endpoint(), &slow.url());
     let b_cache = root.path().join("b");
-    let b = Regcache::start_with_config_env(&config, &b_cache, &env);
+    let b = replica_on(&through_slow, &fake, &b_cache);
     let response = reqwest::get(url(&b)).await.unwrap();
     assert_eq!(response.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
